@@ -1,0 +1,2 @@
+"""augbatch: offline, deterministic dataset augmentation into sharded TFRecords."""
+__version__ = "0.1.0"

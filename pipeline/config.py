@@ -1,0 +1,226 @@
+"""Config file (YAML or JSON) + command-line overrides -> one validated, typed `Job`.
+
+Every error names the config path it is about (`augment.chain[2].max_delta: expected a number`).
+Configs are data: YAML is read with `yaml.safe_load` only.
+"""
+import dataclasses
+import hashlib
+import json
+import numbers
+import os
+
+import yaml
+
+from pipeline import chain as chain_mod
+from pipeline.errors import ConfigError, did_you_mean
+
+CONFIG_VERSION = 1
+INPUT_KINDS = ("auto", "folder", "tfrecord")
+FORMATS = ("jpeg", "png", "same")
+COMPRESSIONS = ("none", "gzip")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Everything one `expand` run needs. Plain data: it is pickled to Beam workers."""
+    input: tuple  # paths or globs
+    output: str
+    chain: tuple  # normalized steps (chain.normalize)
+    copies: int = 4
+    keep_original: bool = True
+    seed: int = 0
+    input_kind: str = "auto"
+    channels: int = 3
+    image_feature: str = "image/encoded"
+    label_feature: str = "image/class/label"
+    max_pixels: int = 50_000_000
+    num_shards: int = 0  # 0 = pick from the input count
+    compression: str = "none"
+    format: str = "jpeg"
+    quality: int = 95
+    prefix: str = "augmented"
+    batch_size: int = 32
+    device: str = "auto"
+    tf_threads: int = 0  # 0 = let TensorFlow decide
+    allow_python_ops: bool = False
+    config_path: str = ""
+
+    @property
+    def config_hash(self):
+        """Hash of everything that decides the output pixels (not paths or sharding)."""
+        return config_hash(self)
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["input"], out["chain"] = list(self.input), _plain(self.chain)
+        return out
+
+
+def config_hash(job):
+    decisive = {"version": CONFIG_VERSION, "chain": _plain(job.chain), "copies": job.copies,
+                "keep_original": job.keep_original, "seed": job.seed, "channels": job.channels,
+                "format": job.format, "quality": job.quality}
+    text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    """Tuples -> lists, recursively (JSON-shaped)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --- reading the file --------------------------------------------------------------------------
+
+def read_file(path):
+    """The config file as a dict. YAML through safe_load only; `.json` through json."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError("", f"{path}: YAML tag {e.problem.split()[-1] if e.problem else ''} "
+                          "is not allowed: configs are data, not code") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError("", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}"
+                          f": {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+# --- the schema --------------------------------------------------------------------------------
+# (section, key) -> (Job field, checker). Section None = top level.
+
+def _int(low=None, high=None):
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ConfigError(path, f"must be {bounds}, got {value}")
+        return int(value)
+    return check
+
+
+def _choice(*choices):
+    def check(value, path):
+        if value not in choices:
+            raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}, got "
+                              f"{value!r}" + did_you_mean(value, choices))
+        return value
+    return check
+
+
+def _bool(value, path):
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"expected true or false, got {value!r}")
+    return value
+
+
+def _str(value, path):
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _paths(value, path):
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ConfigError(path, f"expected a path, a glob or a list of them, got {value!r}")
+
+
+def _prefix(value, path):
+    value = _str(value, path)
+    if "/" in value or "\\" in value or value.startswith("."):
+        raise ConfigError(path, f"a file name prefix cannot contain '/' or start with '.': "
+                          f"{value!r}")
+    return value
+
+
+SCHEMA = {
+    "input": {"path": ("input", _paths), "kind": ("input_kind", _choice(*INPUT_KINDS)),
+              "channels": ("channels", _choice(1, 3)),
+              "image_feature": ("image_feature", _str),
+              "label_feature": ("label_feature", _str),
+              "max_pixels": ("max_pixels", _int(1))},
+    "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
+               "compression": ("compression", _choice(*COMPRESSIONS)),
+               "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
+               "prefix": ("prefix", _prefix)},
+    "augment": {"copies": ("copies", _int(0, 10_000)),
+                "keep_original": ("keep_original", _bool), "seed": ("seed", _int()),
+                "chain": ("chain", None)},
+    "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
+                "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0))},
+}
+TOP_LEVEL = {"version", *SCHEMA}
+
+
+def _fields_from(data):
+    """Config dict -> {Job field: value} (chain still raw)."""
+    unknown = [k for k in data if k not in TOP_LEVEL]
+    if unknown:
+        raise ConfigError(unknown[0], "unknown key" + did_you_mean(unknown[0], TOP_LEVEL),
+                          hint=f"top-level keys: {', '.join(sorted(TOP_LEVEL))}")
+    version = data.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError("version", f"this augbatch reads config version {CONFIG_VERSION}, "
+                          f"got {version!r}")
+    fields = {}
+    for section, keys in SCHEMA.items():
+        value = data.get(section)
+        if value is None:
+            continue
+        if section in ("input", "output") and not isinstance(value, dict):
+            value = {"path": value}  # `input: some/dir` is short for `input: {path: some/dir}`
+        if not isinstance(value, dict):
+            raise ConfigError(section, f"expected a mapping, got {value!r}")
+        for key, item in value.items():
+            if key not in keys:
+                raise ConfigError(f"{section}.{key}", "unknown key" + did_you_mean(key, keys),
+                                  hint=f"keys of {section}: {', '.join(sorted(keys))}")
+            field, check = keys[key]
+            fields[field] = check(item, f"{section}.{key}") if check else item
+    return fields
+
+
+def load(config_path=None, overrides=None, allow_python_ops=False, require_paths=True):
+    """Read the config (if any), apply command-line overrides (Job field -> value, None = not
+    given), validate everything, and return the Job. `require_paths=False` (validate, preview)
+    accepts a config without input or output."""
+    data = read_file(config_path) if config_path else {}
+    fields = _fields_from(data)
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            fields[field] = tuple(value) if field == "input" else value
+    if not require_paths:
+        fields.setdefault("input", ("-",))
+        fields.setdefault("output", "-")
+    if not fields.get("input"):
+        raise ConfigError("input", "no input given", hint="set `input:` in the config or pass "
+                          "--input PATH_OR_GLOB")
+    if not fields.get("output"):
+        raise ConfigError("output", "no output directory given",
+                          hint="set `output:` in the config or pass --output DIR")
+    fields["chain"] = tuple(chain_mod.normalize(fields.get("chain", []),
+                                                allow_python_ops=allow_python_ops))
+    fields["allow_python_ops"] = allow_python_ops
+    fields["config_path"] = os.path.abspath(config_path) if config_path else ""
+    return Job(**fields)

@@ -1,0 +1,1 @@
+"""The augmentation ops, one module per family; `registry` is the table that names them."""

@@ -1,0 +1,44 @@
+"""Per-example randomness for batched ops.
+
+Every draw takes ``seeds`` int32 [B, 2] (one stateless seed per example) and returns one value
+per example, so a batch of 1 and a batch of 64 give each image the same numbers.
+"""
+import tensorflow as tf
+
+
+def fold_in(seeds, data):
+    """A new seed per example, derived from each row of `seeds` and the integer `data`."""
+    return tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, data), seeds,
+                     fn_output_signature=tf.TensorSpec([2], tf.int32))
+
+
+def uniform(seeds, low, high, shape=(), dtype=tf.float32):
+    """[B, *shape] values, uniform in [low, high) (ints: [low, high)), one draw per example."""
+    return tf.map_fn(
+        lambda s: tf.random.stateless_uniform(shape, s, minval=low, maxval=high, dtype=dtype),
+        seeds, fn_output_signature=tf.TensorSpec(shape, dtype))
+
+
+def normal(seeds, shape=(), mean=0.0, stddev=1.0):
+    return tf.map_fn(lambda s: tf.random.stateless_normal(shape, s, mean=mean, stddev=stddev),
+                     seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+
+
+def coin(seeds, probability):
+    """[B] bools, True with `probability`."""
+    return uniform(seeds, 0.0, 1.0) < probability
+
+
+def per_example(fn, images, seeds):
+    """Apply the single-image op ``fn(image [H, W, C], seed [2]) -> image`` to each example.
+
+    For tf.image's stateless_random_* ops, which draw one value for a whole 4-D batch.
+    """
+    out = tf.map_fn(lambda pair: fn(pair[0], pair[1]), (images, seeds),
+                    fn_output_signature=tf.TensorSpec(None, images.dtype))
+    return tf.ensure_shape(out, [None, None, None, images.shape[-1]])
+
+
+def expand(values):
+    """[B] -> [B, 1, 1, 1], to broadcast one value per example over its pixels."""
+    return tf.reshape(values, [-1, 1, 1, 1])

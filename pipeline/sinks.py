@@ -1,0 +1,136 @@
+"""The deterministic shard writer (after TFDS's writer).
+
+A record's shard and its place in the shard are a pure function of (key, copy index): a salted
+hash picks the shard, records sit in hash order (a shuffle a model can train on directly).
+Workers append records to per-bundle bucket files in a temporary folder; one step per shard
+gathers the buckets Beam committed, sorts them, writes the shard under a temporary name and
+renames it. So the bytes do not depend on bundles, batches, workers, runners or retries, and a
+crash never leaves a half-written shard under a final name.
+"""
+import collections
+import hashlib
+import io
+import struct
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from pipeline import sources
+
+TMP_DIR = ".augbatch-tmp"
+_HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
+
+
+def order_hash(key, copy_index):
+    return hashlib.blake2b(f"{key}\x00{copy_index}".encode(), digest_size=8,
+                           person=b"augbatch-shard").digest()
+
+
+def shard_of(key, copy_index, num_shards):
+    return int.from_bytes(order_hash(key, copy_index), "big") % num_shards
+
+
+def shard_name(prefix, index, num_shards, compression):
+    suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
+
+
+def _bucket_entry(record):
+    key = record.key.encode()
+    label = -1 if record.label is None else record.label
+    return (_HEADER.pack(order_hash(record.key, record.copy_index), label, record.copy_index,
+                         len(key)) + key + record.payload)
+
+
+def _parse_entry(entry):
+    order, label, copy_index, key_length = _HEADER.unpack_from(entry)
+    start = _HEADER.size
+    key = entry[start:start + key_length].decode()
+    return (order, key, copy_index), (None if label < 0 else label), entry[start + key_length:]
+
+
+class WriteBuckets(beam.DoFn):
+    """OutputRecord -> appended to this bundle's bucket file for its shard; emits
+    (shard, bucket path) for each bucket when the bundle finishes."""
+
+    def __init__(self, tmp_dir, num_shards):
+        self.tmp_dir, self.num_shards = tmp_dir, num_shards
+
+    def start_bundle(self):
+        self.files, self.bundle = {}, uuid.uuid4().hex
+
+    def process(self, record):
+        shard = shard_of(record.key, record.copy_index, self.num_shards)
+        if shard not in self.files:
+            path = FileSystems.join(self.tmp_dir, f"bucket-{shard:05d}-{self.bundle}")
+            self.files[shard] = (path, FileSystems.create(
+                path, compression_type=CompressionTypes.UNCOMPRESSED))
+        self.files[shard][1].write(sources.frame_record(_bucket_entry(record)))
+
+    def finish_bundle(self):
+        for shard, (path, f) in sorted(self.files.items()):
+            f.close()
+            yield GlobalWindows.windowed_value((shard, path))
+        self.files = {}
+
+
+class WriteShard(beam.DoFn):
+    """(shard, [bucket paths]) -> the final shard file; emits the shard's counts."""
+
+    def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression):
+        self.output_dir, self.tmp_dir = output_dir, tmp_dir
+        self.num_shards, self.prefix, self.compression = num_shards, prefix, compression
+
+    def process(self, shard_and_buckets):
+        shard, buckets = shard_and_buckets
+        entries = []
+        for path in sorted(p for p in buckets if p is not None):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                entries.extend(_parse_entry(e) for e in sources.iter_records(f))
+        entries.sort(key=lambda entry: entry[0])
+        for before, after in zip(entries, entries[1:]):
+            if before[0] == after[0]:
+                raise ValueError(f"duplicate output record: key {after[0][1]!r} copy "
+                                 f"{after[0][2]}")
+        name = shard_name(self.prefix, shard, self.num_shards, self.compression)
+        staging = FileSystems.join(self.tmp_dir, name)
+        compression = (CompressionTypes.GZIP if self.compression == "gzip"
+                       else CompressionTypes.UNCOMPRESSED)
+        labels, copies = collections.Counter(), collections.Counter()
+        with FileSystems.create(staging, compression_type=compression) as f:
+            buffer = io.BytesIO()
+            for (_, _, copy_index), label, payload in entries:
+                buffer.write(sources.frame_record(payload))
+                if buffer.tell() > 8 << 20:
+                    f.write(buffer.getvalue())
+                    buffer = io.BytesIO()
+                labels[str(label)] += 1
+                copies[str(copy_index)] += 1
+            f.write(buffer.getvalue())
+        final = FileSystems.join(self.output_dir, name)
+        if FileSystems.exists(final):  # a retried step: replace what the first try wrote
+            FileSystems.delete([final])
+        FileSystems.rename([staging], [final])
+        yield {"shard": name, "records": len(entries), "labels": dict(labels),
+               "copies": dict(copies)}
+
+
+class WriteShards(beam.PTransform):
+    """PCollection of OutputRecord -> shard files in output_dir; output: one dict per shard."""
+
+    def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression):
+        super().__init__()
+        self.args = (output_dir, tmp_dir, num_shards, prefix, compression)
+
+    def expand(self, records):
+        output_dir, tmp_dir, num_shards, prefix, compression = self.args
+        buckets = records | "WriteBuckets" >> beam.ParDo(WriteBuckets(tmp_dir, num_shards))
+        # Every shard gets a file, even one no record hashed to.
+        every_shard = (records.pipeline | "ShardIds" >> beam.Create(
+            [(i, None) for i in range(num_shards)]))
+        return ((buckets, every_shard) | "AllBuckets" >> beam.Flatten()
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(WriteShard(*self.args)))

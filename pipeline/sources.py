@@ -1,0 +1,203 @@
+"""Finding the inputs (in the driver) and reading them (in DoFns).
+
+Each input gets a stable key: its path relative to the input folder (or to the glob's base
+directory), and `file:index` for a record of a TFRecord file. Everything goes through Beam's
+FileSystems, so gs://, s3:// and mem:// paths work as local ones do.
+"""
+import dataclasses
+import glob as globlib
+import io
+import posixpath
+import struct
+from typing import Optional
+
+import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+TFRECORD_HINTS = (".tfrecord", ".tfrecords", ".tfr", ".record")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputRef:
+    """One input before it is read: an image file, or a whole TFRecord file."""
+    key: str
+    path: str
+    label: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Discovery:
+    kind: str  # "folder" (image files) or "tfrecord"
+    refs: list  # InputRef per image file, or per TFRecord file
+    label_names: list
+    skipped: list  # files that are not images (by extension), relative paths
+    outside_classes: list  # InputRefs of images beside the class folders (become errors)
+
+
+def _is_glob(path):
+    return globlib.has_magic(path)
+
+
+def _match(pattern):
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _base_dir(pattern):
+    """The directory keys are relative to: the part of a glob before its first wildcard."""
+    parts = pattern.replace("\\", "/").split("/")
+    for i, part in enumerate(parts):
+        if globlib.has_magic(part):
+            return "/".join(parts[:i])
+    return posixpath.dirname(pattern.replace("\\", "/"))
+
+
+def _relative(path, base):
+    path, base = path.replace("\\", "/"), base.replace("\\", "/").rstrip("/")
+    return path[len(base) + 1:] if base and path.startswith(base + "/") else path
+
+
+def _hidden(relative_path):
+    return any(part.startswith(".") for part in relative_path.split("/"))
+
+
+def _is_image(path):
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _expand_inputs(job):
+    """[(base dir, [files])] for every --input path or glob; a folder lists recursively."""
+    found = []
+    for pattern in job.input:
+        if _is_glob(pattern):
+            files = _match(pattern)
+            if not files:
+                raise UserError(f"--input {pattern}: the pattern matches no file")
+            found.append((_base_dir(pattern), files, False))
+            continue
+        folder = pattern.rstrip("/")
+        files = _match(folder + "/**") if folder else []
+        if files:
+            found.append((folder, files, True))
+        elif FileSystems.exists(pattern):
+            found.append((posixpath.dirname(pattern.replace("\\", "/")), [pattern], False))
+        else:
+            raise UserError(f"--input {pattern}: no such file or folder")
+    return found
+
+
+def discover(job):
+    """List the inputs of `job` (deterministic order) and decide their kind and labels."""
+    found = _expand_inputs(job)
+    all_files = [f for _, files, _ in found for f in files]
+    kind = job.input_kind
+    if kind == "auto":
+        images = [f for f in all_files if _is_image(f)]
+        records = [f for f in all_files if any(h in f.lower() for h in TFRECORD_HINTS)]
+        kind = "tfrecord" if records and not images else "folder"
+    if kind == "tfrecord":
+        refs = [InputRef(key=_relative(f, base), path=f)
+                for base, files, is_folder in found for f in files
+                if not (is_folder and _hidden(_relative(f, base)))]
+        _check_unique(refs)
+        return Discovery("tfrecord", refs, [], [], [])
+
+    refs, skipped, outside, names = [], [], [], set()
+    for base, files, is_folder in found:
+        relative = [(f, _relative(f, base)) for f in files]
+        if is_folder:
+            relative = [(f, r) for f, r in relative if not _hidden(r)]
+            names |= {r.split("/")[0] for f, r in relative if "/" in r and _is_image(f)}
+        for f, r in relative:
+            if _is_image(f):
+                refs.append((f, r))
+            else:
+                skipped.append(r)
+    label_names = sorted(names)
+    label_of = {name: i for i, name in enumerate(label_names)}
+    image_refs = []
+    for f, r in refs:
+        if label_names and "/" not in r:
+            outside.append(InputRef(key=r, path=f))
+            continue
+        image_refs.append(InputRef(key=r, path=f,
+                                   label=label_of[r.split("/")[0]] if label_names else None))
+    _check_unique(image_refs)
+    return Discovery("folder", image_refs, label_names, sorted(skipped), outside)
+
+
+def _check_unique(refs):
+    seen = {}
+    for ref in refs:
+        if ref.key in seen:
+            raise UserError(f"two inputs have the same key '{ref.key}': {seen[ref.key]} and "
+                            f"{ref.path}", hint="pass inputs whose paths relative to their "
+                            "folders differ")
+        seen[ref.key] = ref.path
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def read_bytes(path):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+class RecordError(Exception):
+    """A TFRecord file is damaged at `offset`; the records before it were read."""
+
+    def __init__(self, message, offset):
+        super().__init__(f"{message} at byte offset {offset}")
+        self.offset = offset
+
+
+def _masked_crc(data):
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def open_records(path):
+    """A binary stream of the TFRecord file, gunzipped when it is GZIP (detected by magic)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return FileSystems.open(path, compression_type=(
+        CompressionTypes.GZIP if gzipped else CompressionTypes.UNCOMPRESSED))
+
+
+def iter_records(stream):
+    """Yield each record's bytes, checking both CRCs; raise RecordError where the file is
+    damaged (the records before it have been yielded)."""
+    offset = 0
+    while True:
+        header = stream.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise RecordError("truncated record header", offset)
+        length_bytes, length_crc = header[:8], struct.unpack("<I", header[8:])[0]
+        if _masked_crc(length_bytes) != length_crc:
+            raise RecordError("corrupt record length (CRC mismatch)", offset)
+        length = struct.unpack("<Q", length_bytes)[0]
+        body = stream.read(length + 4)
+        if len(body) < length + 4:
+            raise RecordError(f"truncated record (expected {length} bytes)", offset)
+        data, data_crc = body[:length], struct.unpack("<I", body[length:])[0]
+        if _masked_crc(data) != data_crc:
+            raise RecordError("corrupt record data (CRC mismatch)", offset)
+        yield data
+        offset += 12 + length + 4
+
+
+def frame_record(data):
+    """`data` framed as one TFRecord record (length, CRCs)."""
+    length = struct.pack("<Q", len(data))
+    return (length + struct.pack("<I", _masked_crc(length)) + data
+            + struct.pack("<I", _masked_crc(data)))
+
+
+def records_of(data):
+    """The records of an in-memory TFRecord file (bytes), for tests and tools."""
+    return list(iter_records(io.BytesIO(data)))

@@ -1,0 +1,45 @@
+"""augbatch: offline dataset augmentation into deterministic, sharded TFRecords.
+
+Also the file Beam ships to remote workers: `-- --setup_file ./setup.py`.
+"""
+import os
+
+from setuptools import find_packages, setup
+
+# The pinned, known-good stack (Python 3.11). tensorflow-addons needs TF < 2.16.
+INSTALL_REQUIRES = [
+    "tensorflow==2.15.1",
+    "tensorflow-addons==0.23.0",
+    "apache-beam[tfrecord]==2.77.0",
+    "google-crc32c>=1.5",
+    "numpy<2",
+    "click>=8.1",
+    "pyyaml>=6.0",
+    "pillow>=10.0",
+    "tqdm>=4.66",
+]
+
+setup(
+    name="augbatch",
+    version="0.1.0",
+    description="Offline dataset augmentation batch processor: images or TFRecords in, "
+                "N deterministic augmented copies out as sharded TFRecords (Apache Beam).",
+    long_description=(open("README.md", encoding="utf-8").read()
+                      if os.path.exists("README.md") else ""),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9,<3.12",
+    packages=find_packages(include=["pipeline", "pipeline.*"]),
+    py_modules=["cli"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.5"],
+        "dask": ["dask[distributed]>=2024.1"],
+    },
+    entry_points={"console_scripts": ["augbatch = cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)
