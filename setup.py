@@ -6,13 +6,20 @@ import os
 
 from setuptools import find_packages, setup
 
-# The pinned, known-good stack (Python 3.11). tensorflow-addons needs TF < 2.16.
+# Two tested stacks, chosen by the Python version (pip reads the markers):
+# - Python 3.9-3.11, the pinned stack: TF 2.15.1 + tensorflow-addons 0.23 (tfa needs TF < 2.16).
+# - Python 3.12, the modern stack: TF 2.16+ with Keras 3. tensorflow-addons has ended and cannot
+#   install there; the tfa.image ops then run on pipeline/ops/tfa_core.py (pure TF, tfa's
+#   signatures). Exact tested versions: constraints/modern.txt.
+PINNED = 'python_version < "3.12"'
+MODERN = 'python_version >= "3.12"'
 INSTALL_REQUIRES = [
-    "tensorflow==2.15.1",
-    "tensorflow-addons==0.23.0",
+    f"tensorflow==2.15.1; {PINNED}",
+    f"tensorflow-addons==0.23.0; {PINNED}",
+    f"numpy<2; {PINNED}",
+    f"tensorflow>=2.16,<2.22; {MODERN}",
     "apache-beam[tfrecord]==2.77.0",
     "google-crc32c>=1.5",
-    "numpy<2",
     "click>=8.1",
     "pyyaml>=6.0",
     "pillow>=10.0",
@@ -27,7 +34,8 @@ setup(
     long_description=(open("README.md", encoding="utf-8").read()
                       if os.path.exists("README.md") else ""),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9,<3.12",
+    license="Apache-2.0",
+    python_requires=">=3.9,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
     py_modules=["cli"],
     install_requires=INSTALL_REQUIRES,
@@ -40,6 +48,6 @@ setup(
         "Programming Language :: Python :: 3.9",
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
-        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3.12",
     ],
 )

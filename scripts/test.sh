@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Set up a virtual environment (if needed), install augbatch with its test extras, run the tests.
-# Usage: bash scripts/test.sh [pytest args...]
+# Usage: [STACK=pinned|modern] bash scripts/test.sh [pytest args...]
+#   pinned (default): Python 3.11, TensorFlow 2.15.1 + tensorflow-addons, in .venv
+#   modern:           Python 3.12, TensorFlow 2.21 + Keras 3, no tensorflow-addons, in .venv-modern
+#                     (versions from constraints/modern.txt)
+# PYTHON and VENV override the interpreter and the environment's folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-VENV=${VENV:-.venv}
+STACK=${STACK:-pinned}
+case "$STACK" in
+  pinned) PYTHON=${PYTHON:-python3.11}; VENV=${VENV:-.venv}; CONSTRAINTS="" ;;
+  modern) PYTHON=${PYTHON:-python3.12}; VENV=${VENV:-.venv-modern}
+          CONSTRAINTS="-c constraints/modern.txt" ;;
+  *) echo "STACK must be pinned or modern, got '$STACK'" >&2; exit 2 ;;
+esac
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[dev,dask]"
+"$VENV/bin/python" -m pip install --quiet $CONSTRAINTS -e ".[dev,dask]"
 export TF_CPP_MIN_LOG_LEVEL=2
+echo "== $STACK stack: $("$VENV/bin/python" -c 'import sys, tensorflow as tf, keras
+print(f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}, Keras {keras.__version__}")' 2>/dev/null)"
 "$VENV/bin/python" -m pytest -q "$@"
