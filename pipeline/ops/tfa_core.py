@@ -177,7 +177,7 @@ def shear_y(image, level, replace):
 # --- filters ---------------------------------------------------------------------------------
 
 def _pad(image, filter_shape, mode, constant_values):
-    """Pad a 4-D image so a VALID filter of `filter_shape` keeps its size (extra on bottom/right)."""
+    """Pad a 4-D image so a VALID `filter_shape` filter keeps its size (extra on bottom/right)."""
     if mode.upper() not in {"REFLECT", "CONSTANT", "SYMMETRIC"}:
         raise ValueError('padding should be one of "REFLECT", "CONSTANT", or "SYMMETRIC".')
     (fh, fw) = filter_shape
@@ -198,6 +198,7 @@ def _gaussian_kernel(sigma, size):
     return tf.nn.softmax(-x / (2.0 * sigma ** 2))
 
 
+@tf.function  # like tfa: grappler constant-folds the kernel, which eager rounds differently
 def gaussian_filter2d(image, filter_shape=(3, 3), sigma=1.0, padding="REFLECT", constant_values=0):
     """Gaussian blur of image(s); `sigma` is a float or (sigma_y, sigma_x)."""
     sigma = tuple(sigma) if isinstance(sigma, (list, tuple)) else (sigma, sigma)
@@ -211,11 +212,13 @@ def gaussian_filter2d(image, filter_shape=(3, 3), sigma=1.0, padding="REFLECT", 
         image4 = tf.cast(image4, tf.float32)
     fh, fw = _pair(filter_shape, "filter_shape")
     sigma = tf.cast(tf.convert_to_tensor(sigma), image4.dtype)
-    kernel = tf.matmul(_gaussian_kernel(sigma[0], fh)[:, None], _gaussian_kernel(sigma[1], fw)[None])
+    kernel = tf.matmul(_gaussian_kernel(sigma[0], fh)[:, None],
+                       _gaussian_kernel(sigma[1], fw)[None])
     out = _depthwise(_pad(image4, (fh, fw), padding, constant_values), kernel)
     return tf.cast(_from_4d(out, ndims), orig_dtype)
 
 
+@tf.function  # like tfa: in a graph, grappler turns `/ area` into a multiply by 1 / area
 def mean_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values=0):
     """Box (mean) filter of image(s)."""
     image4, ndims = _to_4d(tf.convert_to_tensor(image, name="image"))
@@ -223,7 +226,8 @@ def mean_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values
     if not orig_dtype.is_floating:
         image4 = tf.cast(image4, tf.float32)
     fh, fw = _pair(filter_shape, "filter_shape")
-    out = _depthwise(_pad(image4, (fh, fw), padding, constant_values), tf.ones([fh, fw], image4.dtype))
+    out = _depthwise(_pad(image4, (fh, fw), padding, constant_values),
+                     tf.ones([fh, fw], image4.dtype))
     out /= tf.constant(fh * fw, image4.dtype)
     return tf.cast(_from_4d(out, ndims), orig_dtype)
 
@@ -296,11 +300,14 @@ def blend(image1, image2, factor):
             return tf.convert_to_tensor(image1)
         if factor == 1.0:
             return tf.convert_to_tensor(image2)
+    else:
+        factor = tf.cast(factor, tf.float32)
     image1, image2 = tf.cast(image1, tf.float32), tf.cast(image2, tf.float32)
     temp = image1 + factor * (image2 - image1)
     if static is not None:
-        return tf.round(temp) if 0.0 < factor < 1.0 else tf.round(tf.clip_by_value(temp, 0.0, 255.0))
-    factor = tf.cast(factor, tf.float32)
+        if 0.0 < factor < 1.0:
+            return tf.round(temp)
+        return tf.round(tf.clip_by_value(temp, 0.0, 255.0))
     out = tf.where((factor > 0.0) & (factor < 1.0), tf.round(temp),
                    tf.round(tf.clip_by_value(temp, 0.0, 255.0)))
     return tf.where(factor == 0.0, image1, tf.where(factor == 1.0, image2, out))
