@@ -229,3 +229,165 @@ def resize(height, width, method, antialias, preserve_aspect_ratio):
     return lambda images, seeds: tf.image.resize(
         images, (height, width), method=method, antialias=antialias,
         preserve_aspect_ratio=preserve_aspect_ratio)
+
+
+@register("tf.image.crop_to_bounding_box", F, keeps_shape=False,
+          test_params={"offset_height": 4, "offset_width": 6, "target_height": 24,
+                       "target_width": 32},
+          params=[Param("offset_height", "int", low=0), Param("offset_width", "int", low=0),
+                  Param("target_height", "int", low=1), Param("target_width", "int", low=1)])
+def crop_to_bounding_box(offset_height, offset_width, target_height, target_width):
+    """Keep the target_height x target_width box whose top-left corner is at the offsets."""
+    return lambda images, seeds: tf.image.crop_to_bounding_box(
+        images, offset_height, offset_width, target_height, target_width)
+
+
+@register("tf.image.pad_to_bounding_box", F, keeps_shape=False,
+          test_params={"offset_height": 2, "offset_width": 3, "target_height": 56,
+                       "target_width": 64},
+          params=[Param("offset_height", "int", low=0), Param("offset_width", "int", low=0),
+                  Param("target_height", "int", low=1), Param("target_width", "int", low=1)])
+def pad_to_bounding_box(offset_height, offset_width, target_height, target_width):
+    """Place the image at the offsets on a black target_height x target_width canvas."""
+    return lambda images, seeds: tf.image.pad_to_bounding_box(
+        images, offset_height, offset_width, target_height, target_width)
+
+
+@register("tf.image.resize_with_crop_or_pad", F, keeps_shape=False,
+          test_params={"target_height": 40, "target_width": 56},
+          params=[Param("target_height", "int", low=1), Param("target_width", "int", low=1)])
+def resize_with_crop_or_pad(target_height, target_width):
+    """Centre-crop or zero-pad each side to the target size (no resampling)."""
+    return lambda images, seeds: tf.image.resize_with_crop_or_pad(
+        images, target_height, target_width)
+
+
+@register("tf.image.resize_with_pad", F, keeps_shape=False,
+          test_params={"target_height": 40, "target_width": 40},
+          params=[Param("target_height", "int", low=1), Param("target_width", "int", low=1),
+                  Param("method", "str", "bilinear", choices=METHODS),
+                  Param("antialias", "bool", False)])
+def resize_with_pad(target_height, target_width, method, antialias):
+    """Resize keeping the aspect ratio, then zero-pad to the target size (letterbox)."""
+    return lambda images, seeds: tf.image.resize_with_pad(
+        images, target_height, target_width, method=method, antialias=antialias)
+
+
+@register("tf.image.rgb_to_grayscale", F, test_params={})
+def rgb_to_grayscale():
+    """Grey by tf.image's luma weights, repeated in every channel (the channel count is kept)."""
+    def fn(images, seeds):
+        if images.shape[-1] == 1:
+            return images
+        grey = tf.image.rgb_to_grayscale(images)
+        return tf.repeat(grey, images.shape[-1], axis=-1)
+    return fn
+
+
+# --- tf.image.stateless_random_*: TF's own ops, called once per example with its seed ----------
+# Each equals tf.image.stateless_random_X(image, ..., seed) for that example's seed row.
+
+def _stateless(fn):
+    """fn(image [H, W, C], seed [2]) -> image, applied per example."""
+    return lambda images, seeds: draw.per_example(fn, images, seeds)
+
+
+@register("tf.image.stateless_random_brightness", F, random=True,
+          test_params={"max_delta": 0.2},
+          params=[Param("max_delta", "float", low=0.0, high=1.0)])
+def stateless_random_brightness(max_delta):
+    """Add a delta drawn from [-max_delta, max_delta)."""
+    return _stateless(lambda image, seed: tf.image.stateless_random_brightness(
+        image, max_delta, seed))
+
+
+@register("tf.image.stateless_random_contrast", F, random=True,
+          test_params={"lower": 0.6, "upper": 1.4}, check=_pair_ordered("lower", "upper"),
+          params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
+def stateless_random_contrast(lower, upper):
+    """adjust_contrast with a factor drawn from [lower, upper)."""
+    return _stateless(lambda image, seed: tf.image.stateless_random_contrast(
+        image, lower, upper, seed))
+
+
+@register("tf.image.stateless_random_hue", F, random=True, test_params={"max_delta": 0.1},
+          params=[Param("max_delta", "float", low=0.0, high=0.5)])
+def stateless_random_hue(max_delta):
+    """adjust_hue with a delta drawn from [-max_delta, max_delta); RGB images only."""
+    return _stateless(lambda image, seed: tf.image.stateless_random_hue(image, max_delta, seed))
+
+
+@register("tf.image.stateless_random_saturation", F, random=True,
+          test_params={"lower": 0.5, "upper": 1.5}, check=_pair_ordered("lower", "upper"),
+          params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
+def stateless_random_saturation(lower, upper):
+    """adjust_saturation with a factor drawn from [lower, upper); RGB images only."""
+    return _stateless(lambda image, seed: tf.image.stateless_random_saturation(
+        image, lower, upper, seed))
+
+
+@register("tf.image.stateless_random_jpeg_quality", F, random=True,
+          test_params={"min_jpeg_quality": 20, "max_jpeg_quality": 80},
+          check=_pair_ordered("min_jpeg_quality", "max_jpeg_quality"),
+          params=[Param("min_jpeg_quality", "int", low=0, high=100),
+                  Param("max_jpeg_quality", "int", low=0, high=100)])
+def stateless_random_jpeg_quality(min_jpeg_quality, max_jpeg_quality):
+    """JPEG round trip at a quality drawn from [min_jpeg_quality, max_jpeg_quality)."""
+    return _stateless(lambda image, seed: tf.image.stateless_random_jpeg_quality(
+        image, min_jpeg_quality, max_jpeg_quality, seed))
+
+
+@register("tf.image.stateless_random_flip_left_right", F, random=True, test_params={})
+def stateless_random_flip_left_right():
+    """Mirror horizontally with probability 1/2."""
+    return _stateless(tf.image.stateless_random_flip_left_right)
+
+
+@register("tf.image.stateless_random_flip_up_down", F, random=True, test_params={})
+def stateless_random_flip_up_down():
+    """Mirror vertically with probability 1/2."""
+    return _stateless(tf.image.stateless_random_flip_up_down)
+
+
+def _crop_size(params):
+    if len(params["size"]) not in (2, 3) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in params["size"]):
+        return f"size: expected [height, width] (or [height, width, channels]) of positive " \
+               f"integers, got {params['size']!r}"
+    return None
+
+
+@register("tf.image.stateless_random_crop", F, random=True, keeps_shape=False,
+          test_params={"size": [24, 32]}, check=_crop_size,
+          params=[Param("size", "list", help="[height, width] of the crop; a third entry, the "
+                        "channel count, is accepted as in TF")])
+def stateless_random_crop(size):
+    """A size[0] x size[1] window at a position drawn per example."""
+    def fn(images, seeds):
+        full = tf.stack([size[0], size[1], tf.shape(images)[3]])
+        return _stateless(lambda image, seed: tf.image.stateless_random_crop(
+            image, full, seed))(images, seeds)
+    return fn
+
+
+@register("tf.image.stateless_sample_distorted_bounding_box", F, random=True,
+          test_params={"area_range": [0.3, 1.0]},
+          params=[Param("min_object_covered", "float", 0.1, low=0.0, high=1.0),
+                  Param("aspect_ratio_range", "range", [0.75, 1.33], low=0.01),
+                  Param("area_range", "range", [0.05, 1.0], low=0.001, high=1.0),
+                  Param("max_attempts", "int", 100, low=1),
+                  Param("method", "str", "bilinear", choices=METHODS)])
+def stateless_sample_distorted_bounding_box(min_object_covered, aspect_ratio_range, area_range,
+                                            max_attempts, method):
+    """Inception-style crop: the box TF's sampler draws (whole image as the object), resized
+    back to the input size."""
+    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+
+    def one(image, seed):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), whole_image, seed, min_object_covered=min_object_covered,
+            aspect_ratio_range=aspect_ratio_range, area_range=area_range,
+            max_attempts=max_attempts, use_image_if_no_bounding_boxes=True)
+        crop = tf.slice(image, begin, size)
+        return tf.image.resize(crop, tf.shape(image)[:2], method=method)
+    return _stateless(one)
