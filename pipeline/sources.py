@@ -3,10 +3,18 @@
 Each input gets a stable key: its path relative to the input folder (or to the glob's base
 directory), and `file:index` for a record of a TFRecord file. Everything goes through Beam's
 FileSystems, so gs://, s3:// and mem:// paths work as local ones do.
+
+Nothing found is dropped silently. A local folder is listed here rather than by Beam, whose
+listing skips broken symbolic links and symlinked folders without a word: symlinked folders
+are followed (a dataset is often assembled from links), a link back to a folder above it (a
+loop) is not followed and becomes an error record, and a broken link named like an image is an
+input that fails to read. Hidden files (.DS_Store, ._photo.jpg) are left out and counted.
 """
 import dataclasses
+import errno
 import glob as globlib
 import io
+import os
 import posixpath
 import struct
 from typing import Optional
@@ -36,6 +44,19 @@ class Discovery:
     label_names: list
     skipped: list  # files that are not images (by extension), relative paths
     outside_classes: list  # InputRefs of images beside the class folders (become errors)
+    loops: list = dataclasses.field(default_factory=list)  # InputRefs of symlink loops (errors)
+    hidden: list = dataclasses.field(default_factory=list)  # hidden files left out, relative
+
+    @property
+    def rejected(self):
+        """(InputRef, error type, reason, message) of what was found but cannot be an input:
+        each becomes one error record, so it counts as discovered and errored."""
+        return ([(ref, "ValueError", "image beside the class folders", "image is beside the "
+                  "class folders, not inside one; it has no label")
+                 for ref in self.outside_classes]
+                + [(ref, "OSError", "symbolic link loop", f"symbolic link loop: {ref.path} "
+                    f"points to {os.path.realpath(ref.path)}, a folder above it; not followed")
+                   for ref in self.loops])
 
 
 def _is_glob(path):
@@ -68,31 +89,72 @@ def _is_image(path):
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_local(path):
+    return "://" not in path
+
+
+def _walk_local(folder):
+    """(files, loops) under a local folder, sorted: symlinked folders are followed, except a
+    link to a folder above it (a loop), which is listed in `loops` instead. Broken links are
+    files (reading them tells why they fail)."""
+    files, loops = [], []
+
+    def visit(directory, above):
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not os.path.isdir(entry.path):  # follows links; False for broken ones
+                    files.append(entry.path)
+                    continue
+                real = os.path.realpath(entry.path)
+                if real in above:
+                    loops.append(entry.path)
+                else:
+                    visit(entry.path, above | {real})
+
+    visit(folder, {os.path.realpath(folder)})
+    return sorted(files), sorted(loops)
+
+
 def _expand_inputs(job):
-    """[(base dir, [files])] for every --input path or glob; a folder lists recursively."""
+    """[(base dir, [files], is a folder, [symlink loops])] for every --input path or glob; a
+    folder lists recursively."""
     found = []
     for pattern in job.input:
         if _is_glob(pattern):
             files = _match(pattern)
             if not files:
-                raise UserError(f"--input {pattern}: the pattern matches no file")
-            found.append((_base_dir(pattern), files, False))
+                raise UserError(f"--input {pattern}: the pattern matches no file",
+                                hint="check the pattern; quote it so the shell does not "
+                                     "expand it")
+            found.append((_base_dir(pattern), files, False, []))
             continue
         folder = pattern.rstrip("/")
+        if folder and _is_local(folder) and os.path.isdir(folder):
+            files, loops = _walk_local(folder)
+            if not files and not loops:
+                raise UserError(f"--input {pattern}: the folder holds no file")
+            found.append((folder, files, True, loops))
+            continue
         files = _match(folder + "/**") if folder else []
         if files:
-            found.append((folder, files, True))
+            found.append((folder, files, True, []))
         elif FileSystems.exists(pattern):
-            found.append((posixpath.dirname(pattern.replace("\\", "/")), [pattern], False))
+            found.append((posixpath.dirname(pattern.replace("\\", "/")), [pattern], False, []))
         else:
-            raise UserError(f"--input {pattern}: no such file or folder")
+            raise UserError(f"--input {pattern}: no such file or folder",
+                            hint="give a folder of images (class subfolders become labels), "
+                                 "TFRecord files, or a quoted glob like 'data/*.tfrecord'")
     return found
 
 
 def discover(job):
     """List the inputs of `job` (deterministic order) and decide their kind and labels."""
     found = _expand_inputs(job)
-    all_files = [f for _, files, _ in found for f in files]
+    all_files = [f for _, files, _, _ in found for f in files]
+    loops = [InputRef(key=_relative(link, base), path=link)
+             for base, _, _, links in found for link in links]
+    hidden = sorted(_relative(f, base) for base, files, is_folder, _ in found if is_folder
+                    for f in files if _hidden(_relative(f, base)))
     kind = job.input_kind
     if kind == "auto":
         images = [f for f in all_files if _is_image(f)]
@@ -100,13 +162,13 @@ def discover(job):
         kind = "tfrecord" if records and not images else "folder"
     if kind == "tfrecord":
         refs = [InputRef(key=_relative(f, base), path=f)
-                for base, files, is_folder in found for f in files
+                for base, files, is_folder, _ in found for f in files
                 if not (is_folder and _hidden(_relative(f, base)))]
-        _check_unique(refs)
-        return Discovery("tfrecord", refs, [], [], [])
+        _check_unique(refs + loops)
+        return Discovery("tfrecord", refs, [], [], [], loops, hidden)
 
     refs, skipped, outside, names = [], [], [], set()
-    for base, files, is_folder in found:
+    for base, files, is_folder, _ in found:
         relative = [(f, _relative(f, base)) for f in files]
         if is_folder:
             relative = [(f, r) for f, r in relative if not _hidden(r)]
@@ -125,8 +187,8 @@ def discover(job):
             continue
         image_refs.append(InputRef(key=r, path=f,
                                    label=label_of[r.split("/")[0]] if label_names else None))
-    _check_unique(image_refs)
-    return Discovery("folder", image_refs, label_names, sorted(skipped), outside)
+    _check_unique(image_refs + outside + loops)
+    return Discovery("folder", image_refs, label_names, sorted(skipped), outside, loops, hidden)
 
 
 def _check_unique(refs):
@@ -144,6 +206,19 @@ def _check_unique(refs):
 def read_bytes(path):
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
+
+
+def read_failure(path, exc):
+    """(reason, message) for a file that could not be read: names a broken or looping symbolic
+    link, which the OS reports only as 'no such file' / 'too many levels of symbolic links'."""
+    if _is_local(path) and os.path.islink(path):
+        if getattr(exc, "errno", None) == errno.ELOOP:
+            return "symbolic link loop", f"symbolic link loop: {path} points back to itself"
+        if not os.path.exists(path):
+            return "broken symbolic link", (f"broken symbolic link: {path} points to "
+                                            f"{os.readlink(path)}, which does not exist")
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return "cannot read the file", f"cannot read {path}: {text}"
 
 
 class RecordError(Exception):
