@@ -53,8 +53,9 @@ EXCLUDED = {
 # Layers whose output size differs from their input's.
 CHANGES_SIZE = {"RandomCrop", "CenterCrop", "Resizing", "RandomResizedCrop"}
 
-# Parameters for the registry-driven tests, for layers with required arguments. A discovered
-# layer with required arguments and no entry here fails those tests, on purpose.
+# Parameters for the registry-driven tests, for layers with required arguments (or defaults that
+# change nothing). A discovered layer with required arguments and no entry here fails those
+# tests, on purpose.
 TEST_PARAMS = {
     "RandomRotation": {"factor": 0.1},
     "RandomZoom": {"height_factor": 0.2},
@@ -72,6 +73,8 @@ TEST_PARAMS = {
     "RandomSharpness": {"factor": 0.5},
     "RandomColorDegeneration": {"factor": 0.5},
     "RandomPosterization": {"factor": 4},
+    "RandomColorJitter": {"brightness_factor": 0.2, "contrast_factor": 0.3, "hue_factor": 0.1},
+    "Solarization": {"addition_factor": 0.2, "threshold_factor": 0.5},
 }
 
 # Module names of image layers on Keras 3 releases before the image_preprocessing package.
@@ -204,8 +207,10 @@ def bind_seeds(layer):
     if hasattr(layer, "_random_generator"):  # Keras 2: backend.RandomGenerator
         object.__setattr__(layer, "_random_generator", _Keras2Generator(seeds))
         return seeds
-    # Keras 3: layers draw through SeedGenerator attributes and _get_seed_generator().
-    from keras.src.random.seed_generator import SeedGenerator
+    try:  # Keras 3: layers draw through SeedGenerator attributes and _get_seed_generator().
+        from keras.src.random.seed_generator import SeedGenerator
+    except ImportError:  # Keras 2, a layer that draws nothing
+        return seeds
     generator = _keras3_generator(seeds)
     for sub in list(getattr(layer, "_flatten_layers", lambda: [layer])()):
         for attr, value in list(vars(sub).items()):
@@ -216,12 +221,11 @@ def bind_seeds(layer):
     return seeds
 
 
-def build_layer_op(cls, random, **params):
-    """The op fn running a `cls(**params)` layer as in training, on [0, 255] pixel values."""
+def build_layer_op(cls, **params):
+    """The op fn running a `cls(**params)` layer as in training, on [0, 255] pixel values.
+
+    Every example runs alone, deterministic layers too: some compute over the whole batch."""
     layer = cls(**params)
-    if not random:
-        return lambda images, seeds: tf.cast(
-            layer(images * 255.0, training=True), tf.float32) / 255.0
     example_seeds = bind_seeds(layer)
 
     def one(image, seed):
@@ -242,7 +246,7 @@ def register_discovered():
         required = [p.name for p in params if p.required]
         test_params = TEST_PARAMS.get(name, None if required else {})
         add(LayerOp(name=f"keras.layers.{name}", family=F, layer_class=cls,
-                    builder=functools.partial(build_layer_op, cls, random),
+                    builder=functools.partial(build_layer_op, cls),
                     params=tuple(params), random=random, doc=_doc(cls),
                     keeps_shape=name not in CHANGES_SIZE, test_params=test_params))
 
