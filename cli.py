@@ -1,7 +1,10 @@
 """The `augbatch` command line."""
+import errno
 import logging
+import os
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -11,19 +14,91 @@ from pipeline.errors import UserError
 log = logging.getLogger("augbatch")
 
 
+def path_error(exc):
+    """An OSError about a path (missing, not writable, disk full...) -> a UserError, else None."""
+    from apache_beam.io.filesystem import BeamIOError
+    if isinstance(exc, BeamIOError) and exc.exception_details:
+        # Beam's file systems wrap the first real failure: {path: exception}.
+        path, inner = next(iter(exc.exception_details.items()))
+        if isinstance(inner, OSError):
+            return path_error(inner) or UserError(f"{path}: {inner}")
+        return UserError(f"{path}: {inner}" if inner else str(exc))
+    if not isinstance(exc, OSError):
+        return None
+    if not exc.filename:  # Beam's local file system re-raises OSError(original)
+        inner = exc.args[0] if exc.args else None
+        inner = inner if isinstance(inner, OSError) else exc.__cause__ or exc.__context__
+        return path_error(inner) if isinstance(inner, OSError) else None
+    path, code = exc.filename, exc.errno
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"permission denied: {path}", hint="check that you may read (inputs, "
+                         "config) or write (--output) there, or choose another path")
+    if code == errno.ENOENT:
+        return UserError(f"no such file or directory: {path}",
+                         hint=f"check the path (relative paths start at {os.getcwd()})")
+    if code == errno.ENOSPC:
+        return UserError(f"no space left on the device while writing {path}",
+                         hint="free some space or choose another --output")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return UserError(f"{path}: a file is in the way where a folder is needed",
+                         hint="choose another --output, or move that file")
+    return UserError(f"{path}: {exc.strerror or exc}")
+
+
+def first_line(exc, limit=300):
+    text = str(exc).strip().splitlines()
+    return (text[0][:limit] if text else "") or type(exc).__name__
+
+
 class AugbatchGroup(click.Group):
-    """Turns user errors into one clear message and exit code 2 (a traceback only with --debug)."""
+    """One clear message when something goes wrong, no traceback unless --debug.
+
+    A user error (config, paths, permissions) prints the message and a hint and exits 2;
+    anything unexpected prints a one-line summary and exits 1.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as e:
-            if ctx.meta.get("augbatch.debug"):
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click prints these itself (usage errors exit 2)
+        except Exception as e:  # noqa: BLE001 - the one place every failure is reported
+            debug = ctx.meta.get("augbatch.debug")
+            if debug:
                 traceback.print_exc()
-            click.echo(f"error: {e}", err=True)
-            if e.hint:
-                click.echo(f"hint: {e.hint}", err=True)
-            ctx.exit(e.exit_code)
+            user_error = e if isinstance(e, UserError) else path_error(e)
+            if user_error is not None:
+                click.echo(f"error: {user_error}", err=True)
+                if user_error.hint:
+                    click.echo(f"hint: {user_error.hint}", err=True)
+                ctx.exit(user_error.exit_code)
+            click.echo(f"error: unexpected {type(e).__name__}: {first_line(e)}", err=True)
+            if not debug:
+                click.echo("run with --debug for the traceback", err=True)
+            ctx.exit(1)
+
+
+class _BeamImportNoise(logging.Filter):
+    """Drops Beam's import-time warning about optional GCP clients (logged on the root logger)."""
+
+    def filter(self, record):
+        return not ("apache_beam" in record.pathname and "apitools" in record.getMessage())
+
+
+_BEAM_NOISE = _BeamImportNoise()
+
+
+def quiet_startup():
+    """Hide TensorFlow / absl / Beam start-up chatter (--debug keeps all of it). TensorFlow reads
+    TF_CPP_MIN_LOG_LEVEL when it is first imported, which the commands do later."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", module="tensorflow_addons")
+    # BatchElements' batch-size estimator fits timings with numpy, which warns on few points.
+    warnings.filterwarnings("ignore", module="apache_beam.transforms.util")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if _BEAM_NOISE not in root.filters:
+        root.addFilter(_BEAM_NOISE)
 
 
 @click.group(cls=AugbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +117,8 @@ def main(ctx, debug, quiet):
     """
     ctx.meta["augbatch.debug"] = debug
     ctx.meta["augbatch.quiet"] = quiet
+    if not debug:
+        quiet_startup()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(level)
@@ -69,14 +146,19 @@ def main(ctx, debug, quiet):
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier run's output in a non-empty output directory.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display and no summary.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
            compression, format_, quality, channels, batch_size, allow_python_ops, overwrite,
-           beam_args):
+           quiet, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
 
     Flags override the config. Anything after `--` goes to Apache Beam as pipeline options
     (the DirectRunner runs unless you name another).
+
+    Progress goes to stderr: a live bar on a terminal, otherwise a line every 10 seconds
+    (AUGBATCH_PROGRESS_INTERVAL=SECONDS to change). It is live on the DirectRunner's in-memory
+    and multi-threading modes; other runners show their own (Beam counters "augbatch").
 
     \b
     Examples:
@@ -92,14 +174,55 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
     }, allow_python_ops=allow_python_ops)
-    manifest = run.run_expand(job, beam_args, overwrite=overwrite)
-    counts = manifest["counts"]
-    click.echo(f"inputs: {counts['discovered']}  written: {counts['written']}  "
-               f"errored: {counts['errored']}  outputs: {counts['outputs']} records in "
-               f"{manifest['output']['num_shards']} shards")
-    for stage, n in sorted(manifest["errors_by_stage"].items()):
-        click.echo(f"  errors at {stage}: {n}")
-    click.echo(f"output: {job.output} (manifest.json, errors.jsonl)")
+    quiet = quiet or click.get_current_context().meta.get("augbatch.quiet")
+    manifest = run.run_expand(job, beam_args, overwrite=overwrite, show_progress=not quiet)
+    if not quiet:
+        from pipeline import progress
+        for line in progress.summary(manifest):
+            click.echo(line)
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML or JSON config, as for expand.")
+@click.option("-i", "--input", "inputs", multiple=True, help="Input folder, file or glob "
+              "(repeatable). Overrides the config's input.")
+@click.option("-n", "--num-inputs", default=6, show_default=True, type=click.IntRange(1, 200),
+              help="Inputs to sample: one row each.")
+@click.option("--copies", type=click.IntRange(0, 64),
+              help="Copies per input  [default: the config's, at most 8]")
+@click.option("--seed", type=int, help="Global seed, as for expand (also picks the inputs).")
+@click.option("--tile-size", default=160, show_default=True, type=click.IntRange(32, 1024),
+              help="Pixels per tile side.")
+@click.option("--allow-python-ops", is_flag=True,
+              help="Allow `python` ops, which import and run code named in the config.")
+@click.option("-o", "--output", default="preview.png", show_default=True,
+              type=click.Path(dir_okay=False), help="The sheet to write (.png, .jpg or .webp).")
+def preview(config_path, inputs, num_inputs, copies, seed, tile_size, allow_python_ops,
+            output):
+    """Draw a contact sheet of augmented copies, to check a config before a long run.
+
+    One row per sampled input: the original (framed in blue), then copies 1..N, each
+    captioned with its key, copy index and size. The tiles are what `expand` writes for
+    those keys and copies with the same config and seed (decoded from the same encoded
+    bytes), so a seed picked here reproduces exactly in expand. The sampled inputs depend
+    only on the seed; inputs that would fail show their error instead.
+
+    \b
+    Examples:
+      augbatch preview -c sample_configs/light_classification.yaml -o preview.png
+      augbatch preview -c cfg.yaml -i data/train -n 4 --copies 6 --seed 7 -o look.png
+    """
+    from pipeline import config, preview as preview_mod
+    job = config.load(config_path, overrides={"input": inputs or None, "output": "-",
+                                              "seed": seed}, allow_python_ops=allow_python_ops)
+    rows = preview_mod.write(job, output, num_inputs, copies, tile_size)
+    shown = max((len(row.copies) for row in rows), default=0)
+    click.echo(f"preview: {output} ({len(rows)} inputs, original + {shown} copies each, "
+               f"seed {job.seed})")
+    for row in rows:
+        if row.error:
+            click.echo(f"  {row.key} would not be written: {row.error}")
 
 
 @main.command()

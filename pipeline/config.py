@@ -82,7 +82,9 @@ def read_file(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise ConfigError("", f"config file not found: {path}") from None
+        raise ConfigError("", f"config file not found: {path}",
+                          hint=f"check the path (relative paths start at {os.getcwd()}); "
+                               "sample_configs/ has examples to copy") from None
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
     try:

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import __version__, sinks, sources
+from pipeline import __version__, progress, sinks, sources
 from pipeline import transforms as T
 from pipeline.errors import UserError
 from pipeline.example import FEATURE_KEYS
@@ -150,8 +150,9 @@ def check_crc():
                     "(install a google-crc32c wheel for this platform)")
 
 
-def run_expand(job, beam_args=(), overwrite=False):
-    """Run `job`; return the manifest (also written to OUTPUT/manifest.json)."""
+def run_expand(job, beam_args=(), overwrite=False, show_progress=False):
+    """Run `job`; return the manifest (also written to OUTPUT/manifest.json).
+    `show_progress`: a live progress display on stderr while the pipeline runs."""
     started = time.time()
     check_crc()
     if job.copies == 0 and not job.keep_original:
@@ -167,7 +168,9 @@ def run_expand(job, beam_args=(), overwrite=False):
     discovered_at = time.time()
     p = beam.Pipeline(options=options)
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash)
-    p.run().wait_until_finish()
+    total = len(discovery.refs) if discovery.kind == "folder" else None  # records: unknown
+    with progress.Shown(total, enabled=show_progress):
+        p.run().wait_until_finish()
     finished = time.time()
 
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:

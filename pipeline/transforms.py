@@ -8,7 +8,7 @@ from typing import Optional
 import apache_beam as beam
 import numpy as np
 
-from pipeline import sources
+from pipeline import progress, sources
 from pipeline.chain import example_seed
 
 ERRORS = "errors"
@@ -59,6 +59,7 @@ class OutputRecord:
 def error(stage, exc, key, source, record_index=None):
     # TensorFlow's errors keep the useful text in .message (str() starts with a graph trace).
     text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+    progress.count(progress.DONE)  # an input that errors is finished
     return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
         key=key, source=source, record_index=record_index, stage=stage,
         error_type=type(exc).__name__, message=text.strip().split("\n")[-1][:500]))
@@ -73,6 +74,7 @@ class ReadImageFile(beam.DoFn):
         self.label_names = list(label_names)
 
     def process(self, ref):
+        progress.count(progress.READ)
         try:
             data = sources.read_bytes(ref.path)
         except Exception as e:  # noqa: BLE001 - any read failure is this input's error
@@ -94,8 +96,10 @@ class ReadTFRecordFile(beam.DoFn):
         try:
             with sources.open_records(ref.path) as stream:
                 for index, record in enumerate(sources.iter_records(stream)):
+                    progress.count(progress.READ)
                     yield self._parse(ref, index, record)
         except Exception as e:  # noqa: BLE001 - damage: the records before it are kept
+            progress.count(progress.READ)
             yield error("read", e, f"{ref.key}:{index + 1}", ref.path, index + 1)
 
     def _parse(self, ref, index, record):
@@ -173,7 +177,7 @@ class DecodeImage(beam.DoFn):
         import tensorflow as tf
         self._decode = tf.function(
             lambda data: tf.io.decode_image(data, channels=0, expand_animations=False),
-            input_signature=[tf.TensorSpec([], tf.string)])
+            input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
     def process(self, item):
         where = (item.key, item.source, item.record_index)
@@ -230,13 +234,21 @@ class AugmentAndEncode(beam.DoFn):
                 records = None
             if records is not None:
                 yield from records
+                self._count(len(items), len(records))
                 continue
             for item in items:
                 try:
-                    yield from self._records([item])
+                    records = self._records([item])
+                    yield from records
+                    self._count(1, len(records))
                 except Exception as e:  # noqa: BLE001
                     yield error("augment", e, item.input.key, item.input.source,
                                 item.input.record_index)
+
+    @staticmethod
+    def _count(inputs, records):
+        progress.count(progress.DONE, inputs)
+        progress.count(progress.OUTPUTS, records)
 
     def _records(self, items):
         job = self.job

@@ -1,0 +1,258 @@
+"""`augbatch preview`: a contact sheet of what `expand` would write for a few inputs.
+
+The tiles come from the very code `expand` runs: the same discovery, read and decode DoFns
+(called directly, without a pipeline), the same ChainRunner with the same per-example seeds,
+and the same encoder; each copy is then decoded from the encoded bytes. So a tile's pixels are
+the pixels expand writes for that key and copy (JPEG artefacts included).
+"""
+import dataclasses
+import os
+import random
+from typing import List, Optional
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+MAX_SAMPLE_READ_FACTOR = 4  # TFRecords: read whole files until 4x the sample is in hand
+
+
+@dataclasses.dataclass
+class Row:
+    """One sampled input: its original (copy 0) and its copies 1..N, as uint8 [H, W, C]."""
+    key: str
+    label_text: Optional[str] = None
+    original: Optional[np.ndarray] = None
+    copies: List[np.ndarray] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None  # "decode: not a readable image ..." when the input fails
+
+
+# --- sampling and reading ------------------------------------------------------------------------
+
+def _rng(seed):
+    return random.Random(f"augbatch-preview:{seed}")
+
+
+def _read(job, discovery, n, rng):
+    """Up to n Inputs (or ErrorRecords) picked at random, deterministically for job.seed."""
+    from pipeline import transforms as T
+    if discovery.kind == "folder":
+        refs = rng.sample(discovery.refs, min(n, len(discovery.refs)))
+        read = T.ReadImageFile(discovery.label_names)
+    else:
+        # A TFRecord's records are only known by reading it: read whole files in a random
+        # order until there is enough to pick from.
+        refs = rng.sample(discovery.refs, len(discovery.refs))
+        read = T.ReadTFRecordFile(job.image_feature, job.label_feature)
+    found = []
+    for ref in refs:
+        found.extend(_unwrap(out) for out in read.process(ref))
+        if discovery.kind == "tfrecord" and len(found) >= n * MAX_SAMPLE_READ_FACTOR:
+            break
+    if discovery.kind == "tfrecord":
+        found = rng.sample(found, min(n, len(found)))
+    return sorted(found, key=lambda item: item.key)
+
+
+def _unwrap(out):
+    """A DoFn's output: the element, whether on the main output or tagged as an error."""
+    return getattr(out, "value", out)
+
+
+def rows(job, n=6, copies=None):
+    """Sample n inputs of `job` and run them as `expand` would: a Row per input.
+
+    copies: how many copies to make (default: the job's). Copy c of input k is exactly what
+    expand writes for (k, c): same seed, same chain, same encoding.
+    """
+    from pipeline import augment, sources
+    from pipeline import transforms as T
+    copies = job.copies if copies is None else copies
+    discovery = sources.discover(job)
+    if not discovery.refs:
+        raise UserError(f"no input images found in {', '.join(job.input)}",
+                        hint="give a folder of images or TFRecord files with --input")
+    decode = T.DecodeImage(job.channels, job.max_pixels)
+    decode.setup()
+    runner = augment.ChainRunner(job)
+    out = []
+    for item in _read(job, discovery, n, _rng(job.seed)):
+        if isinstance(item, T.ErrorRecord):
+            out.append(Row(item.key, error=f"{item.stage}: {item.message}"))
+            continue
+        decoded = _unwrap(next(iter(decode.process(item))))
+        if isinstance(decoded, T.ErrorRecord):
+            out.append(Row(item.key, item.label_text, error=f"{decoded.stage}: {decoded.message}"))
+            continue
+        row = Row(item.key, item.label_text, original=decoded.image)
+        try:
+            row.copies = _copies(job, runner, decoded, copies)
+        except Exception as e:  # noqa: BLE001 - expand would list this input in errors.jsonl
+            row.error = f"augment: {e}"
+        out.append(row)
+    return out
+
+
+def _copies(job, runner, decoded, copies):
+    """Copies 1..copies of one decoded input, as decoded from the bytes expand writes."""
+    import tensorflow as tf
+    from pipeline import transforms as T
+    from pipeline.chain import example_seed
+    if not copies:
+        return []
+    key = decoded.input.key
+    seeds = np.array([example_seed(job.seed, key, c) for c in range(1, copies + 1)], np.int32)
+    images = np.stack([decoded.image] * copies)
+    formats = [T.output_format(job.format, decoded.format)] * copies
+    encoded, _ = runner.augment_encode(images, seeds, formats)
+    return [tf.io.decode_image(data, channels=job.channels, expand_animations=False).numpy()
+            for data in encoded]
+
+
+# --- drawing -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Tile:
+    image: Optional[np.ndarray]  # uint8 [H, W, C]; None: a text-only tile (an error)
+    caption: List[str]
+    highlight: bool = False  # a coloured frame (the original)
+    text: str = ""  # shown inside a tile without an image
+
+
+BACKGROUND, PANEL, INK, FAINT = (246, 246, 244), (226, 226, 222), (34, 34, 34), (110, 110, 110)
+ACCENT, ERROR = (38, 110, 200), (190, 40, 40)
+PAD, LINE = 10, 15
+
+
+def _font(size):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit_text(draw, text, font, width):
+    """`text`, shortened in the middle with '…' until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    keep = len(text)
+    while keep > 1:
+        keep -= 1
+        short = text[:keep // 2] + "…" + text[len(text) - (keep - keep // 2):]
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return "…"
+
+
+def _wrap(draw, text, font, width, max_lines):
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if draw.textlength(candidate, font=font) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    lines.append(line)
+    return [_fit_text(draw, text_line, font, width) for text_line in lines[:max_lines]]
+
+
+def _thumbnail(array, size):
+    """uint8 [H, W, C] -> an RGB PIL image filling size x size (aspect kept). Tiny images are
+    enlarged by whole pixels, so their pixels stay visible as pixels."""
+    from PIL import Image
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array[..., :3])
+    image = image.convert("RGB")
+    scale = min(size / image.width, size / image.height)
+    if scale >= 3:
+        scale = int(scale)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    return image.resize((width, height), Image.NEAREST if scale >= 3 else Image.LANCZOS)
+
+
+def render(grid, title_lines, tile_size=160):
+    """Draw rows of Tiles under a title: the PIL image of the sheet."""
+    from PIL import Image, ImageDraw
+    title_font, font = _font(15), _font(12)
+    columns = max(len(row) for row in grid) if grid else 1
+    cell_w, cell_h = tile_size, tile_size + 2 * LINE + 4
+    width = max(PAD + columns * (cell_w + PAD), 480)
+    title_h = PAD + len(title_lines) * (LINE + 4) + PAD
+    height = title_h + len(grid) * (cell_h + PAD) + PAD
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(title_lines):
+        draw.text((PAD, PAD + i * (LINE + 4)), _fit_text(draw, line, title_font, width - 2 * PAD),
+                  fill=INK if i == 0 else FAINT, font=title_font)
+    for r, row in enumerate(grid):
+        top = title_h + r * (cell_h + PAD)
+        for c, tile in enumerate(row):
+            left = PAD + c * (cell_w + PAD)
+            draw.rectangle([left, top, left + cell_w - 1, top + tile_size - 1], fill=PANEL)
+            if tile.image is not None:
+                thumb = _thumbnail(tile.image, tile_size)
+                sheet.paste(thumb, (left + (cell_w - thumb.width) // 2,
+                                    top + (tile_size - thumb.height) // 2))
+            else:
+                for i, line in enumerate(_wrap(draw, tile.text, font, cell_w - 12,
+                                               tile_size // LINE - 1)):
+                    draw.text((left + 6, top + 6 + i * LINE), line, fill=ERROR, font=font)
+            if tile.highlight:
+                draw.rectangle([left - 2, top - 2, left + cell_w + 1, top + tile_size + 1],
+                               outline=ACCENT, width=2)
+            for i, line in enumerate(tile.caption[:2]):
+                draw.text((left, top + tile_size + 3 + i * LINE),
+                          _fit_text(draw, line, font, cell_w), fill=INK if i == 0 else FAINT,
+                          font=font)
+    return sheet
+
+
+def _size(array):
+    return f"{array.shape[1]}x{array.shape[0]}"
+
+
+def tiles_of(row):
+    """The Tiles of one preview Row: original first, then its copies."""
+    if row.error:
+        return [Tile(None, [row.key, "not written (errors.jsonl)"], text=row.error)]
+    label = f" · {row.label_text}" if row.label_text else ""
+    out = [Tile(row.original, [row.key, f"original{label} · {_size(row.original)}"],
+                highlight=True)]
+    out += [Tile(image, [row.key, f"copy {c} · {_size(image)}"])
+            for c, image in enumerate(row.copies, start=1)]
+    return out
+
+
+def _extension(path):
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UserError(f"cannot write a preview as '{extension or path}'",
+                        hint="name the file .png (or .jpg / .webp)")
+    return extension
+
+
+def save(sheet, path):
+    """Write the sheet (PNG, or JPEG/WebP by the file's extension)."""
+    options = {".png": {"optimize": True}}.get(_extension(path), {"quality": 88})
+    sheet.save(path, **options)
+
+
+def chain_summary(job):
+    from pipeline import chain as chain_mod
+    names = [name for _, name in chain_mod.op_paths(job.chain)]
+    return "chain: " + (" > ".join(names) if names else "(empty: copies equal the original)")
+
+
+def write(job, path, n=6, copies=None, tile_size=160):
+    """Preview `job` on n sampled inputs into the image file `path`; return the Rows."""
+    _extension(path)  # before the work, not after
+    copies = min(job.copies, 8) if copies is None else copies
+    preview_rows = rows(job, n, copies)
+    config = os.path.basename(job.config_path) if job.config_path else "(no config)"
+    title = [f"augbatch preview · {config} · seed {job.seed} · {len(preview_rows)} inputs, "
+             f"original + {copies} copies · {job.format}"
+             + (f" q{job.quality}" if job.format != "png" else ""),
+             chain_summary(job)]
+    save(render([tiles_of(row) for row in preview_rows], title, tile_size), path)
+    return preview_rows
