@@ -146,11 +146,30 @@ def main(ctx, debug, quiet):
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier run's output in a non-empty output directory.")
+@click.option("--max-pixels", type=click.IntRange(1), help="Reject images whose header "
+              "declares more pixels (default 50000000), before decoding them.")
+@click.option("--max-errors", type=click.IntRange(0), help="Fail the run (exit code 3, after "
+              "writing everything) when more inputs than this fail. Default: never fail for "
+              "bad inputs; they are always listed in errors.jsonl.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), help="Fail the run (exit code "
+              "3) when more than this fraction of the inputs fail, e.g. 0.01.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display and no summary.")
+@click.option("--runner", type=click.Choice(["direct", "dask", "dataflow", "flink", "spark",
+                                             "portable"]),
+              help="Where the pipeline runs (default: direct, this machine).")
+@click.option("--dask-address", metavar="tcp://HOST:PORT",
+              help="Run on this existing dask.distributed cluster (implies --runner dask).")
+@click.option("--dask-workers", type=click.IntRange(1), metavar="N", help="Run on a local Dask "
+              "cluster of N worker processes, started for this run (implies --runner dask).")
+@click.option("--accelerator", metavar="HINT", help="Resource hint for the augment step, e.g. "
+              "'type:nvidia-tesla-t4;count:1;install-nvidia-driver' (GPUs on Dataflow).")
+@click.option("--dry-run", is_flag=True, help="Build the pipeline for the chosen runner and "
+              "print its steps and options; run nothing, write nothing.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
            compression, format_, quality, channels, batch_size, allow_python_ops, overwrite,
-           quiet, beam_args):
+           max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
+           accelerator, dry_run, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
 
     Flags override the config. Anything after `--` goes to Apache Beam as pipeline options
@@ -166,16 +185,32 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
       augbatch expand -c cfg.yaml -i 'data/train-*.tfrecord' -o out/ --copies 8 --seed 7
       augbatch expand -c cfg.yaml -o out/ -- --direct_num_workers=2 \\
           --direct_running_mode=multi_processing
+      augbatch expand -c cfg.yaml -o out/ --runner dask --dask-workers 2
+      augbatch expand -c cfg.yaml -o gs://bucket/out --runner dataflow --dry-run -- \\
+          --project=my-project --region=us-central1 --temp_location=gs://bucket/tmp \\
+          --setup_file=./setup.py
     """
-    from pipeline import config, run
+    from pipeline import config, run, runners
     job = config.load(config_path, overrides={
         "input": inputs or None, "output": output, "input_kind": input_kind, "copies": copies,
         "keep_original": keep_original, "seed": seed, "num_shards": num_shards,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
+        "max_pixels": max_pixels, "max_errors": max_errors, "max_error_rate": max_error_rate,
     }, allow_python_ops=allow_python_ops)
     quiet = quiet or click.get_current_context().meta.get("augbatch.quiet")
-    manifest = run.run_expand(job, beam_args, overwrite=overwrite, show_progress=not quiet)
+    if quiet:
+        log.setLevel(logging.WARNING)
+    beam_args, local_workers = runners.assemble(runner, beam_args, dask_address, dask_workers)
+    if dry_run:
+        if local_workers:
+            beam_args.append("--dask_client_address=<a local cluster of "
+                             f"{local_workers} workers, started at run time>")
+        click.echo(run.dry_run(job, beam_args, accelerator=accelerator))
+        return
+    with runners.started(beam_args, local_workers) as beam_args:
+        manifest = run.run_expand(job, beam_args, overwrite=overwrite, show_progress=not quiet,
+                                  accelerator=accelerator)
     if not quiet:
         from pipeline import progress
         for line in progress.summary(manifest):
@@ -223,6 +258,58 @@ def preview(config_path, inputs, num_inputs, copies, seed, tile_size, allow_pyth
     for row in rows:
         if row.error:
             click.echo(f"  {row.key} would not be written: {row.error}")
+
+
+@main.command("inspect")
+@click.argument("target")
+@click.option("--verify", is_flag=True, help="Also decode every image, check it against its "
+              "declared size and the shards against manifest.json; exit 1 on any problem, "
+              "naming the file and record index.")
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Draw a contact sheet of a random sample of the images (.png/.jpg/.webp).")
+@click.option("--sample", default=24, show_default=True, type=click.IntRange(1, 500),
+              help="Images on the sheet.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the sample (same seed, same images).")
+@click.option("--image-key", help="Feature holding the encoded image  [default: the "
+              "manifest's, else image/encoded]")
+@click.option("--label-key", default="image/class/label", show_default=True,
+              help="Integer feature holding the label.")
+def inspect_(target, verify, sheet, sample, seed, image_key, label_key):
+    """Summarize TFRecord files: counts, image sizes and formats, errors; optionally verify.
+
+    TARGET is an output folder of `expand` (its manifest.json and errors.jsonl are read too),
+    a TFRecord file, or a quoted glob. Any TFRecord files of tf.train.Example work, not only
+    augbatch's. Counts are per file, per label and per copy index; image formats and sizes
+    come from the image headers. Damaged files (bad CRC, cut short) are always reported.
+
+    \b
+    Examples:
+      augbatch inspect out/
+      augbatch inspect out/ --verify
+      augbatch inspect 'data/train-*.tfrecord' --sheet sample.png --sample 36 --seed 1
+      augbatch inspect data/ --image-key image/raw --label-key label
+    """
+    from pipeline import inspection
+    if sheet:
+        from pipeline import preview as preview_mod
+        preview_mod.check_extension(sheet)
+    report = inspection.scan(target, image_key=image_key, label_key=label_key, verify=verify,
+                             sample=sample if sheet else 0, seed=seed)
+    for line in inspection.lines(report):
+        click.echo(line)
+    if sheet:
+        shown = inspection.write_sheet(report, sheet, seed=seed)
+        click.echo(f"sheet: {sheet} ({shown} images)")
+    if verify:
+        verdict = inspection.verify_lines(report)
+        for line in verdict:
+            click.echo(line, err=bool(report.problems))
+        if report.problems:
+            click.get_current_context().exit(1)
+    elif report.problems:
+        click.echo(f"warning: {len(report.problems)} problems, e.g. {report.problems[0]} "
+                   "(--verify lists them all)", err=True)
 
 
 @main.command()

@@ -38,6 +38,16 @@ def _own_files(output, prefix):
     return [m.path for m in listing], ours
 
 
+def _delete_tree(path):
+    """Delete a folder and what is in it, on any filesystem (on an object store such as gs://
+    there is no folder to delete, only the objects under its prefix)."""
+    inside = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    if inside:
+        FileSystems.delete(inside)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
 def prepare_output(output, prefix, overwrite):
     """Refuse a non-empty output dir unless `overwrite`; then delete only our own files."""
     present, ours = _own_files(output, prefix)
@@ -47,6 +57,9 @@ def prepare_output(output, prefix, overwrite):
                              "another --output")
     if ours:
         FileSystems.delete(ours)
+    tmp_dir = FileSystems.join(output, sinks.TMP_DIR)
+    if FileSystems.exists(tmp_dir):  # left (emptied above) by a run that was killed
+        FileSystems.delete([tmp_dir])
     foreign = sorted(set(present) - set(ours))
     if foreign:
         log.warning("--overwrite keeps %d files augbatch did not write in %s, e.g. %s",
@@ -75,8 +88,9 @@ def beam_options(beam_args):
     return options
 
 
-def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash):
-    """Add the whole job to pipeline `p`. The summary lands in tmp_dir/summary.json."""
+def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelerator=None):
+    """Add the whole job to pipeline `p`. The summary lands in tmp_dir/summary.json.
+    `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow)."""
     refs = p | "Inputs" >> beam.Create(discovery.refs) | "Spread" >> beam.Reshuffle()
     if discovery.kind == "folder":
         read = refs | "Read" >> beam.ParDo(T.ReadImageFile(discovery.label_names)).with_outputs(
@@ -84,20 +98,25 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash):
     else:
         read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
             job.image_feature, job.label_feature)).with_outputs(T.ERRORS, main="inputs")
-    outside = p | "BesideClasses" >> beam.Create([T.ErrorRecord(
-        ref.key, ref.path, None, "read", "ValueError",
-        "image is beside the class folders, not inside one; it has no label")
-        for ref in discovery.outside_classes])
+    # What discovery found but cannot use (images beside the class folders, symlink loops).
+    outside = p | "Rejected" >> beam.Create([T.ErrorRecord(
+        ref.key, ref.path, None, "read", error_type, message, reason)
+        for ref, error_type, reason, message in discovery.rejected])
     inputs = read.inputs
     if discovery.kind == "tfrecord":
         inputs = inputs | "SpreadRecords" >> beam.Reshuffle()
     decoded = inputs | "Decode" >> beam.ParDo(T.DecodeImage(
         job.channels, job.max_pixels)).with_outputs(T.ERRORS, main="images")
     per_batch = max(1, job.batch_size // max(1, job.copies))
+    augment = beam.ParDo(T.AugmentAndEncode(job, config_hash))
+    if accelerator:
+        augment = augment.with_resource_hints(accelerator=accelerator)
+    # Fixed-size batches (Beam's default would grow them up to 10,000 elements): bounded
+    # memory, and a compiled chain segment sees one batch size. Only a bundle's last is smaller.
     augmented = (decoded.images
-                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=per_batch)
-                 | "AugmentEncode" >> beam.ParDo(T.AugmentAndEncode(job, config_hash))
-                 .with_outputs(T.ERRORS, main="records"))
+                 | "Batch" >> beam.BatchElements(min_batch_size=per_batch,
+                                                 max_batch_size=per_batch)
+                 | "AugmentEncode" >> augment.with_outputs(T.ERRORS, main="records"))
     shard_stats = augmented.records | "Write" >> sinks.WriteShards(
         job.output, tmp_dir, num_shards, job.prefix, job.compression)
 
@@ -114,7 +133,9 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash):
 
 
 def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered):
-    """Runs once, after every shard is written: errors.jsonl (sorted) and the counts."""
+    """Runs once, after every shard is written: errors.jsonl (sorted) and the counts.
+    `discovered` counts what the read step saw: each input read, each input that failed to
+    read (a damaged TFRecord's unreadable rest counts as one) and each rejected path."""
     errors = sorted(errors, key=lambda e: (e.key, e.stage))
     staging = FileSystems.join(tmp_dir, "errors.jsonl")
     with FileSystems.create(staging) as f:
@@ -124,8 +145,13 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered):
     if FileSystems.exists(final):
         FileSystems.delete([final])
     FileSystems.rename([staging], [final])
+    by_reason = collections.Counter((e.stage, e.reason) for e in errors)
     summary = {"discovered": discovered, "shards": sorted(shard_stats, key=lambda s: s["shard"]),
-               "errors_by_stage": dict(collections.Counter(e.stage for e in errors)),
+               "errors_by_stage": dict(sorted(collections.Counter(e.stage for e in errors)
+                                              .items())),
+               "errors_by_reason": [{"stage": stage, "reason": reason, "count": n}
+                                    for (stage, reason), n in sorted(
+                                        by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
                "errored": len({e.key for e in errors})}
     with FileSystems.create(FileSystems.join(tmp_dir, "summary.json")) as f:
         f.write(json.dumps(summary).encode())
@@ -150,13 +176,32 @@ def check_crc():
                     "(install a google-crc32c wheel for this platform)")
 
 
-def run_expand(job, beam_args=(), overwrite=False, show_progress=False):
+def dry_run(job, beam_args=(), accelerator=None):
+    """Build the whole pipeline for the runner `beam_args` name, without running it or writing
+    anything (not even the output directory): the --dry-run report."""
+    from pipeline import runners
+    runners.check_filesystems(list(job.input) + [job.output])
+    discovery = sources.discover(job)
+    num_shards = pick_num_shards(job, discovery)
+    options = beam_options(beam_args)
+    p = runners.new_pipeline(options)
+    build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
+                   job.config_hash, accelerator)
+    return runners.render(p, options, {
+        "inputs": f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}",
+        "output": f"{num_shards} shard(s) in {job.output}"})
+
+
+def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None):
     """Run `job`; return the manifest (also written to OUTPUT/manifest.json).
-    `show_progress`: a live progress display on stderr while the pipeline runs."""
+    `show_progress`: a live progress display on stderr while the pipeline runs.
+    `accelerator`: a resource hint for the augment step (see build_pipeline)."""
     started = time.time()
     check_crc()
     if job.copies == 0 and not job.keep_original:
         raise UserError("nothing to write: copies is 0 and keep_original is false")
+    from pipeline import runners
+    runners.check_filesystems(list(job.input) + [job.output])
     discovery = sources.discover(job)
     prepare_output(job.output, job.prefix, overwrite)
     num_shards = pick_num_shards(job, discovery)
@@ -166,8 +211,8 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False):
     log.info("%d %s inputs -> %d shards in %s (runner %s)", len(discovery.refs),
              discovery.kind, num_shards, job.output, options.view_as(StandardOptions).runner)
     discovered_at = time.time()
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash)
+    p = runners.new_pipeline(options)
+    build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
     total = len(discovery.refs) if discovery.kind == "folder" else None  # records: unknown
     with progress.Shown(total, enabled=show_progress):
         p.run().wait_until_finish()
@@ -179,14 +224,69 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False):
                          {"discover_s": discovered_at - started,
                           "pipeline_s": finished - discovered_at,
                           "total_s": time.time() - started})
-    with FileSystems.create(FileSystems.join(job.output, "manifest.json")) as f:
+    staging = FileSystems.join(tmp_dir, "manifest.json")
+    with FileSystems.create(staging) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    FileSystems.delete([tmp_dir])
-    counts = manifest["counts"]
-    if counts["discovered"] != counts["written"] + counts["errored"]:
-        raise RuntimeError(f"accounting failed: {counts['discovered']} inputs discovered but "
-                           f"{counts['written']} written + {counts['errored']} errored")
+    final = FileSystems.join(job.output, "manifest.json")
+    if FileSystems.exists(final):
+        FileSystems.delete([final])
+    FileSystems.rename([staging], [final])
+    _delete_tree(tmp_dir)
+    check_accounting(manifest, discovery)
+    if manifest["error_limit"]["exceeded"]:
+        raise TooManyErrors(manifest)
     return manifest
+
+
+# --- accounting --------------------------------------------------------------------------------
+
+def check_accounting(manifest, discovery):
+    """Every input found must be written or in errors.jsonl; anything else is a bug."""
+    counts = manifest["counts"]
+    problems = []
+    if counts["discovered"] != counts["written"] + counts["errored"]:
+        problems.append(f"{counts['discovered']} inputs discovered but {counts['written']} "
+                        f"written + {counts['errored']} errored")
+    found = len(discovery.refs) + len(discovery.rejected)
+    if discovery.kind == "folder" and counts["discovered"] != found:
+        problems.append(f"{found} inputs listed but {counts['discovered']} read")
+    if problems:
+        raise RuntimeError("accounting failed: " + "; ".join(problems) + " (a bug in augbatch: "
+                           f"see {manifest['output']['directory']}/manifest.json)")
+
+
+def error_limit(job, counts):
+    """Whether the errors pass the job's limits (--max-errors, --max-error-rate; None: none)."""
+    errored, discovered = counts["errored"], counts["discovered"]
+    rate = errored / discovered if discovered else 0.0
+    exceeded = ((job.max_errors is not None and errored > job.max_errors)
+                or (job.max_error_rate is not None and rate > job.max_error_rate))
+    return {"max_errors": job.max_errors, "max_error_rate": job.max_error_rate,
+            "error_rate": round(rate, 6), "exceeded": exceeded}
+
+
+class TooManyErrors(UserError):
+    """The run finished (shards, errors.jsonl and manifest.json are written) but more inputs
+    failed than the job allows. Exit code 3: the data, not the command, is at fault."""
+
+    exit_code = 3
+
+    def __init__(self, manifest):
+        counts, limit = manifest["counts"], manifest["error_limit"]
+        over = [f"--max-errors {limit['max_errors']}" if limit["max_errors"] is not None
+                and counts["errored"] > limit["max_errors"] else None,
+                f"--max-error-rate {limit['max_error_rate']}"
+                if limit["max_error_rate"] is not None
+                and limit["error_rate"] > limit["max_error_rate"] else None]
+        lines = [f"too many bad inputs: {counts['errored']} of {counts['discovered']} failed "
+                 f"({100 * limit['error_rate']:.1f}%), over {' and '.join(o for o in over if o)}"]
+        lines += progress.error_lines(manifest)
+        lines.append(f"  {counts['written']} inputs were written; the output is complete for "
+                     "them, but the job counts as failed")
+        super().__init__("\n".join(lines), hint="fix or remove the bad inputs, or raise the "
+                         "limit (--max-errors / --max-error-rate, or errors.max_errors / "
+                         "errors.max_error_rate in the config)")
+        self.manifest = manifest
 
 
 def _manifest(job, discovery, num_shards, summary, beam_args, timings):
@@ -203,22 +303,26 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
             return "(none)"
         return names[int(label)] if names and int(label) < len(names) else label
 
+    counts = {"discovered": summary["discovered"], "written": copies.get(first_copy, 0),
+              "errored": summary["errored"], "outputs": sum(per_shard.values()),
+              "per_label": {label_name(k): v for k, v in sorted(labels.items())},
+              "per_copy": dict(sorted(copies.items(), key=lambda kv: int(kv[0]))),
+              "per_shard": per_shard}
     return {
         "augbatch_version": __version__,
         "config": job.to_dict(),
         "config_hash": job.config_hash,
         "seed": job.seed,
         "input": {"kind": discovery.kind, "paths": list(job.input), "label_names": names,
-                  "skipped_non_images": discovery.skipped},
+                  "skipped_non_images": discovery.skipped,
+                  "skipped_hidden": discovery.hidden},
         "output": {"directory": job.output, "num_shards": num_shards,
                    "shards": sorted(per_shard), "compression": job.compression,
                    "format": job.format},
-        "counts": {"discovered": summary["discovered"], "written": copies.get(first_copy, 0),
-                   "errored": summary["errored"], "outputs": sum(per_shard.values()),
-                   "per_label": {label_name(k): v for k, v in sorted(labels.items())},
-                   "per_copy": dict(sorted(copies.items(), key=lambda kv: int(kv[0]))),
-                   "per_shard": per_shard},
+        "counts": counts,
         "errors_by_stage": summary["errors_by_stage"],
+        "errors_by_reason": summary["errors_by_reason"],
+        "error_limit": error_limit(job, counts),
         "features": {"image": "image/encoded", "label": "image/class/label",
                      "written": list(FEATURE_KEYS)},
         "beam_args": list(beam_args),

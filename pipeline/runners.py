@@ -1,0 +1,181 @@
+"""Which Beam runner an `expand` runs on, with which options; and the --dry-run report.
+
+`augbatch expand --runner NAME` picks a runner; anything after `--` still goes to Beam as is.
+The pipeline is the same on every runner, and so are the output bytes.
+"""
+import contextlib
+import logging
+import os
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.errors import UserError
+
+log = logging.getLogger("augbatch")
+
+RUNNERS = {
+    "direct": "DirectRunner",
+    "dask": "pipeline.dask_runner.DaskRunner",  # Beam's DaskRunner with its gaps closed
+    "dataflow": "DataflowRunner",
+    "flink": "FlinkRunner",
+    "spark": "SparkRunner",
+    "portable": "PortableRunner",
+}
+# Beam's own names for its DaskRunner: they run augbatch's fixed one instead.
+BEAM_DASK_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+
+
+def _named_runner(beam_args):
+    """The runner named in the pass-through Beam args, or None."""
+    return PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+
+
+def _without_runner(beam_args):
+    out, skip = [], False
+    for arg in beam_args:
+        if skip:
+            skip = False
+        elif arg == "--runner":
+            skip = True
+        elif not arg.startswith("--runner="):
+            out.append(arg)
+    return out
+
+
+def assemble(runner=None, beam_args=(), dask_address=None, dask_workers=None):
+    """The Beam args for a run: `beam_args` plus the runner and Dask options the CLI names.
+
+    `dask_address` / `dask_workers` imply --runner dask. A runner named both ways must agree.
+    Returns (args, local Dask workers to start or 0).
+    """
+    beam_args = list(beam_args)
+    named = _named_runner(beam_args)
+    if named in BEAM_DASK_NAMES:
+        named = RUNNERS["dask"]
+    if (dask_address or dask_workers) and runner in (None, "dask"):
+        runner = "dask"
+    elif dask_address or dask_workers:
+        raise UserError(f"--dask-address / --dask-workers need --runner dask, not {runner}")
+    if dask_address and dask_workers:
+        raise UserError("give --dask-address (an existing cluster) or --dask-workers (a local "
+                        "one), not both")
+    if runner is not None:
+        if runner not in RUNNERS:
+            raise UserError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
+        if named and named not in (RUNNERS[runner], runner):
+            raise UserError(f"--runner {runner} and the Beam option --runner={named} disagree",
+                            hint="name the runner once")
+        named = RUNNERS[runner]
+    named = named or RUNNERS["direct"]
+    args = _without_runner(beam_args) + [f"--runner={named}"]
+    local_workers = 0
+    if named == RUNNERS["dask"]:
+        given = PipelineOptions(args).get_all_options(drop_default=True)
+        if dask_address:
+            args.append(f"--dask_client_address={dask_address}")
+        elif not given.get("address") and not given.get("scheduler_file"):
+            local_workers = dask_workers or os.cpu_count() or 1
+    return args, local_workers
+
+
+@contextlib.contextmanager
+def dask_cluster(workers):
+    """A local dask.distributed cluster of `workers` processes (one thread each) for one run;
+    yields its scheduler address and shuts it down afterwards."""
+    from dask.distributed import LocalCluster
+    if not log.isEnabledFor(logging.DEBUG):  # the scheduler logs every connection at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    log.info("local Dask cluster: %d worker processes at %s (dashboard %s)", workers,
+             cluster.scheduler_address, cluster.dashboard_link)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def started(args, local_workers):
+    """The final Beam args, with a local Dask cluster running while inside when one is asked."""
+    if not local_workers:
+        yield list(args)
+        return
+    with dask_cluster(local_workers) as address:
+        yield list(args) + [f"--dask_client_address={address}"]
+
+
+# The extra of apache-beam that brings each scheme's filesystem.
+FILESYSTEM_EXTRAS = {"gs": "gcp", "s3": "aws", "azfs": "azure", "hdfs": "hadoop"}
+
+
+def check_filesystems(paths):
+    """Every path's scheme has a Beam filesystem here (gs:// needs apache-beam[gcp], ...)."""
+    from apache_beam.io.filesystems import FileSystems
+    for path in paths:
+        try:
+            FileSystems.get_filesystem(path)
+        except ValueError:
+            scheme = path.split("://", 1)[0]
+            extra = FILESYSTEM_EXTRAS.get(scheme)
+            raise UserError(f"{path}: no Beam filesystem for {scheme}:// is installed",
+                            hint=f'pip install "apache-beam[{extra}]==2.77.0"' if extra else
+                            "see Beam's list of filesystems") from None
+
+
+def new_pipeline(options):
+    """beam.Pipeline(options), with the runner's option check as a user error (Dataflow checks
+    project, region and gs:// locations here)."""
+    import apache_beam as beam
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as e:
+        if "validation" not in str(e):
+            raise
+        raise UserError(" ".join(str(e).split()), hint="fix the Beam options after `--`") from None
+
+
+# --- --dry-run ---------------------------------------------------------------------------------
+
+def steps(pipeline):
+    """[(label, resource hints)] of the pipeline's top-level steps, in the order applied."""
+    from apache_beam.transforms.resources import ResourceHint
+    names = {hint.urn: name for name, hint in ResourceHint._name_to_known_hints.items()}
+    out = []
+    for node in pipeline._root_transform().parts:
+        hints = {names.get(urn, urn): value.decode() for urn, value in
+                 sorted(_hints_below(node).items())}
+        out.append((node.full_label, hints))
+    return out
+
+
+def _hints_below(node):
+    hints = dict(node.resource_hints)
+    for part in node.parts:
+        hints.update(_hints_below(part))
+    return hints
+
+
+def render(pipeline, options, summary):
+    """The --dry-run report: what would run, where, with which options (nothing has run)."""
+    runner = options.view_as(StandardOptions).runner
+    proto = pipeline.to_runner_api()
+    lines = ["dry run: nothing was run and nothing was written",
+             f"runner: {runner}"]
+    lines += [f"{key}: {value}" for key, value in summary.items()]
+    lines.append("options:")
+    for key, value in sorted(options.get_all_options(drop_default=True).items()):
+        lines.append(f"  {key}: {value}")
+    found = steps(pipeline)
+    lines.append(f"steps ({len(found)} top-level, {len(proto.components.transforms)} transforms "
+                 f"in the Beam graph):")
+    for i, (label, hints) in enumerate(found, 1):
+        extra = "  [" + ", ".join(f"{k}={v}" for k, v in hints.items()) + "]" if hints else ""
+        lines.append(f"  {i:2d}. {label}{extra}")
+    if runner == RUNNERS["dask"]:
+        from pipeline.dask_runner import DaskRunner
+        leaves = DaskRunner.translate(pipeline, options)
+        tasks = len({key for bag in leaves for key in bag.__dask_graph__()})
+        lines.append(f"dask graph: {tasks} tasks for {len(leaves)} leaf step(s) "
+                     "(partitions follow the cluster's worker threads at run time)")
+    return "\n".join(lines)
