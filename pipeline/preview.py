@@ -224,7 +224,7 @@ def tiles_of(row):
     return out
 
 
-def _extension(path):
+def check_extension(path):
     extension = os.path.splitext(path)[1].lower()
     if extension not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UserError(f"cannot write a preview as '{extension or path}'",
@@ -234,7 +234,7 @@ def _extension(path):
 
 def save(sheet, path):
     """Write the sheet (PNG, or JPEG/WebP by the file's extension)."""
-    options = {".png": {"optimize": True}}.get(_extension(path), {"quality": 88})
+    options = {".png": {"optimize": True}}.get(check_extension(path), {"quality": 88})
     sheet.save(path, **options)
 
 
@@ -246,7 +246,7 @@ def chain_summary(job):
 
 def write(job, path, n=6, copies=None, tile_size=160):
     """Preview `job` on n sampled inputs into the image file `path`; return the Rows."""
-    _extension(path)  # before the work, not after
+    check_extension(path)  # before the work, not after
     copies = min(job.copies, 8) if copies is None else copies
     preview_rows = rows(job, n, copies)
     config = os.path.basename(job.config_path) if job.config_path else "(no config)"
