@@ -129,34 +129,39 @@ def test_sample_distorted_bounding_box_crops_tf_box_and_resizes_back(photos):
 
 
 # --- Keras layers ------------------------------------------------------------------------------
-# "Same seed": an example whose seed is (a, 0) gets the output Keras' own stateless mode gives
-# for seed a (`backend.RandomGenerator(a, rng_type="stateless")`, whose stateless seed is
-# [a, 0]) on that image alone, in [0, 255], with training=True. This holds for layers that draw
-# once per call; later draws of a call fold in their index (keras_layers.py).
+# "Same seed": an example whose seed is (a, 0) gets the output Keras' own stateless seeding gives
+# for the integer seed a, whose stateless seed is [a, 0] (Keras 2: the layer's generator in
+# `rng_type="stateless"` mode; Keras 3: `get_random_transformation(..., seed=a)`), on that image
+# alone, in [0, 255], with training=True. This holds for layers that draw once per call; later
+# draws of a call fold in their index (keras_layers.py).
 
+KERAS_2 = hasattr(tf.keras.layers.RandomFlip(), "_random_generator")
 KERAS_SINGLE_DRAW = [
     ("RandomFlip", {"mode": "horizontal"}),
     ("RandomContrast", {"factor": 0.5}),
     ("RandomBrightness", {"factor": 0.3}),
     ("RandomRotation", {"factor": 0.2}),
     ("RandomZoom", {"height_factor": 0.3}),
-    ("RandomCrop", {"height": 20, "width": 30}),
-]
+] + ([("RandomCrop", {"height": 20, "width": 30})] if KERAS_2 else [])
 
 
 def keras_stateless_reference(name, params, image, seed):
-    from keras.src import backend
     layer = getattr(tf.keras.layers, name)(**params)
-    layer._random_generator = backend.RandomGenerator(seed, rng_type="stateless")
-    return layer(image[None] * 255.0, training=True)[0].numpy() / 255.0
+    images = image[None] * 255.0
+    if KERAS_2:
+        from keras.src import backend
+        layer._random_generator = backend.RandomGenerator(seed, rng_type="stateless")
+        out = layer(images, training=True)
+    else:
+        transformation = layer.get_random_transformation(images, training=True, seed=seed)
+        out = layer.transform_images(images, transformation, training=True)
+    return np.asarray(out)[0] / 255.0
 
 
-@pytest.mark.skipif(not hasattr(tf.keras.layers.RandomFlip(), "_random_generator"),
-                    reason="the stateless-mode reference is Keras 2's backend.RandomGenerator")
 @pytest.mark.parametrize("name,params", KERAS_SINGLE_DRAW, ids=[k[0] for k in KERAS_SINGLE_DRAW])
-def test_keras_layer_equals_keras_stateless_mode_for_the_same_seed(photos, name, params):
+def test_keras_layer_equals_keras_stateless_seeding_for_the_same_seed(photos, name, params):
     images = tf.repeat(photos, 2, axis=0)
-    keys = [3, 4, 1001, -77]
+    keys = [3, 4, 1001, 77]  # non-negative: Keras 3 reads a negative integer seed as uint32
     out = run(f"keras.layers.{name}", images, tf.constant([[k, 0] for k in keys]), **params)
     for i, key in enumerate(keys):
         np.testing.assert_allclose(out[i], keras_stateless_reference(name, params, images[i], key),

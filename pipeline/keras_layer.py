@@ -1,0 +1,91 @@
+"""Training-time augmentation: an augbatch chain as a Keras layer inside a model.
+
+    from pipeline.keras_layer import augmentation_layer
+
+    model = tf.keras.Sequential([
+        tf.keras.Input((224, 224, 3)),
+        augmentation_layer("sample_configs/light_classification.yaml", seed=7),
+        tf.keras.layers.Rescaling(1 / 255),
+        ...
+    ])
+
+The chain is the one `augbatch expand` runs offline, with the same ops and the same per-example
+randomness: in training (training=True) every image gets its own stateless seed, drawn from a
+stateful tf.random.Generator seeded by `seed`, so each step sees new augmentations and a given
+`seed` repeats the same sequence. In inference (training=False) images pass through unchanged.
+
+Images come in and go out in `value_range` (default [0, 255], as for Keras' own image layers),
+as float32; the chain itself works on [0, 1] and its output is clipped there, as offline.
+"""
+import os
+
+import tensorflow as tf
+
+from pipeline import chain as chain_mod
+from pipeline import config
+from pipeline.errors import ConfigError
+
+
+def _steps(chain_config_or_path, allow_python_ops):
+    """The normalized chain from a config file path, a config dict or a list of steps."""
+    source = chain_config_or_path
+    if isinstance(source, (str, os.PathLike)):
+        job = config.load(os.fspath(source), allow_python_ops=allow_python_ops,
+                          require_paths=False)
+        return list(job.chain)
+    if isinstance(source, dict):
+        augment = source.get("augment", source)
+        if not isinstance(augment, dict) or "chain" not in augment:
+            raise ConfigError("augment.chain", "a config dict needs augment.chain (or chain)")
+        return chain_mod.normalize(augment["chain"], allow_python_ops=allow_python_ops)
+    return chain_mod.normalize(source, allow_python_ops=allow_python_ops)
+
+
+class ChainAugmentation(tf.keras.layers.Layer):
+    """Applies a normalized chain in training, per-example seeded; identity in inference."""
+
+    def __init__(self, steps, seed=None, value_range=(0.0, 255.0), **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+        self.seed = seed
+        self.value_range = tuple(float(v) for v in value_range)
+        self._chain = chain_mod.build(steps)
+        self._rng = (tf.random.Generator.from_seed(seed) if seed is not None
+                     else tf.random.Generator.from_non_deterministic_state())
+
+    def _augment(self, images):
+        low, high = self.value_range
+        unit = tf.clip_by_value((tf.cast(images, tf.float32) - low) / (high - low), 0.0, 1.0)
+        seeds = self._rng.uniform_full_int([tf.shape(images)[0], 2], dtype=tf.int32)
+        out = tf.clip_by_value(self._chain(unit, seeds), 0.0, 1.0) * (high - low) + low
+        out.set_shape(images.shape)
+        return out
+
+    def call(self, images, training=None):
+        # Keras passes training=True in fit(); a plain call without it is inference.
+        if training is None or isinstance(training, (bool, int)):
+            return self._augment(images) if training else tf.cast(images, tf.float32)
+        return tf.cond(tf.cast(training, tf.bool), lambda: self._augment(images),
+                       lambda: tf.cast(images, tf.float32))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "steps": self.steps, "seed": self.seed,
+                "value_range": list(self.value_range)}
+
+
+def augmentation_layer(chain_config_or_path, seed=None, value_range=(0, 255),
+                       allow_python_ops=False, name="augbatch_augmentation"):
+    """A Keras layer applying the chain of a config (path or dict) or a list of steps.
+
+    The chain must keep the image size, so training and inference see the same shape.
+    `python` ops need allow_python_ops=True, as on the command line.
+    """
+    steps = _steps(chain_config_or_path, allow_python_ops)
+    for i, step in enumerate(steps):
+        if not chain_mod.keeps_shape(step):
+            raise ConfigError(f"augment.chain[{i}]", "changes the image size; an augmentation "
+                              "layer must keep it, so training and inference see one shape")
+    return ChainAugmentation(steps, seed=seed, value_range=value_range, name=name)
