@@ -231,7 +231,45 @@ def build_layer_op(cls, **params):
     def one(image, seed):
         example_seeds.start(seed)
         return tf.cast(layer(image[None] * 255.0, training=True)[0], tf.float32) / 255.0
-    return lambda images, seeds: draw.per_example(one, images, seeds)
+    return _sized_if_needed(lambda images, seeds: draw.per_example(one, images, seeds))
+
+
+def _trace_without_sizes(run, channels):
+    """`run` traced for images of unknown height and width, or None if it cannot be."""
+    try:
+        return tf.function(run).get_concrete_function(
+            tf.TensorSpec([None, None, None, channels]), tf.TensorSpec([None, 2], tf.int32))
+    except (TypeError, ValueError):  # e.g. Keras 3's RandomPerspective: `width - 1` on None
+        return None
+
+
+def _sized_if_needed(run):
+    """`run`, or, for a layer that needs to know the image size, `run` traced once per image
+    size and called through tf.py_function.
+
+    The chain is traced for images of any size, and some Keras 3 layers (RandomPerspective,
+    RandomErasing, RandomElasticTransform, RandomCrop, ContrastLimitedAdaptiveHistogramEqualization)
+    compute with the size as Python numbers, so they cannot be traced that way."""
+    by_size, sizeless = {}, {}
+
+    def run_sized(images, seeds):  # runs eagerly: the size is known here
+        size = tuple(images.shape[1:])
+        if size not in by_size:
+            by_size[size] = tf.function(run).get_concrete_function(
+                tf.TensorSpec([None, *size]), tf.TensorSpec([None, 2], tf.int32))
+        return by_size[size](images, seeds)
+
+    def fn(images, seeds):
+        if images.shape[1:3].is_fully_defined():
+            return run(images, seeds)
+        channels = images.shape[-1]
+        if channels not in sizeless:
+            sizeless[channels] = _trace_without_sizes(run, channels)
+        if sizeless[channels] is not None:
+            return sizeless[channels](images, seeds)
+        out = tf.py_function(run_sized, [images, seeds], tf.float32)
+        return tf.ensure_shape(out, [None, None, None, channels])
+    return fn
 
 
 def _doc(cls):
