@@ -50,6 +50,10 @@ EXCLUDED = {
     "MaxNumBoundingBoxes": "works on bounding boxes only",
 }
 
+# Values of string parameters that some Keras versions do not check (Keras 3's RandomFlip takes
+# any `mode`, then flips nothing).
+CHOICES = {("RandomFlip", "mode"): ("horizontal", "vertical", "horizontal_and_vertical")}
+
 # Layers whose output size differs from their input's.
 CHANGES_SIZE = {"RandomCrop", "CenterCrop", "Resizing", "RandomResizedCrop"}
 
@@ -117,7 +121,8 @@ def _params(cls):
             default = list(default)  # as YAML would give it
         kind = ("bool" if isinstance(default, bool) else "str" if isinstance(default, str)
                 else "float" if isinstance(default, float) else "any")
-        params.append(Param(p.name, kind, default))
+        params.append(Param(p.name, kind, default,
+                            choices=CHOICES.get((cls.__name__, p.name))))
     return params
 
 
