@@ -90,8 +90,8 @@ def assert_accounted(manifest):
 
 
 def real_photo(height=48, width=64):
-    """One real sample photo, resized: float32 [1, H, W, 3] in [0, 1] for op tests."""
-    path = sorted(glob.glob(os.path.join(SAMPLE_IMAGES, "*", "*.jpg")))[0]
+    """One real colour sample photo, resized: float32 [1, H, W, 3] in [0, 1] for op tests."""
+    path = os.path.join(SAMPLE_IMAGES, "objects", "coffee_01.jpg")
     image = tf.image.resize(decode_file(path)[None].astype(np.float32) / 255.0,
                             (height, width))
     return tf.clip_by_value(image, 0.0, 1.0)

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pipeline.ops import registry
 from tests import user_ops
-from tests.conftest import SAMPLE_IMAGES, decode_file, real_photo
+from tests.conftest import SAMPLE_IMAGES, decode_file
 
 SEEDS = tf.constant([[5, 6], [-7, 8]], tf.int32)
 
@@ -22,7 +22,7 @@ def photo(name, height=32, width=48):
 @pytest.fixture(scope="module")
 def photos():
     """Two real photos (colour, grey), float32 [2, 32, 48, 3] in [0, 1]."""
-    return tf.concat([photo("objects/coffee_01.jpg"), real_photo(32, 48)], 0)
+    return tf.concat([photo("objects/coffee_01.jpg"), photo("objects/clock_motion_01.jpg")], 0)
 
 
 def run(name, images, seeds=SEEDS, **params):
