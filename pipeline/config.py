@@ -8,6 +8,7 @@ import hashlib
 import json
 import numbers
 import os
+from typing import Optional
 
 import yaml
 
@@ -43,6 +44,8 @@ class Job:
     batch_size: int = 32
     device: str = "auto"
     tf_threads: int = 0  # 0 = let TensorFlow decide
+    max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
+    max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
     config_path: str = ""
 
@@ -134,6 +137,12 @@ def _bool(value, path):
     return value
 
 
+def _fraction(value, path):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ConfigError(path, f"expected a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
 def _str(value, path):
     if not isinstance(value, str) or not value:
         raise ConfigError(path, f"expected a non-empty string, got {value!r}")
@@ -171,6 +180,9 @@ SCHEMA = {
                 "chain": ("chain", None)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0))},
+    # Bad inputs are always reported in errors.jsonl; past these limits the run also fails.
+    "errors": {"max_errors": ("max_errors", _int(0)),
+               "max_error_rate": ("max_error_rate", _fraction)},
 }
 TOP_LEVEL = {"version", *SCHEMA}
 

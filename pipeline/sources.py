@@ -67,17 +67,23 @@ def _match(pattern):
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
+def _slashes(path):
+    """`path` with '/' separators. Only on Windows is a backslash a separator: elsewhere it is
+    a character of a file name (x\\..\\evil.jpg is one file, not a way up)."""
+    return path.replace("\\", "/") if os.sep == "\\" else path
+
+
 def _base_dir(pattern):
     """The directory keys are relative to: the part of a glob before its first wildcard."""
-    parts = pattern.replace("\\", "/").split("/")
+    parts = _slashes(pattern).split("/")
     for i, part in enumerate(parts):
         if globlib.has_magic(part):
             return "/".join(parts[:i])
-    return posixpath.dirname(pattern.replace("\\", "/"))
+    return posixpath.dirname(_slashes(pattern))
 
 
 def _relative(path, base):
-    path, base = path.replace("\\", "/"), base.replace("\\", "/").rstrip("/")
+    path, base = _slashes(path), _slashes(base).rstrip("/")
     return path[len(base) + 1:] if base and path.startswith(base + "/") else path
 
 
@@ -139,7 +145,7 @@ def _expand_inputs(job):
         if files:
             found.append((folder, files, True, []))
         elif FileSystems.exists(pattern):
-            found.append((posixpath.dirname(pattern.replace("\\", "/")), [pattern], False, []))
+            found.append((posixpath.dirname(_slashes(pattern)), [pattern], False, []))
         else:
             raise UserError(f"--input {pattern}: no such file or folder",
                             hint="give a folder of images (class subfolders become labels), "

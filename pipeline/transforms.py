@@ -3,6 +3,8 @@ record on the ERRORS output (never an exception that kills the job, never a sile
 import dataclasses
 import io
 import logging
+import os
+import re
 from typing import Optional
 
 import apache_beam as beam
@@ -37,12 +39,14 @@ class Decoded:
 
 @dataclasses.dataclass(frozen=True)
 class ErrorRecord:
+    """One line of errors.jsonl: the input (key, file, record index), where it failed, why."""
     key: str
     source: str
     record_index: Optional[int]
     stage: str  # read | decode | validate | augment | encode | write
     error_type: str
-    message: str
+    message: str  # the details, naming the file or record
+    reason: str = ""  # a short fixed phrase, for counting errors by reason
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -56,13 +60,31 @@ class OutputRecord:
     payload: bytes  # serialized tf.train.Example
 
 
-def error(stage, exc, key, source, record_index=None):
-    # TensorFlow's errors keep the useful text in .message (str() starts with a graph trace).
+# TensorFlow's decorations around the message: op and graph node names, "[Op:DecodeImage]".
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]")
+
+
+def message_of(exc):
+    """The one line of an exception that says what went wrong. TensorFlow's errors keep it in
+    .message, as the last line after a graph trace."""
     text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+    lines = [line.strip() for line in _TF_NOISE.sub("", text).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:500]
+
+
+def reason_of(message):
+    """A default reason: the message with its numbers and quoted names blanked out."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", message))[:100]
+
+
+def error(stage, exc, key, source, record_index=None, reason=None, message=None):
+    """The error record of one input, on the ERRORS output. `message` replaces the exception's
+    own text when the caller can say it better (its type is still recorded)."""
+    message = message or message_of(exc)
     progress.count(progress.DONE)  # an input that errors is finished
     return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
         key=key, source=source, record_index=record_index, stage=stage,
-        error_type=type(exc).__name__, message=text.strip().split("\n")[-1][:500]))
+        error_type=type(exc).__name__, message=message, reason=reason or reason_of(message)))
 
 
 # --- read --------------------------------------------------------------------------------------
@@ -78,7 +100,8 @@ class ReadImageFile(beam.DoFn):
         try:
             data = sources.read_bytes(ref.path)
         except Exception as e:  # noqa: BLE001 - any read failure is this input's error
-            yield error("read", e, ref.key, ref.path)
+            reason, message = sources.read_failure(ref.path, e)
+            yield error("read", e, ref.key, ref.path, reason=reason, message=message)
             return
         text = self.label_names[ref.label] if ref.label is not None else None
         yield Input(key=ref.key, source=ref.path, record_index=None, data=data,
@@ -86,62 +109,97 @@ class ReadImageFile(beam.DoFn):
 
 
 class ReadTFRecordFile(beam.DoFn):
-    """InputRef of a TFRecord file -> one Input per tf.train.Example in it."""
+    """InputRef of a TFRecord file -> one Input (or error) per record in it.
+
+    Where the file is damaged (a CRC mismatch, a truncated tail) the records before the damage
+    are kept and the rest of the file, which cannot be framed any more, becomes one error
+    record keyed `file:index` of the first record lost, naming the byte offset.
+    """
 
     def __init__(self, image_feature, label_feature):
         self.image_feature, self.label_feature = image_feature, label_feature
 
     def process(self, ref):
-        index = -1
         try:
-            with sources.open_records(ref.path) as stream:
-                for index, record in enumerate(sources.iter_records(stream)):
+            stream = sources.open_records(ref.path)
+        except Exception as e:  # noqa: BLE001
+            progress.count(progress.READ)
+            reason, message = sources.read_failure(ref.path, e)
+            yield error("read", e, f"{ref.key}:0", ref.path, 0, reason=reason, message=message)
+            return
+        index = 0
+        try:
+            with stream:
+                for record in sources.iter_records(stream):
                     progress.count(progress.READ)
                     yield self._parse(ref, index, record)
+                    index += 1
         except Exception as e:  # noqa: BLE001 - damage: the records before it are kept
             progress.count(progress.READ)
-            yield error("read", e, f"{ref.key}:{index + 1}", ref.path, index + 1)
+            kept = ("no record before it" if index == 0 else "record 0 before it was read"
+                    if index == 1 else f"records 0-{index - 1} before it were read")
+            yield error("read", e, f"{ref.key}:{index}", ref.path, index,
+                        reason="damaged TFRecord file",
+                        message=f"{ref.path} is damaged: {message_of(e)}; {kept}, the rest of "
+                                "the file cannot be read")
 
     def _parse(self, ref, index, record):
+        """The record as an Input, or its error (never raises: the records after it go on)."""
         import tensorflow as tf
         key = f"{ref.key}:{index}"
+
+        def bad(reason, message):
+            return error("decode", ValueError(f"record {index} of {ref.path}: {message}"), key,
+                         ref.path, index, reason=reason)
         try:
             example = tf.train.Example.FromString(record)
         except Exception as e:  # noqa: BLE001
-            return error("decode", ValueError(f"not a tf.train.Example: {e}"), key, ref.path,
-                         index)
+            return bad("not a tf.train.Example", f"not a tf.train.Example ({message_of(e)})")
         features = example.features.feature
-        image = features.get(self.image_feature)
+        image, label = features.get(self.image_feature), features.get(self.label_feature)
         if image is None:
-            return error("decode", KeyError(f"no feature '{self.image_feature}'"), key,
-                         ref.path, index)
+            return bad("no image feature", f"no feature '{self.image_feature}' (set "
+                       f"input.image_feature to the name your records use; they have: "
+                       f"{', '.join(sorted(features)) or 'no features'})")
         if image.WhichOneof("kind") != "bytes_list" or len(image.bytes_list.value) != 1:
-            return error("decode", TypeError(f"feature '{self.image_feature}' must hold one "
-                                             "bytes value"), key, ref.path, index)
-        label = features.get(self.label_feature)
+            return bad("image feature of the wrong type", f"feature '{self.image_feature}' "
+                       f"must hold one bytes value, it holds {_describe(image)}")
         if label is None:
-            return error("decode", KeyError(
-                f"no label feature '{self.label_feature}' (set input.label_feature to the "
-                "name your records use)"), key, ref.path, index)
+            return bad("no label feature", f"no label feature '{self.label_feature}' (set "
+                       "input.label_feature to the name your records use)")
         if label.WhichOneof("kind") != "int64_list" or len(label.int64_list.value) != 1:
-            return error("decode", TypeError(f"feature '{self.label_feature}' must hold one "
-                                             "int64 value"), key, ref.path, index)
-        data = image.bytes_list.value[0]
-        extra = tf.train.Features()
-        for name in sorted(features):
-            if name not in (self.image_feature, self.label_feature):
-                extra.feature[name].CopyFrom(features[name])
-        text = features.get("image/class/text")
-        return Input(key=key, source=ref.path, record_index=index, data=data,
-                     label=int(label.int64_list.value[0]),
-                     label_text=text.bytes_list.value[0].decode("utf-8", "replace")
-                     if text is not None and text.bytes_list.value else None,
-                     extra=extra.SerializeToString(deterministic=True))
+            return bad("label feature of the wrong type", f"feature '{self.label_feature}' "
+                       f"must hold one int64 value, it holds {_describe(label)}")
+        try:
+            extra = tf.train.Features()
+            for name in sorted(features):
+                if name not in (self.image_feature, self.label_feature):
+                    extra.feature[name].CopyFrom(features[name])
+            text = features.get("image/class/text")
+            return Input(key=key, source=ref.path, record_index=index,
+                         data=image.bytes_list.value[0], label=int(label.int64_list.value[0]),
+                         label_text=text.bytes_list.value[0].decode("utf-8", "replace")
+                         if text is not None and text.bytes_list.value else None,
+                         extra=extra.SerializeToString(deterministic=True))
+        except Exception as e:  # noqa: BLE001
+            return bad(reason_of(message_of(e)), message_of(e))
+
+
+def _describe(feature):
+    kind = feature.WhichOneof("kind")
+    if kind is None:
+        return "nothing"
+    values = getattr(feature, kind).value
+    return f"{len(values)} {kind.replace('_list', '')} value{'s' if len(values) != 1 else ''}"
 
 
 # --- decode and validate -----------------------------------------------------------------------
 
 PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp"}
+
+
+class UnsupportedFormat(ValueError):
+    pass
 
 
 def sniff(data):
@@ -150,7 +208,8 @@ def sniff(data):
     with Image.open(io.BytesIO(data)) as im:
         fmt = PIL_FORMATS.get(im.format)
         if fmt is None:
-            raise ValueError(f"unsupported image format {im.format}")
+            raise UnsupportedFormat(f"unsupported image format {im.format} (augbatch reads "
+                                    "JPEG, PNG, GIF and BMP)")
         return fmt, im.width, im.height
 
 
@@ -167,39 +226,96 @@ def to_channels(image, channels):
     return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
 
 
+def decode_with_pillow(data):
+    """uint8 [H, W, 1 or 3] by Pillow (palettes applied, alpha dropped)."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+        return np.asarray(im.convert("L" if gray else "RGB")).reshape(
+            im.height, im.width, 1 if gray else 3)
+
+
 class DecodeImage(beam.DoFn):
-    """Input -> Decoded: header check against max_pixels, then decode with TensorFlow."""
+    """Input -> Decoded: the header is checked against max_pixels before any pixel is decoded,
+    then TensorFlow decodes JPEG, PNG and GIF, Pillow BMP.
+
+    What arrives how: grayscale, 16-bit (scaled to 8 bits), palette and CMYK images are
+    converted to the configured channels; alpha is dropped; an animated GIF gives its first
+    frame. Each file that cannot be used is one error record with the reason.
+    """
 
     def __init__(self, channels, max_pixels):
         self.channels, self.max_pixels = channels, max_pixels
 
     def setup(self):
-        import tensorflow as tf
-        self._decode = tf.function(
-            lambda data: tf.io.decode_image(data, channels=0, expand_animations=False),
-            input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        from PIL import Image
+        # max_pixels is checked here, from the header; Pillow's own fixed limit would refuse a
+        # large header before telling its size.
+        Image.MAX_IMAGE_PIXELS = None
 
     def process(self, item):
         where = (item.key, item.source, item.record_index)
+        if not item.data:
+            yield error("decode", ValueError("empty file (0 bytes)"), *where, reason="empty file")
+            return
         try:
             fmt, width, height = sniff(item.data)
-        except Exception as e:  # noqa: BLE001
-            yield error("decode", ValueError(f"not a readable image: {e}"), *where)
+        except UnsupportedFormat as e:
+            yield error("decode", e, *where, reason="unsupported image format")
+            return
+        except Exception:  # noqa: BLE001 - Pillow knows no such header
+            yield error("decode", ValueError(
+                f"not an image: the data starts with {item.data[:12]!r} (JPEG, PNG, GIF or BMP "
+                "expected)"), *where, reason="not an image")
             return
         if width * height > self.max_pixels:
             yield error("validate", ValueError(
                 f"image is {width}x{height} = {width * height} pixels, over the limit "
-                f"max_pixels={self.max_pixels}"), *where)
+                f"max_pixels={self.max_pixels}"), *where, reason="too many pixels")
             return
         try:
-            image = self._decode(item.data).numpy()
+            image = self._decode(item.data, fmt)
         except Exception as e:  # noqa: BLE001
-            yield error("decode", e, *where)
+            yield error("decode", e, *where, reason=f"corrupt or truncated {fmt.upper()}",
+                        message=self._why(item.data, fmt, e))
             return
         yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1])
 
+    @staticmethod
+    def _decode(data, fmt):
+        if fmt == "bmp":  # TensorFlow reads a palette BMP's indices as gray values
+            return decode_with_pillow(data)
+        import tensorflow as tf
+        return tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
+
+    @staticmethod
+    def _why(data, fmt, tf_error):
+        """Pillow usually says more than TensorFlow ('image file is truncated')."""
+        try:
+            decode_with_pillow(data)
+        except Exception as e:  # noqa: BLE001
+            return f"cannot decode the {fmt.upper()} data: {message_of(e)}"
+        return f"TensorFlow cannot decode this {fmt.upper()} data: {message_of(tf_error)}"
+
 
 # --- augment and encode ------------------------------------------------------------------------
+
+FAIL_ONCE_ENV = "AUGBATCH_FAIL_ONCE"
+
+
+def fail_once_for_tests(stage):
+    """Test-only fault injection. With AUGBATCH_FAIL_ONCE=<stage>:<marker file> set, the first
+    call for `stage` creates the marker file and raises; every later call (the file exists)
+    passes. The tests use it to show that a failed batch is retried without changing a byte."""
+    spec = os.environ.get(FAIL_ONCE_ENV)
+    if not spec or spec.partition(":")[0] != stage:
+        return
+    try:
+        open(spec.partition(":")[2], "x").close()  # atomic: one failure across all workers
+    except FileExistsError:
+        return
+    raise RuntimeError(f"{FAIL_ONCE_ENV}: injected failure at {stage}")
+
 
 def output_format(job_format, source_format):
     if job_format != "same":
@@ -229,6 +345,7 @@ class AugmentAndEncode(beam.DoFn):
             by_shape.setdefault(item.image.shape, []).append(item)
         for items in by_shape.values():
             try:
+                fail_once_for_tests("augment")
                 records = self._records(items)
             except Exception:  # noqa: BLE001 - retry one by one so one bad input spoils nothing
                 records = None
