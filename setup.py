@@ -41,7 +41,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "dev": ["pytest>=7.4", "pytest-xdist>=3.5"],
-        "dask": ["dask[distributed]>=2024.1"],
+        # Beam's DaskRunner needs 2024.4.2+; tested with 2026.8.0.
+        "dask": ["dask[distributed]>=2024.4.2"],
     },
     entry_points={"console_scripts": ["augbatch = cli:main"]},
     classifiers=[

@@ -180,7 +180,7 @@ def dry_run(job, beam_args=(), accelerator=None):
     """Build the whole pipeline for the runner `beam_args` name, without running it or writing
     anything (not even the output directory): the --dry-run report."""
     from pipeline import runners
-    runners.check_filesystems(list(job.input) + [job.output])
+    job = runners.on_any_worker(job)
     discovery = sources.discover(job)
     num_shards = pick_num_shards(job, discovery)
     options = beam_options(beam_args)
@@ -201,7 +201,7 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     if job.copies == 0 and not job.keep_original:
         raise UserError("nothing to write: copies is 0 and keep_original is false")
     from pipeline import runners
-    runners.check_filesystems(list(job.input) + [job.output])
+    job = runners.on_any_worker(job)
     discovery = sources.discover(job)
     prepare_output(job.output, job.prefix, overwrite)
     num_shards = pick_num_shards(job, discovery)

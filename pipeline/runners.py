@@ -4,6 +4,7 @@
 The pipeline is the same on every runner, and so are the output bytes.
 """
 import contextlib
+import dataclasses
 import logging
 import os
 
@@ -92,6 +93,9 @@ def dask_cluster(workers):
     try:
         yield cluster.scheduler_address
     finally:
+        # Workers that imported TensorFlow do not exit on request; the nanny kills them after
+        # a few seconds and warns each time.
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
         cluster.close()
 
 
@@ -121,6 +125,18 @@ def check_filesystems(paths):
             raise UserError(f"{path}: no Beam filesystem for {scheme}:// is installed",
                             hint=f'pip install "apache-beam[{extra}]==2.77.0"' if extra else
                             "see Beam's list of filesystems") from None
+
+
+def on_any_worker(job):
+    """`job` with paths every worker can use: each scheme has a filesystem here, and local
+    paths are absolute (workers in other processes or on other machines do not share the
+    launcher's working directory)."""
+    check_filesystems(list(job.input) + [job.output])
+
+    def absolute(path):
+        return path if "://" in path else os.path.abspath(path)
+    return dataclasses.replace(job, input=tuple(absolute(p) for p in job.input),
+                               output=absolute(job.output))
 
 
 def new_pipeline(options):
