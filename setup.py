@@ -40,7 +40,8 @@ setup(
     py_modules=["cli"],
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-xdist>=3.5"],
+        # scipy: the idg tests compare against Keras's ImageDataGenerator, which needs it.
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "scipy>=1.11"],
         # Beam's DaskRunner needs 2024.4.2+; tested with 2026.8.0.
         "dask": ["dask[distributed]>=2024.4.2"],
     },
