@@ -23,6 +23,8 @@ def path_error(exc):
         if isinstance(inner, OSError):
             return path_error(inner) or UserError(f"{path}: {inner}")
         return UserError(f"{path}: {inner}" if inner else str(exc))
+    if getattr(exc, "_tagged_with_step", False) and isinstance(exc.__context__, OSError):
+        return path_error(exc.__context__)  # Beam re-raised a DoFn's OSError as another type
     if not isinstance(exc, OSError):
         return None
     if not exc.filename:  # Beam's local file system re-raises OSError(original)
@@ -96,22 +98,38 @@ def quiet_startup():
     # BatchElements' batch-size estimator fits timings with numpy, which warns on few points.
     warnings.filterwarnings("ignore", module="apache_beam.transforms.util")
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # Beam logs a failing DoFn's traceback, then re-raises: the error is reported once, below.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     root = logging.getLogger()
     if _BEAM_NOISE not in root.filters:
         root.addFilter(_BEAM_NOISE)
+    sys.unraisablehook = _quiet_at_exit
+
+
+def _quiet_at_exit(unraisable):
+    """Errors in destructors while Python shuts down (TensorFlow functions outliving the
+    module state their __del__ needs) cannot affect the results: not shown without --debug."""
+    if not sys.is_finalizing():
+        sys.__unraisablehook__(unraisable)
 
 
 @click.group(cls=AugbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="augbatch")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--debug", is_flag=True, help="Show tracebacks, debug logs and the "
+              "TensorFlow/Beam start-up messages.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.pass_context
 def main(ctx, debug, quiet):
     """augbatch: N augmented copies of every image, as deterministic sharded TFRecords.
 
+    Look first with `preview`, write with `expand`, check the result with `inspect`.
+    Each command has its own --help with examples.
+
     \b
     Examples:
+      augbatch preview -c sample_configs/light_classification.yaml -o preview.png
       augbatch expand --config sample_configs/light_classification.yaml --output out/
+      augbatch inspect out/ --verify
       augbatch list-ops --family tf.image
       augbatch validate sample_configs/mixed_chain.yaml
     """

@@ -1,9 +1,9 @@
 """`augbatch preview`: a contact sheet of what `expand` would write for a few inputs.
 
-The tiles come from the very code `expand` runs: the same discovery, read and decode DoFns
-(called directly, without a pipeline), the same ChainRunner with the same per-example seeds,
-and the same encoder; each copy is then decoded from the encoded bytes. So a tile's pixels are
-the pixels expand writes for that key and copy (JPEG artefacts included).
+The tiles come from the very code `expand` runs: the same discovery, and the same read, decode
+and augment+encode DoFns, called directly without a pipeline; each tile is decoded from the
+image bytes of an output record. So a tile's pixels are the pixels expand writes for that key
+and copy (JPEG artefacts included).
 """
 import dataclasses
 import os
@@ -25,6 +25,7 @@ class Row:
     original: Optional[np.ndarray] = None
     copies: List[np.ndarray] = dataclasses.field(default_factory=list)
     error: Optional[str] = None  # "decode: not a readable image ..." when the input fails
+    original_written: bool = True  # expand writes copy 0 (keep_original)
 
 
 # --- sampling and reading ------------------------------------------------------------------------
@@ -33,9 +34,16 @@ def _rng(seed):
     return random.Random(f"augbatch-preview:{seed}")
 
 
-def _read(job, discovery, n, rng):
-    """Up to n Inputs (or ErrorRecords) picked at random, deterministically for job.seed."""
+def sample(job, n):
+    """Up to n inputs of `job` (Inputs, or ErrorRecords of those that fail to read), picked at
+    random but always the same for the same job.seed; sorted by key."""
+    from pipeline import sources
     from pipeline import transforms as T
+    discovery = sources.discover(job)
+    if not discovery.refs:
+        raise UserError(f"no input images found in {', '.join(job.input)}",
+                        hint="give a folder of images or TFRecord files with --input")
+    rng = _rng(job.seed)
     if discovery.kind == "folder":
         refs = rng.sample(discovery.refs, min(n, len(discovery.refs)))
         read = T.ReadImageFile(discovery.label_names)
@@ -62,21 +70,24 @@ def _unwrap(out):
 def rows(job, n=6, copies=None):
     """Sample n inputs of `job` and run them as `expand` would: a Row per input.
 
-    copies: how many copies to make (default: the job's). Copy c of input k is exactly what
-    expand writes for (k, c): same seed, same chain, same encoding.
+    The inputs go through expand's own DoFns, called directly: DecodeImage, then
+    AugmentAndEncode, whose records are the ones expand writes; each tile is decoded from a
+    record's image bytes. copies: how many copies to make (default: the job's); copy c of an
+    input is the same whatever the number of copies.
     """
-    from pipeline import augment, sources
+    from pipeline import quiet
     from pipeline import transforms as T
+    quiet.native_logs_follow_tf_level()
     copies = job.copies if copies is None else copies
-    discovery = sources.discover(job)
-    if not discovery.refs:
-        raise UserError(f"no input images found in {', '.join(job.input)}",
-                        hint="give a folder of images or TFRecord files with --input")
+    picked = sample(job, n)
     decode = T.DecodeImage(job.channels, job.max_pixels)
     decode.setup()
-    runner = augment.ChainRunner(job)
+    # The original is always shown (as copy 0, which expand writes when keep_original is on).
+    shown = dataclasses.replace(job, copies=copies, keep_original=True)
+    augment = T.AugmentAndEncode(shown, shown.config_hash)
+    augment.setup()
     out = []
-    for item in _read(job, discovery, n, _rng(job.seed)):
+    for item in picked:
         if isinstance(item, T.ErrorRecord):
             out.append(Row(item.key, error=f"{item.stage}: {item.message}"))
             continue
@@ -84,29 +95,25 @@ def rows(job, n=6, copies=None):
         if isinstance(decoded, T.ErrorRecord):
             out.append(Row(item.key, item.label_text, error=f"{decoded.stage}: {decoded.message}"))
             continue
-        row = Row(item.key, item.label_text, original=decoded.image)
-        try:
-            row.copies = _copies(job, runner, decoded, copies)
-        except Exception as e:  # noqa: BLE001 - expand would list this input in errors.jsonl
-            row.error = f"augment: {e}"
-        out.append(row)
+        records = [_unwrap(r) for r in augment.process([decoded])]
+        failed = [r for r in records if isinstance(r, T.ErrorRecord)]
+        if failed:
+            out.append(Row(item.key, item.label_text, error=f"{failed[0].stage}: "
+                           f"{failed[0].message}"))
+            continue
+        images = {r.copy_index: _image_of(r.payload) for r in records}
+        out.append(Row(item.key, item.label_text, original=images.pop(0),
+                       copies=[images[c] for c in sorted(images)],
+                       original_written=job.keep_original))
     return out
 
 
-def _copies(job, runner, decoded, copies):
-    """Copies 1..copies of one decoded input, as decoded from the bytes expand writes."""
+def _image_of(payload):
+    """The pixels of an output record (a serialized tf.train.Example), as a reader gets them."""
     import tensorflow as tf
-    from pipeline import transforms as T
-    from pipeline.chain import example_seed
-    if not copies:
-        return []
-    key = decoded.input.key
-    seeds = np.array([example_seed(job.seed, key, c) for c in range(1, copies + 1)], np.int32)
-    images = np.stack([decoded.image] * copies)
-    formats = [T.output_format(job.format, decoded.format)] * copies
-    encoded, _ = runner.augment_encode(images, seeds, formats)
-    return [tf.io.decode_image(data, channels=job.channels, expand_animations=False).numpy()
-            for data in encoded]
+    example = tf.train.Example.FromString(payload)
+    data = example.features.feature["image/encoded"].bytes_list.value[0]
+    return tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
 
 
 # --- drawing -------------------------------------------------------------------------------------
@@ -217,7 +224,8 @@ def tiles_of(row):
     if row.error:
         return [Tile(None, [row.key, "not written (errors.jsonl)"], text=row.error)]
     label = f" · {row.label_text}" if row.label_text else ""
-    out = [Tile(row.original, [row.key, f"original{label} · {_size(row.original)}"],
+    original = "original" if row.original_written else "input (not written)"
+    out = [Tile(row.original, [row.key, f"{original}{label} · {_size(row.original)}"],
                 highlight=True)]
     out += [Tile(image, [row.key, f"copy {c} · {_size(image)}"])
             for c, image in enumerate(row.copies, start=1)]

@@ -336,7 +336,8 @@ class AugmentAndEncode(beam.DoFn):
         self.job, self.config_hash = job, config_hash
 
     def setup(self):
-        from pipeline import augment
+        from pipeline import augment, quiet
+        quiet.native_logs_follow_tf_level()
         self.runner = augment.ChainRunner(self.job)
 
     def process(self, batch):

@@ -1,0 +1,135 @@
+"""The command line as people meet it: help with examples, one clear message per problem,
+quiet start-up, and one run exactly as a user types it."""
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from pipeline import __version__, augment
+from tests.conftest import ROOT, SAMPLE_CONFIGS, read_outputs
+
+LIGHT = os.path.join(SAMPLE_CONFIGS, "light_classification.yaml")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"augbatch, version {__version__}"
+
+
+@pytest.mark.parametrize("command", [None] + sorted(cli.main.commands))
+def test_every_help_shows_examples(command):
+    result = invoke(*([command] if command else []), "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    assert "augbatch " in result.output.split("Example", 1)[1]
+
+
+def assert_user_error(result, message, hint):
+    assert result.exit_code == 2, result.output
+    assert f"error: {message}" in result.stderr
+    assert f"hint: {hint}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_config(tmp_path):
+    result = invoke("expand", "-c", tmp_path / "nope.yaml", "-o", tmp_path / "out")
+    assert_user_error(result, f"config file not found: {tmp_path / 'nope.yaml'}",
+                      "check the path")
+
+
+def test_missing_input(tmp_path):
+    result = invoke("expand", "-c", LIGHT, "-i", tmp_path / "nope", "-o", tmp_path / "out")
+    assert_user_error(result, f"--input {tmp_path / 'nope'}: no such file or folder",
+                      "give a folder of images")
+
+
+def unwritable_dir(tmp_path):
+    """A folder this user cannot create: root may write anywhere a mode allows, but no one may
+    make folders in sysfs."""
+    if os.geteuid() == 0:
+        return "/sys/augbatch-test-output"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    return str(locked / "out")
+
+
+def test_output_not_writable(small_folder, tmp_path):
+    out = unwritable_dir(tmp_path)
+    result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", out)
+    assert_user_error(result, f"permission denied: {out}", "check that you may read")
+    assert not os.path.exists(out)
+
+
+def test_output_is_a_file(small_folder, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", taken)
+    assert_user_error(result, f"{taken}", "choose another --output")
+    assert "a file is in the way where a folder is needed" in result.stderr
+
+
+def test_debug_adds_the_traceback(tmp_path):
+    result = invoke("--debug", "expand", "-c", tmp_path / "nope.yaml", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "error: config file not found" in result.stderr
+
+
+def fail_in_worker(error):
+    """Make building the chain on the worker (a DoFn's setup) raise `error`."""
+    def init(self, job):
+        raise error
+    return init
+
+
+def test_unexpected_error_is_one_line(small_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(augment.ChainRunner, "__init__",
+                        fail_in_worker(RuntimeError("the chain broke")))
+    result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[-2].startswith("error: unexpected RuntimeError: the chain broke")
+    assert lines[-1] == "run with --debug for the traceback"
+    assert "Traceback" not in result.stderr
+
+    result = invoke("--debug", "expand", "-c", LIGHT, "-i", small_folder, "-o",
+                    tmp_path / "again")
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+    assert "run with --debug" not in result.stderr
+
+
+def test_path_error_inside_the_pipeline_is_a_user_error(small_folder, tmp_path, monkeypatch):
+    # Beam re-raises a DoFn's exception as another type; the path problem still shows.
+    monkeypatch.setattr(augment.ChainRunner, "__init__", fail_in_worker(
+        PermissionError(13, "Permission denied", "/models/weights.bin")))
+    result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", tmp_path / "out")
+    assert_user_error(result, "permission denied: /models/weights.bin",
+                      "check that you may read")
+
+
+def test_expand_as_a_user_runs_it(small_folder, tmp_path):
+    """`augbatch expand` in a fresh process from the repository root, as in the README."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [os.path.join(os.path.dirname(sys.executable), "augbatch"), "expand",
+               "--config", "sample_configs/light_classification.yaml", "--output", str(out),
+               "--input", small_folder, "--copies", "1"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("done in ") and "9 inputs -> 18 records" in done.stdout
+    assert "progress: 9/9 inputs (100%)" in done.stderr
+    for noise in ("Traceback", "apitools", "tensorflow/", "cuda", "oneDNN", "WARNING",
+                  "UserWarning", "RankWarning"):
+        assert noise not in done.stderr, done.stderr
+    assert len(read_outputs(str(out))) == 18
+    result = invoke("inspect", out, "--verify")
+    assert result.exit_code == 0 and "verify: OK, all 18 records" in result.stdout
