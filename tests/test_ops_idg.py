@@ -5,7 +5,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras.src.preprocessing.image import ImageDataGenerator as KerasIDG
+
+try:  # Keras 2
+    from keras.src.preprocessing.image import ImageDataGenerator as KerasIDG
+except ImportError:  # Keras 3 keeps it, unexported, as legacy
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator as KerasIDG
 
 from pipeline import chain
 from pipeline.errors import ConfigError
