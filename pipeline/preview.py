@@ -185,13 +185,16 @@ def render(grid, title_lines, tile_size=160):
     columns = max(len(row) for row in grid) if grid else 1
     cell_w, cell_h = tile_size, tile_size + 2 * LINE + 4
     width = max(PAD + columns * (cell_w + PAD), 480)
-    title_h = PAD + len(title_lines) * (LINE + 4) + PAD
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title = [(i, text) for i, line in enumerate(title_lines)
+             for text in _wrap(measure, line, title_font, width - 2 * PAD, max_lines=4)]
+    title_h = PAD + len(title) * (LINE + 4) + PAD
     height = title_h + len(grid) * (cell_h + PAD) + PAD
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    for i, line in enumerate(title_lines):
-        draw.text((PAD, PAD + i * (LINE + 4)), _fit_text(draw, line, title_font, width - 2 * PAD),
-                  fill=INK if i == 0 else FAINT, font=title_font)
+    for row, (i, text) in enumerate(title):
+        draw.text((PAD, PAD + row * (LINE + 4)), text, fill=INK if i == 0 else FAINT,
+                  font=title_font)
     for r, row in enumerate(grid):
         top = title_h + r * (cell_h + PAD)
         for c, tile in enumerate(row):
@@ -223,7 +226,9 @@ def tiles_of(row):
     """The Tiles of one preview Row: original first, then its copies."""
     if row.error:
         return [Tile(None, [row.key, "not written (errors.jsonl)"], text=row.error)]
-    label = f" · {row.label_text}" if row.label_text else ""
+    # The label, unless the key already shows it (class folders).
+    label = (f" · {row.label_text}" if row.label_text
+             and not row.key.startswith(f"{row.label_text}/") else "")
     original = "original" if row.original_written else "input (not written)"
     out = [Tile(row.original, [row.key, f"{original}{label} · {_size(row.original)}"],
                 highlight=True)]
