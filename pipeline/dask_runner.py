@@ -29,6 +29,8 @@ from apache_beam.runners.dask import transform_evaluator as evaluator
 from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
 
+from pipeline.errors import UserError
+
 # Partitions per worker thread when the options name no partitioning (Beam's default puts up
 # to 128 elements in one partition: a small job would run on one worker).
 PARTITIONS_PER_THREAD = 2
@@ -51,7 +53,8 @@ class _TagReceiver(evaluator.TaggingReceiver):
 
 
 def _run_bundle(elements, transform, window_fn, side_specs, *side_values):
-    """One dask partition through the DoFn as one bundle, finish_bundle outputs included."""
+    """One dask partition through the DoFn as one bundle, finish_bundle outputs included.
+    (As in Beam's translation, each partition unpickles its own DoFn and runs its setup.)"""
     receivers = _Collect()
     handler = _OutputHandler(
         window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
@@ -92,7 +95,8 @@ def _untag(value):
 
 
 class _Visitor(PipelineVisitor):
-    """Builds one dask bag per leaf transform of the (overridden) pipeline."""
+    """Builds a dask bag for every transform of the (overridden) pipeline, producers first;
+    the leaves are the bags nothing reads."""
 
     def __init__(self, bag_kwargs):
         self.bag_kwargs = bag_kwargs
@@ -165,7 +169,11 @@ class DaskRunner(beam_dask.DaskRunner):
         dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(
             drop_default=True, current_only=True)
         beam_dask.DaskOptions._extract_bag_kwargs(dask_options)  # the rest go to the client
-        client = dask.distributed.Client(**dask_options)
+        try:
+            client = dask.distributed.Client(**dask_options)
+        except OSError as e:
+            raise UserError(f"cannot reach the Dask scheduler: {e}", hint="check --dask-address "
+                            "(`dask scheduler` listens on tcp://HOST:8786)") from None
         try:
             view = options.view_as(beam_dask.DaskOptions)
             if view.npartitions is None and view.partition_size is None:

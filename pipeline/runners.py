@@ -71,6 +71,11 @@ def assemble(runner=None, beam_args=(), dask_address=None, dask_workers=None):
     args = _without_runner(beam_args) + [f"--runner={named}"]
     local_workers = 0
     if named == RUNNERS["dask"]:
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise UserError("the Dask runner needs dask.distributed",
+                            hint='pip install "augbatch[dask]"') from None
         given = PipelineOptions(args).get_all_options(drop_default=True)
         if dask_address:
             args.append(f"--dask_client_address={dask_address}")

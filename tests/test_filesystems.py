@@ -14,7 +14,6 @@ import os
 import pytest
 from apache_beam.io.filesystem import (BeamIOError, CompressedFile, CompressionTypes,
                                        FileMetadata, FileSystem)
-from apache_beam.io.filesystems import FileSystems
 from click.testing import CliRunner
 
 import cli

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import cli
 from pipeline import run, runners, sources
 from pipeline.errors import UserError
-from tests.conftest import ROOT, SAMPLE_IMAGES, SAMPLE_TFRECORDS, make_job, run_job, shard_bytes
+from tests.conftest import ROOT, SAMPLE_IMAGES, make_job, shard_bytes
 
 CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.random_brightness", "max_delta": 0.2},
@@ -105,18 +105,6 @@ def test_dask_cluster_writes_the_same_bytes_as_the_direct_runner(reference, dask
     same_output(tmp_path / "dask", reference_out)
     after = tasks_per_worker(dask_address)
     assert len(after) == 2 and all(after[w] > before[w] for w in after), (before, after)
-
-
-def test_dask_reads_tfrecords_and_writes_gzip_shards_as_the_direct_runner(dask_address,
-                                                                            tmp_path):
-    direct = run_job(SAMPLE_TFRECORDS, tmp_path / "direct", CHAIN, copies=1, num_shards=2,
-                     compression="gzip")
-    args, local = runners.assemble("dask", dask_address=dask_address)
-    assert local == 0
-    dask = run_job(SAMPLE_TFRECORDS, tmp_path / "dask", CHAIN, copies=1, num_shards=2,
-                   compression="gzip", beam_args=args)
-    assert dask["counts"] == direct["counts"] and dask["counts"]["written"] > 0
-    assert shard_bytes(tmp_path / "dask") == shard_bytes(tmp_path / "direct")
 
 
 # --- other runners that run here --------------------------------------------------------------
@@ -354,3 +342,12 @@ def test_a_fresh_worker_runs_every_dofn_from_the_setup_py_package(reference, tmp
     with open(tmp_path / "worker-out" / "errors.jsonl") as a, \
             open(reference_out / "errors.jsonl") as b:
         assert a.read() == b.read()
+
+
+def test_an_unreachable_dask_scheduler_is_a_user_error(reference, tmp_path):
+    photos, config, _, _ = reference
+    result = CliRunner().invoke(cli.main, [
+        "expand", "-q", "-c", config, "-i", photos, "-o", str(tmp_path / "out"),
+        "--dask-address", "tcp://127.0.0.1:1", "--", "--dask_connection_timeout=1"])
+    assert result.exit_code == 2, result.output
+    assert "cannot reach the Dask scheduler" in result.output and "--dask-address" in result.output
