@@ -198,8 +198,9 @@ def _record(report, path, index, record, tf, T, verify):
     report.sizes[(width, height)] += 1
     if verify and not _decodes(report, path, index, data, features, tf):
         return None
-    caption = [next((_first(features[k]).decode("utf-8", "replace") for k in CAPTION_KEYS
-                     if k in features and _first(features[k])), f"{os.path.basename(path)}:{index}")]
+    names = [_first(features[k]) for k in CAPTION_KEYS if k in features]
+    name = next((n.decode("utf-8", "replace") for n in names if n), None)
+    caption = [name or f"{os.path.basename(path)}:{index}"]
     details = []
     if copy is not None:
         details.append("original" if _first(copy) == 0 else f"copy {_first(copy)}")
@@ -259,8 +260,9 @@ def lines(report):
     if m:
         origin = (f" (augbatch {m.get('augbatch_version', '?')} output, config "
                   f"{m.get('config_hash', '?')}, seed {m.get('seed', '?')})")
-    out.append(f"{report.target}: {len(report.files)} files, {report.records} records, "
-               f"{_size(report.bytes)}{origin}")
+    files = len(report.files)
+    out.append(f"{report.target}: {files} file{'s' if files != 1 else ''}, "
+               f"{report.records} records, {_size(report.bytes)}{origin}")
     out.append("records per file:")
     width = max((len(s) for s in report.per_shard), default=0)
     out += [f"  {shard:<{width}} {n:>8}" for shard, n in report.per_shard.items()]

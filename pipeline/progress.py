@@ -78,7 +78,7 @@ class _Lines:
     def __init__(self, total, stream, interval):
         self.total, self.stream, self.interval = total, stream, interval
         self.started = time.monotonic()
-        self.last = None
+        self.last = (0, 0)  # (inputs done, outputs): a line only when they move
         self.write(f"progress: {total} inputs to augment" if total else
                    "progress: reading the input records")
 

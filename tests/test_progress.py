@@ -111,4 +111,5 @@ def test_quiet_silences_progress_and_summary(small_folder, tmp_path):
         result = CliRunner().invoke(cli.main, args, env={progress.INTERVAL_ENV: "0.1"})
         assert result.exit_code == 0, result.output
         assert result.stdout == "" and result.stderr == "", result.output
-    assert (tmp_path / "a" / "manifest.json").exists() and (tmp_path / "b" / "manifest.json").exists()
+    for out in ("a", "b"):
+        assert (tmp_path / out / "manifest.json").exists()
