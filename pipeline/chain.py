@@ -126,17 +126,30 @@ def op_paths(steps, path="augment.chain"):
 
 # --- building ----------------------------------------------------------------------------------
 
-def build(steps):
+def build(steps, fuse=True, start=0):
     """The chain as ``fn(images float32 [B,H,W,C] in [0,1], seeds int32 [B,2]) -> images``.
 
     Call it inside a tf.function (the DoFn and the Keras layer do).
+    Consecutive geometric ops that resample alike are fused into one resample (`fuse`).
     """
+    from pipeline.ops import geometry
     fns = [_build_step(step) for step in steps]
+    # Fusion keeps each op's own seed (its position in the chain) and resamples only when the
+    # ops share interpolation and fill, so the draws and the geometry stay the same; see
+    # geometry.fuse_runs for where the pixels can differ from one-by-one.
+    runs = geometry.fuse_runs(fns) if fuse else [[(i, fn)] for i, fn in enumerate(fns)]
+    # Part of a chain (augment.py compiles some parts) keeps its steps' seeds: start + index.
+    runs = [[(start + i, fn) for i, fn in members] for members in runs]
 
     def run(images, seeds):
         from pipeline.ops import draw
-        for index, fn in enumerate(fns):
-            images = fn(images, draw.fold_in(seeds, index))
+        for members in runs:
+            if len(members) == 1:
+                index, fn = members[0]
+                images = fn(images, draw.fold_in(seeds, index))
+            else:
+                images = geometry.resample_run(
+                    [(fn, draw.fold_in(seeds, index)) for index, fn in members], images)
         return images
     return run
 
@@ -170,11 +183,15 @@ def _apply_where(fn, mask, images, seeds):
 
 
 def _with_probability(fn, probability):
-    from pipeline.ops import draw
+    from pipeline.ops import draw, geometry
+
+    def chosen(seeds):
+        return draw.coin(draw.fold_in(seeds, _COIN), probability)
 
     def run(images, seeds):
-        mask = draw.coin(draw.fold_in(seeds, _COIN), probability)
-        return _apply_where(fn, mask, images, seeds)
+        return _apply_where(fn, chosen(seeds), images, seeds)
+    if isinstance(fn, geometry.Projective):
+        return fn.sometimes(chosen, standalone=run)  # still fusable, with the same coin
     return run
 
 

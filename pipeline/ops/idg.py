@@ -57,8 +57,9 @@ from pipeline.ops import draw, geometry
 from pipeline.ops.registry import Param, register
 
 F = "idg"
-# Tags folded into an example's seed, one per drawn parameter.
-_THETA, _TX, _TX_SIGN, _TY, _TY_SIGN, _SHEAR, _ZOOM, _FLIP_H, _FLIP_V, _CHANNEL, _BRIGHT = range(11)
+# Each example draws one vector of uniforms in [0, 1) (one map_fn); each parameter has its slot.
+(_THETA, _TX, _TX_SIGN, _TY, _TY_SIGN, _SHEAR, _ZX, _ZY, _FLIP_H, _FLIP_V, _CHANNEL,
+ _BRIGHT) = range(12)
 
 
 def _is_number(value):
@@ -137,51 +138,36 @@ class ImageDataGenerator:
         to keras ImageDataGenerator.apply_transform. Parameters IDG would not draw are 0 / 1 /
         False; channel_shift_intensity and brightness are None when off.
         """
-        return {**self._geometry_draws(seeds, height, width), **self._pixel_draws(seeds)}
+        u = _draws(seeds)
+        return {**self._geometry_params(u, height, width), **self._pixel_params(u)}
 
-    def _geometry_draws(self, seeds, height, width):
-        zeros = tf.zeros([tf.shape(seeds)[0]])
-        zx = zy = zeros + 1.0
-        if self.zoom_range != [1, 1]:
-            zoom = draw.uniform(draw.fold_in(seeds, _ZOOM), self.zoom_range[0],
-                                self.zoom_range[1], shape=(2,))
-            zx, zy = zoom[:, 0], zoom[:, 1]
+    def _geometry_params(self, u, height, width):
+        zeros = tf.zeros_like(u[:, 0])
+
+        def symmetric(limit, slot):  # U(-limit, limit), or 0 where IDG does not draw
+            return _between(u[:, slot], -limit, limit) if limit else zeros
+
+        zoom = self.zoom_range != [1, 1]
         return {
-            "theta": _symmetric(seeds, _THETA, self.rotation_range, zeros),
+            "theta": symmetric(self.rotation_range, _THETA),
             # IDG's tx comes from height_shift_range (scaled by the rows), ty from width.
-            "tx": self._shift(seeds, self.height_shift_range, height, _TX, _TX_SIGN, zeros),
-            "ty": self._shift(seeds, self.width_shift_range, width, _TY, _TY_SIGN, zeros),
-            "shear": _symmetric(seeds, _SHEAR, self.shear_range, zeros),
-            "zx": zx,
-            "zy": zy,
-            "flip_horizontal": _coin(seeds, _FLIP_H) & self.horizontal_flip,
-            "flip_vertical": _coin(seeds, _FLIP_V) & self.vertical_flip,
+            "tx": _shift(u[:, _TX], u[:, _TX_SIGN], self.height_shift_range, height, zeros),
+            "ty": _shift(u[:, _TY], u[:, _TY_SIGN], self.width_shift_range, width, zeros),
+            "shear": symmetric(self.shear_range, _SHEAR),
+            "zx": _between(u[:, _ZX], *self.zoom_range) if zoom else zeros + 1.0,
+            "zy": _between(u[:, _ZY], *self.zoom_range) if zoom else zeros + 1.0,
+            "flip_horizontal": (u[:, _FLIP_H] < 0.5) & self.horizontal_flip,
+            "flip_vertical": (u[:, _FLIP_V] < 0.5) & self.vertical_flip,
         }
 
-    def _pixel_draws(self, seeds):
+    def _pixel_params(self, u):
+        shift, brightness = self.channel_shift_range, self.brightness_range
         return {
-            "channel_shift_intensity": (
-                _uniform(seeds, _CHANNEL, -self.channel_shift_range, self.channel_shift_range)
-                if self.channel_shift_range else None),
-            "brightness": (_uniform(seeds, _BRIGHT, *self.brightness_range)
-                           if self.brightness_range is not None else None),
+            "channel_shift_intensity": (_between(u[:, _CHANNEL], -shift, shift)
+                                        if shift else None),
+            "brightness": (_between(u[:, _BRIGHT], *brightness)
+                           if brightness is not None else None),
         }
-
-    @staticmethod
-    def _shift(seeds, shift_range, size, tag, sign_tag, zeros):
-        if not shift_range:
-            return zeros
-        if isinstance(shift_range, float):
-            shift = _uniform(seeds, tag, -shift_range, shift_range)
-        else:
-            # An int n or a list: np.random.choice picks one of range(n) / the list, then a sign.
-            values = (tf.range(shift_range, dtype=tf.float32) if isinstance(shift_range, int)
-                      else tf.constant(shift_range, tf.float32))
-            pick = draw.uniform(draw.fold_in(seeds, tag), 0, tf.size(values), dtype=tf.int32)
-            sign = tf.where(_coin(seeds, sign_tag), 1.0, -1.0)
-            shift = tf.gather(values, pick) * sign
-        top = max(shift_range) if isinstance(shift_range, list) else shift_range
-        return shift * size if top < 1 else shift
 
     # --- application (apply_transform) --------------------------------------------------------
 
@@ -232,28 +218,44 @@ class ImageDataGenerator:
     def op(self):
         """The `idg` op function: a fusable geometric op when there is geometry to apply."""
         def matrices(seeds, height, width):
-            return self.matrices(self._geometry_draws(seeds, height, width), height, width)
+            return self.matrices(self._geometry_params(_draws(seeds), height, width),
+                                 height, width)
 
         def finish(images, seeds):
-            return self.pixel_shifts(images, self._pixel_draws(seeds))
+            return self.pixel_shifts(images, self._pixel_params(_draws(seeds)))
 
         if not self.has_geometry:
-            return finish if self.has_pixel_shifts else (lambda images, seeds: images)
+            # Plain graph code: AutoGraph need not rewrite it when a chain is traced.
+            return tf.autograph.experimental.do_not_convert(
+                finish if self.has_pixel_shifts else (lambda images, seeds: images))
         return geometry.Projective(matrices, *self.sampling,
                                    finish=finish if self.has_pixel_shifts else None)
 
 
-def _uniform(seeds, tag, low, high):
-    return draw.uniform(draw.fold_in(seeds, tag), low, high)
+def _draws(seeds):
+    """[B, 12] uniforms in [0, 1), one row per example."""
+    return draw.uniform(seeds, 0.0, 1.0, shape=(12,))
 
 
-def _symmetric(seeds, tag, limit, zeros):
-    """U(-limit, limit) per example, or zeros when IDG would not draw (limit 0)."""
-    return _uniform(seeds, tag, -limit, limit) if limit else zeros
+def _between(u, low, high):
+    return low + (high - low) * u
 
 
-def _coin(seeds, tag):
-    return draw.coin(draw.fold_in(seeds, tag), 0.5)
+def _shift(u, u_sign, shift_range, size, zeros):
+    """IDG's shift law for one axis, in pixels."""
+    if not shift_range:
+        return zeros
+    if isinstance(shift_range, float):
+        shift = _between(u, -shift_range, shift_range)
+    else:
+        # An int n or a list: np.random.choice picks one of range(n) / the list, then a sign.
+        values = (tf.range(shift_range, dtype=tf.float32) if isinstance(shift_range, int)
+                  else tf.constant(shift_range, tf.float32))
+        count = tf.size(values)
+        pick = tf.minimum(tf.cast(u * tf.cast(count, tf.float32), tf.int32), count - 1)
+        shift = tf.gather(values, pick) * tf.where(u_sign < 0.5, -1.0, 1.0)
+    top = max(shift_range) if isinstance(shift_range, list) else shift_range
+    return shift * size if top < 1 else shift
 
 
 def _matrix(row0, row1):

@@ -15,6 +15,7 @@ example and resample the whole batch in one ImageProjectiveTransformV3 call, the
 tfa.image.transform calls; consecutive ones fuse into one resample (see geometry.py).
 """
 import contextlib
+import functools
 import logging
 import math
 import numbers
@@ -81,6 +82,18 @@ def backend(name):
         impl, BACKEND = saved
 
 
+def _plain_graph(builder):
+    """The op functions are plain graph code: mark them so AutoGraph does not rewrite them, and
+    the tfa code they call, when a chain is traced (seconds per op, on every worker)."""
+    @functools.wraps(builder)
+    def build(**params):
+        fn = builder(**params)
+        if isinstance(fn, geometry.Projective):
+            return fn  # geometry marks its own
+        return tf.autograph.experimental.do_not_convert(fn)
+    return build
+
+
 # --- parameters and checks -------------------------------------------------------------------
 
 def _sampling(interpolation="nearest"):
@@ -126,11 +139,11 @@ def _checks(*checks):
     return check
 
 
-def _uniform(seeds, value_range, tag=None):
-    """One value per example from [low, high] (exactly `low` when low == high)."""
-    if tag is not None:
-        seeds = draw.fold_in(seeds, tag)
-    return draw.uniform(seeds, value_range[0], value_range[1])
+def _uniforms(seeds, *ranges):
+    """[B] values per [low, high] range (exactly `low` when low == high), all from one draw of
+    len(ranges) uniforms per example (one map_fn however many parameters)."""
+    u = draw.uniform(seeds, 0.0, 1.0, shape=(len(ranges),))
+    return [low + (high - low) * u[:, i] for i, (low, high) in enumerate(ranges)]
 
 
 def _fixed(value_range):
@@ -172,6 +185,7 @@ def _angle_check(params):
                         "[-max_degrees, max_degrees]"),
                   Param("radians", "range", None, help="angle range in radians"),
                   *_sampling()])
+@_plain_graph
 def rotate(degrees, max_degrees, radians, interpolation, fill_mode, fill_value):
     """Rotate counter-clockwise about the centre by an angle drawn per example."""
     if max_degrees is not None:
@@ -198,6 +212,7 @@ def _check_transform(params):
                         "pixel (x, y) samples the input at ((a0 x + a1 y + a2) / k, "
                         "(b0 x + b1 y + b2) / k), k = c0 x + c1 y + 1"),
                   *_sampling()])
+@_plain_graph
 def transform(transforms, interpolation, fill_mode, fill_value):
     """Apply one fixed projective transform to every image."""
     flat = tf.constant([transforms], tf.float32)
@@ -209,7 +224,8 @@ def transform(transforms, interpolation, fill_mode, fill_value):
 
 def _shifts(seeds, dx, dy, x_scale=1.0, y_scale=1.0):
     """[B, 2] (dx, dy) drawn per example."""
-    return _columns(_uniform(seeds, dx, 0) * x_scale, _uniform(seeds, dy, 1) * y_scale)
+    x, y = _uniforms(seeds, dx, dy)
+    return _columns(x * x_scale, y * y_scale)
 
 
 @register("tfa.image.translate", F, random=True,
@@ -219,6 +235,7 @@ def _shifts(seeds, dx, dy, x_scale=1.0, y_scale=1.0):
                   Param("units", "str", "pixels", choices=("pixels", "fraction"),
                         help="fraction: dx and dy are fractions of the width and height"),
                   *_sampling()])
+@_plain_graph
 def translate(dx, dy, units, interpolation, fill_mode, fill_value):
     """Shift by (dx, dy) drawn per example."""
     lib = impl
@@ -236,6 +253,7 @@ _REPLACE = Param("replace", "float", 0.0, low=0.0, high=1.0,
 @register("tfa.image.translate_xy", F, random=True, test_params={"dx": [-8, 8], "dy": [-5, 5]},
           params=[Param("dx", "range", 0.0, help="horizontal shift range in pixels"),
                   Param("dy", "range", 0.0, help="vertical shift range in pixels"), _REPLACE])
+@_plain_graph
 def translate_xy(dx, dy, replace):
     """Shift by (dx, dy) pixels drawn per example; uncovered pixels get `replace` (nearest)."""
     lib = impl
@@ -260,6 +278,7 @@ _LEVEL = Param("level", "range", help="shear factor range; output (x, y) samples
 
 @register("tfa.image.shear_x", F, random=True, test_params={"level": [-0.3, 0.3]},
           params=[_LEVEL, _REPLACE])
+@_plain_graph
 def shear_x(level, replace):
     """Shear along x by a level drawn per example (about the top-left corner, like tfa)."""
     return _shear("x", level, replace)
@@ -267,6 +286,7 @@ def shear_x(level, replace):
 
 @register("tfa.image.shear_y", F, random=True, test_params={"level": [-0.3, 0.3]},
           params=[_LEVEL, _REPLACE])
+@_plain_graph
 def shear_y(level, replace):
     """Shear along y by a level drawn per example (about the top-left corner, like tfa)."""
     return _shear("y", level, replace)
@@ -317,6 +337,7 @@ def _per_example_gaussian(images, sigmas, filter_shape, padding, constant_values
           params=[_FILTER_SHAPE,
                   Param("sigma", "range", 1.0, low=0.0, help="standard deviation range"),
                   *_PADDING])
+@_plain_graph
 def gaussian_filter2d(filter_shape, sigma, padding, constant_values):
     """Gaussian blur with a sigma drawn per example (a fixed sigma calls tfa directly)."""
     lib, shape = impl, _int_pair(filter_shape)
@@ -332,6 +353,7 @@ def gaussian_filter2d(filter_shape, sigma, padding, constant_values):
 
 @register("tfa.image.mean_filter2d", F, check=_check_size("filter_shape"),
           test_params={"filter_shape": 3}, params=[_FILTER_SHAPE, *_PADDING])
+@_plain_graph
 def mean_filter2d(filter_shape, padding, constant_values):
     """Box blur: each pixel becomes the mean of its filter_shape window."""
     lib, shape = impl, _int_pair(filter_shape)
@@ -340,6 +362,7 @@ def mean_filter2d(filter_shape, padding, constant_values):
 
 @register("tfa.image.median_filter2d", F, check=_check_size("filter_shape"),
           test_params={"filter_shape": 3}, params=[_FILTER_SHAPE, *_PADDING])
+@_plain_graph
 def median_filter2d(filter_shape, padding, constant_values):
     """Median filter: each pixel becomes the median of its filter_shape window (denoise)."""
     lib, shape = impl, _int_pair(filter_shape)
@@ -363,6 +386,7 @@ def _check_offset(params):
           test_params={"mask_size": 16, "offset": [20, 30]},
           params=[_MASK_SIZE, Param("offset", "list", help="[row, column] of the box centre"),
                   _CONSTANT])
+@_plain_graph
 def cutout(mask_size, offset, constant_values):
     """Fill a fixed box (centre `offset`) with constant_values."""
     lib, size = impl, _int_pair(mask_size)
@@ -371,20 +395,22 @@ def cutout(mask_size, offset, constant_values):
 
 @register("tfa.image.random_cutout", F, random=True, check=_check_size("mask_size", even=True),
           test_params={"mask_size": [16, 20]}, params=[_MASK_SIZE, _CONSTANT])
+@_plain_graph
 def random_cutout(mask_size, constant_values):
     """Fill a mask_size box at a centre drawn per example (tfa.image.random_cutout's law)."""
     lib, size = impl, _int_pair(mask_size)
 
-    def centre(seeds, mask, length):
-        # Uniform over centres that keep the box inside; the middle if the box does not fit.
+    def centre(u, mask, length):
+        # Uniform over the centres that keep the box inside; the middle if it does not fit.
         half = mask // 2
-        drawn = draw.uniform(seeds, half, tf.maximum(length - half, half + 1), dtype=tf.int32)
+        count = tf.cast(tf.maximum(length - 2 * half, 1), tf.float32)
+        drawn = half + tf.cast(tf.floor(u * count), tf.int32)
         return tf.where(mask >= length, length // 2, drawn)
 
     def fn(images, seeds):
         shape = tf.shape(images)
-        offset = _columns(centre(draw.fold_in(seeds, 0), size[0], shape[1]),
-                          centre(draw.fold_in(seeds, 1), size[1], shape[2]))
+        u = draw.uniform(seeds, 0.0, 1.0, shape=(2,))
+        offset = _columns(centre(u[:, 0], size[0], shape[1]), centre(u[:, 1], size[1], shape[2]))
         return lib.cutout(images, size, offset, constant_values)
     return fn
 
@@ -393,6 +419,7 @@ def random_cutout(mask_size, constant_values):
 
 @register("tfa.image.equalize", F, test_params={},
           params=[Param("bins", "int", 256, low=2, high=256)])
+@_plain_graph
 def equalize(bins):
     """Histogram equalization per channel, like PIL.ImageOps.equalize."""
     lib = impl
@@ -402,6 +429,7 @@ def equalize(bins):
 @register("tfa.image.sharpness", F, random=True, test_params={"factor": [0.0, 3.0]},
           params=[Param("factor", "range", low=0.0, help="0 = smoothed, 1 = unchanged, "
                         ">1 = sharper (PIL ImageEnhance.Sharpness)")])
+@_plain_graph
 def sharpness(factor):
     """PIL-style sharpness with a factor drawn per example."""
     lib = impl
@@ -429,6 +457,7 @@ _HSV_CHECK = _checks(
                   Param("upper_saturation", "float", 1.0, low=0.0),
                   Param("lower_value", "float", 1.0, low=0.0),
                   Param("upper_value", "float", 1.0, low=0.0)])
+@_plain_graph
 def random_hsv_in_yiq(max_delta_hue, lower_saturation, upper_saturation, lower_value,
                       upper_value):
     """Turn hue and scale saturation/value in YIQ space, drawn per example; RGB only."""
@@ -438,10 +467,9 @@ def random_hsv_in_yiq(max_delta_hue, lower_saturation, upper_saturation, lower_v
         return tf.clip_by_value(lib.adjust_hsv_in_yiq(image, hue, saturation, value), 0.0, 1.0)
 
     def fn(images, seeds):
-        return _per_example(adjust, images,
-                            _uniform(seeds, [-max_delta_hue, max_delta_hue], 0),
-                            _uniform(seeds, [lower_saturation, upper_saturation], 1),
-                            _uniform(seeds, [lower_value, upper_value], 2))
+        return _per_example(adjust, images, *_uniforms(
+            seeds, [-max_delta_hue, max_delta_hue], [lower_saturation, upper_saturation],
+            [lower_value, upper_value]))
     return fn
 
 
@@ -450,6 +478,7 @@ def random_hsv_in_yiq(max_delta_hue, lower_saturation, upper_saturation, lower_v
           params=[Param("delta_hue", "float", 0.0, help="hue turn, radians"),
                   Param("scale_saturation", "float", 1.0, low=0.0),
                   Param("scale_value", "float", 1.0, low=0.0)])
+@_plain_graph
 def adjust_hsv_in_yiq(delta_hue, scale_saturation, scale_value):
     """Turn hue by delta_hue and scale saturation/value in YIQ space; RGB only."""
     lib = impl
@@ -483,6 +512,7 @@ def _blend_target(lib, images, target):
                         "(5x5 Gaussian, sigma 1.5)"),
                   Param("factor", "range", low=0.0, help="0 = the target, 1 = unchanged, "
                         ">1 extrapolates away from the target")])
+@_plain_graph
 def blend(target, factor):
     """tfa.image.blend(target, image, factor) with factor drawn per example (PIL ImageEnhance)."""
     lib = impl
@@ -512,6 +542,7 @@ def blend(target, factor):
                         "per unit of smoothed noise"),
                   Param("sigma", "float", 4.0, low=0.0, help="smoothness of the field, "
                         "pixels")])
+@_plain_graph
 def elastic_distortion(alpha, sigma):
     """Elastic distortion (Simard et al. 2003) by tfa.image.dense_image_warp.
 
@@ -532,6 +563,6 @@ def elastic_distortion(alpha, sigma):
         # The 2-D Gaussian is separable: two 1-D passes are cheaper than one size x size kernel.
         field = lib.gaussian_filter2d(field, (size, 1), sigma, "CONSTANT")
         field = lib.gaussian_filter2d(field, (1, size), sigma, "CONSTANT")
-        flow = draw.expand(_uniform(seeds, alpha, 1)) * field
+        flow = draw.expand(_uniforms(seeds, alpha)[0]) * field
         return tf.clip_by_value(lib.dense_image_warp(images, flow), 0.0, 1.0)
     return fn
