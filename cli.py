@@ -104,6 +104,8 @@ def quiet_startup():
     if _BEAM_NOISE not in root.filters:
         root.addFilter(_BEAM_NOISE)
     sys.unraisablehook = _quiet_at_exit
+    from pipeline import quiet
+    quiet.import_tensorflow()  # now, to filter what newer TensorFlows print while imported
 
 
 def _quiet_at_exit(unraisable):
@@ -362,6 +364,10 @@ def list_ops(family):
         click.echo(f"{name}  [{op.family}, {kind}]  {op.doc}")
         for param in op.params:
             click.echo(f"    {param.describe()}")
+    if family in (None, "tfa.image"):
+        from pipeline.ops import tfa_image
+        click.echo(f"tfa.image ops run on {tfa_image.BACKEND} (AUGBATCH_TFA_BACKEND=core forces "
+                   "the pure-TensorFlow versions)")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,14 @@ def test_backend_follows_the_environment_variable(monkeypatch):
         tfa_image.load_backend()
 
 
+def test_list_ops_says_which_backend_runs_the_ops():
+    from click.testing import CliRunner
+
+    from cli import main
+    output = CliRunner().invoke(main, ["list-ops", "--family", "tfa.image"]).output
+    assert f"tfa.image ops run on {tfa_image.BACKEND}" in output
+
+
 def test_bad_params_are_config_errors_naming_the_path():
     from pipeline import chain
     from pipeline.errors import ConfigError
