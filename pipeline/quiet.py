@@ -12,6 +12,8 @@ import glob
 import logging
 import os
 import re
+import sys
+import tempfile
 
 log = logging.getLogger("augbatch")
 # The name carries absl's version ("lts_20230125"), so it is looked up in the library itself.
@@ -38,3 +40,41 @@ def native_logs_follow_tf_level():
                 return
     except (OSError, AttributeError) as e:
         log.debug("could not set absl's log level: %s", e)
+
+
+# TensorFlow >= 2.19 logs while it is imported, through absl, before anything can set a level
+# (tensorflow/tensorflow#100442): "oneDNN custom operations are on", "Could not find cuda
+# drivers". Those lines start with their severity, I/W/E/F (0-3, TF_CPP_MIN_LOG_LEVEL's scale).
+_NATIVE_LINE = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+                          r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) ")
+_ABSL_NOT_INITIALIZED = "WARNING: All log messages before absl::InitializeLog() is called"
+
+
+def _below(line, level):
+    if line.startswith(_ABSL_NOT_INITIALIZED):
+        return level >= 1
+    match = _NATIVE_LINE.match(line)
+    return bool(match) and "IWEF".index(match.group(1) or match.group(2)) < level
+
+
+def import_tensorflow():
+    """Import TensorFlow, keeping the native log lines it prints meanwhile to those at or above
+    TF_CPP_MIN_LOG_LEVEL (everything else written to stderr meanwhile is kept)."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    if "tensorflow" in sys.modules or not level.isdigit() or int(level) < 1:
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not _below(line, int(level)):
+                    sys.stderr.write(line)
