@@ -100,6 +100,14 @@ def test_op_contract_on_each_backend(name):
         np.testing.assert_allclose(core, out, rtol=0, atol=1e-6)
 
 
+def test_defaults_are_what_a_config_value_would_resolve_to():
+    """An op built from defaults gets values of the same form as given ones ([low, high])."""
+    for op in list(OPS.values()) + [registry.get("idg")]:
+        for param in op.params:
+            if not param.required and param.default is not None:
+                assert param.check(param.default, "x") == param.default, (op.name, param.name)
+
+
 def test_example_output_does_not_depend_on_the_batch():
     alone = run("tfa.image.rotate", {"max_degrees": 30, "interpolation": "bilinear"},
                 images=IMAGES[1:], seeds=SEEDS[1:])

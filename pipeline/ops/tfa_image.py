@@ -230,8 +230,9 @@ def _shifts(seeds, dx, dy, x_scale=1.0, y_scale=1.0):
 
 @register("tfa.image.translate", F, random=True,
           test_params={"dx": [-0.1, 0.1], "dy": [-0.1, 0.1], "units": "fraction"},
-          params=[Param("dx", "range", 0.0, help="horizontal shift range (right is positive)"),
-                  Param("dy", "range", 0.0, help="vertical shift range (down is positive)"),
+          params=[Param("dx", "range", [0.0, 0.0], help="horizontal shift range (right is "
+                        "positive)"),
+                  Param("dy", "range", [0.0, 0.0], help="vertical shift range (down is positive)"),
                   Param("units", "str", "pixels", choices=("pixels", "fraction"),
                         help="fraction: dx and dy are fractions of the width and height"),
                   *_sampling()])
@@ -251,8 +252,9 @@ _REPLACE = Param("replace", "float", 0.0, low=0.0, high=1.0,
 
 
 @register("tfa.image.translate_xy", F, random=True, test_params={"dx": [-8, 8], "dy": [-5, 5]},
-          params=[Param("dx", "range", 0.0, help="horizontal shift range in pixels"),
-                  Param("dy", "range", 0.0, help="vertical shift range in pixels"), _REPLACE])
+          params=[Param("dx", "range", [0.0, 0.0], help="horizontal shift range in pixels"),
+                  Param("dy", "range", [0.0, 0.0], help="vertical shift range in pixels"),
+                  _REPLACE])
 @_plain_graph
 def translate_xy(dx, dy, replace):
     """Shift by (dx, dy) pixels drawn per example; uncovered pixels get `replace` (nearest)."""
@@ -335,7 +337,7 @@ def _per_example_gaussian(images, sigmas, filter_shape, padding, constant_values
           check=_checks(_check_size("filter_shape"), _check_positive("sigma")),
           test_params={"filter_shape": 5, "sigma": [0.5, 2.0]},
           params=[_FILTER_SHAPE,
-                  Param("sigma", "range", 1.0, low=0.0, help="standard deviation range"),
+                  Param("sigma", "range", [1.0, 1.0], low=0.0, help="standard deviation range"),
                   *_PADDING])
 @_plain_graph
 def gaussian_filter2d(filter_shape, sigma, padding, constant_values):
@@ -538,8 +540,8 @@ def blend(target, factor):
 @register("tfa.image.elastic_distortion", F, random=True,
           check=lambda p: None if p["sigma"] > 0 else "sigma must be above 0",
           test_params={"alpha": [20.0, 40.0], "sigma": 4.0},
-          params=[Param("alpha", "range", 34.0, low=0.0, help="displacement scale range, pixels "
-                        "per unit of smoothed noise"),
+          params=[Param("alpha", "range", [34.0, 34.0], low=0.0, help="displacement scale range, "
+                        "pixels per unit of smoothed noise"),
                   Param("sigma", "float", 4.0, low=0.0, help="smoothness of the field, "
                         "pixels")])
 @_plain_graph
