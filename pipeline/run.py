@@ -166,6 +166,8 @@ def versions():
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
+    from pipeline.ops import tfa_image  # which implementation ran the tfa.image ops
+    out["tfa.image backend"] = tfa_image.BACKEND
     return out
 
 
