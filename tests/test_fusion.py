@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import chain
-from pipeline.ops import draw, geometry
+from pipeline.ops import draw, geometry, tfa_image
 from tests.conftest import assert_accounted, read_outputs, real_photo, run_job
 
 SQUARE = tf.concat([real_photo(48, 48), tf.image.flip_up_down(real_photo(48, 48))], 0)
@@ -95,6 +95,7 @@ def test_fused_geometry_through_the_pipeline(small_folder, tmp_path):
     manifest = run_job(small_folder, tmp_path / "out", steps, copies=1, seed=3,
                        keep_original=False)
     assert_accounted(manifest)
+    assert manifest["versions"]["tfa.image backend"] == tfa_image.BACKEND
     rows = read_outputs(str(tmp_path / "out"))
     assert len(rows) == manifest["counts"]["discovered"] == 9
     assert all(row["image"].ndim == 3 and row["image"].shape[-1] == 3 for row in rows)
