@@ -282,7 +282,8 @@ def _matrix(row0, row1):
                         help="fill for fill_mode constant, 0-255 units"),
                   Param("horizontal_flip", "bool", False),
                   Param("vertical_flip", "bool", False),
-                  Param("rescale", "any", None, help="only 1/255 (a no-op for stored images)"),
+                  Param("rescale", "any", None, help="1/255 (or 1): accepted, a no-op for stored "
+                        "images; other values are refused"),
                   Param("interpolation_order", "int", 1, choices=(0, 1),
                         help="0 nearest, 1 bilinear"),
                   Param("legacy_axes", "bool", False, help="keras-preprocessing's geometry: "
