@@ -265,7 +265,9 @@ def cutout(images, mask_size, offset=(0, 0), constant_values=0):
     offset = tf.reshape(tf.cast(tf.convert_to_tensor(offset), tf.int32), [-1, 2])
     rows = tf.range(tf.shape(images4)[1])[None, :, None]
     cols = tf.range(tf.shape(images4)[2])[None, None, :]
-    cy, cx = offset[:, 0, None, None], offset[:, 1, None, None]
+    # offset[:, 0][:, None, None], not offset[:, 0, None, None]: the latter meets a grappler
+    # shape bug after tf.stack inside tf.function.
+    cy, cx = offset[:, 0][:, None, None], offset[:, 1][:, None, None]
     inside = ((rows >= cy - half[0]) & (rows < cy + half[0])
               & (cols >= cx - half[1]) & (cols < cx + half[1]))
     out = tf.where(inside[..., None], tf.cast(constant_values, images4.dtype), images4)
