@@ -7,10 +7,19 @@
 # PYTHON and VENV override the interpreter and the environment's folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+find_python() {  # python3.X on the PATH, else one installed by pyenv, else the name (venv says)
+  if "python$1" -c "" 2>/dev/null; then echo "python$1"; return; fi
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$1".*/bin/"python$1"; do
+    if [ -x "$candidate" ]; then echo "$candidate"; return; fi
+  done
+  echo "python$1"
+}
+
 STACK=${STACK:-pinned}
 case "$STACK" in
-  pinned) PYTHON=${PYTHON:-python3.11}; VENV=${VENV:-.venv}; CONSTRAINTS="" ;;
-  modern) PYTHON=${PYTHON:-python3.12}; VENV=${VENV:-.venv-modern}
+  pinned) PYTHON=${PYTHON:-$(find_python 3.11)}; VENV=${VENV:-.venv}; CONSTRAINTS="" ;;
+  modern) PYTHON=${PYTHON:-$(find_python 3.12)}; VENV=${VENV:-.venv-modern}
           CONSTRAINTS="-c constraints/modern.txt" ;;
   *) echo "STACK must be pinned or modern, got '$STACK'" >&2; exit 2 ;;
 esac
