@@ -162,6 +162,14 @@ def main(ctx, debug, quiet):
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG quality.")
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Decode to 1 or 3 channels.")
 @click.option("--batch-size", type=click.IntRange(1), help="Images per augmentation batch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]),
+              help="Where the chain runs: auto (the first GPU if TensorFlow sees one), cpu, "
+                   "or gpu (fail if there is none).")
+@click.option("--tf-threads", type=click.IntRange(0),
+              help="TensorFlow threads per worker (0: TensorFlow decides).")
+@click.option("--xla/--no-xla", default=None,
+              help="Compile the chain's colour and geometric steps with XLA: faster for "
+                   "inputs of a few sizes (one compilation each); other random draws.")
 @click.option("--allow-python-ops", is_flag=True,
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,
@@ -187,7 +195,8 @@ def main(ctx, debug, quiet):
               "print its steps and options; run nothing, write nothing.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
-           compression, format_, quality, channels, batch_size, allow_python_ops, overwrite,
+           compression, format_, quality, channels, batch_size, device, tf_threads, xla,
+           allow_python_ops, overwrite,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
            accelerator, dry_run, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
@@ -216,6 +225,7 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
         "keep_original": keep_original, "seed": seed, "num_shards": num_shards,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
+        "device": device, "tf_threads": tf_threads, "xla": xla,
         "max_pixels": max_pixels, "max_errors": max_errors, "max_error_rate": max_error_rate,
     }, allow_python_ops=allow_python_ops)
     quiet = quiet or click.get_current_context().meta.get("augbatch.quiet")

@@ -1,12 +1,119 @@
-"""The TensorFlow side of a worker: the traced chain + encoder, built once per worker."""
+"""The TensorFlow side of a worker: the chain traced once per process, on the chosen device, on
+batches; then JPEG/PNG encoding of the batch, in the same call.
+
+Speed without changing a byte of what the chain means:
+  * steps that only move pixels (flips, quarter turns, crops) at the head of the chain run on
+    the uint8 pixels, before the float conversion: a quarter of the memory traffic, identical
+    output (they do no arithmetic);
+  * with `runtime.xla` on, runs of colour steps are compiled by XLA into a few fused loops
+    (jit_compile on those segments only; geometric ops have no XLA kernel). XLA draws its
+    random numbers differently from TensorFlow's kernels, so this setting is part of the
+    config hash. Geometric ops resample with gathers there (geometry.for_xla). A compiled
+    segment runs on chunks of a size fixed by the image shape, so it is compiled once per
+    image shape and the bytes depend neither on the batch size nor on the machine's cores;
+  * the copies of an input are made inside the graph, and augmenting and encoding is one call.
+"""
+import dataclasses
 import logging
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from pipeline import chain as chain_mod
+from pipeline.errors import UserError
+from pipeline.ops import geometry, registry
 
 log = logging.getLogger("augbatch")
+
+# Ops that only move pixels: exact on uint8, so they may run before the float conversion.
+PIXEL_MOVING_OPS = frozenset(f"tf.image.{name}" for name in (
+    "flip_left_right", "flip_up_down", "random_flip_left_right", "random_flip_up_down",
+    "stateless_random_flip_left_right", "stateless_random_flip_up_down", "rot90",
+    "random_rot90", "transpose", "central_crop", "crop_to_bounding_box", "random_crop",
+    "stateless_random_crop"))
+
+# Ops XLA compiles on CPU and GPU (element-wise colour maths, flips). Kept explicit: compiling
+# changes the random draws, so what is compiled must not depend on the machine.
+XLA_OPS = frozenset(f"tf.image.{name}" for name in (
+    "flip_left_right", "flip_up_down", "random_flip_left_right", "random_flip_up_down",
+    "stateless_random_flip_left_right", "stateless_random_flip_up_down",
+    "adjust_brightness", "random_brightness", "stateless_random_brightness",
+    "adjust_contrast", "random_contrast", "stateless_random_contrast",
+    "adjust_saturation", "random_saturation", "stateless_random_saturation",
+    "adjust_hue", "random_hue", "stateless_random_hue", "adjust_gamma", "random_gamma"))
+
+# A worker warns past this many XLA compilations (one per image shape): inputs of many sizes.
+MANY_SHAPES = 16
+# One augment call takes at most this many pixels (copies included; 32 copies of 512 x 512):
+# ~100 MB as float32 RGB, so large images come in smaller batches.
+PIXELS_PER_BATCH = 32 * 512 * 512
+# Decoded images waiting for a full batch of their shape (transforms.BatchByShape), at most.
+MAX_WAITING_BYTES = 256 << 20
+# Compiled segments run on chunks of about this many pixels (at most 16 images): a program
+# for one chunk shape per image shape, whatever the batch size or the machine, so the bytes
+# are the same everywhere; XLA may round differently for another chunk shape.
+PIXELS_PER_CHUNK = 4 * 256 * 256
+
+
+def chunk_rows(shape):
+    """Images per compiled chunk for images of this [H, W, ...] shape."""
+    return max(1, min(16, PIXELS_PER_CHUNK // max(1, int(shape[0]) * int(shape[1]))))
+
+
+def inputs_per_batch(shape, job):
+    """How many inputs of this [H, W, ...] shape one augment call takes: `batch_size` images,
+    copies included, and at most PIXELS_PER_BATCH pixels; always at least one input."""
+    copies = max(1, job.copies)
+    pixels = int(shape[0]) * int(shape[1]) * copies
+    return max(1, min(job.batch_size // copies, PIXELS_PER_BATCH // max(1, pixels)))
+
+
+# --- devices and threads -----------------------------------------------------------------------
+
+def choose_device(requested, gpu_names):
+    """The TensorFlow device the chain runs on: 'auto' takes the first GPU if there is one,
+    'gpu' requires one, 'cpu' never uses one."""
+    if requested == "cpu" or (requested == "auto" and not gpu_names):
+        return "/device:CPU:0"
+    if not gpu_names:
+        raise UserError("--device gpu: TensorFlow sees no GPU on this machine",
+                        hint="check `nvidia-smi` and that this TensorFlow build has CUDA "
+                             "(pip install tensorflow[and-cuda]); or use --device auto / cpu")
+    return "/device:GPU:0"
+
+
+def pick_device(requested):
+    """choose_device for this machine; turns on memory growth for the GPUs (so several
+    workers can share one) and logs where the chain runs."""
+    gpus = tf.config.list_physical_devices("GPU")
+    device = choose_device(requested, [gpu.name for gpu in gpus])
+    if "GPU" in device:
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # TensorFlow already started: the setting is fixed
+                log.debug("memory growth unchanged for %s", gpu.name)
+        log.info("augmenting on %s (of %d GPUs visible)", gpus[0].name, len(gpus))
+    else:
+        log.info("augmenting on the CPU%s", "" if requested == "cpu" else " (no GPU visible)")
+    return device
+
+
+def for_workers(job, options):
+    """`job` with device and threads settled for these Beam options, when the workers run on
+    this machine (the DirectRunner): --device gpu fails now if TensorFlow sees no GPU, not in
+    a worker; multi-process workers share the cores unless --tf-threads says otherwise."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    if not str(options.view_as(StandardOptions).runner or "").endswith("DirectRunner"):
+        return job  # remote workers: each checks its own device in setup()
+    choose_device(job.device, [gpu.name for gpu in tf.config.list_physical_devices("GPU")])
+    direct = options.view_as(DirectOptions)
+    cores = os.cpu_count() or 1
+    workers = direct.direct_num_workers or cores  # Beam: 0 = one per core
+    if not job.tf_threads and direct.direct_running_mode == "multi_processing" and workers > 1:
+        return dataclasses.replace(job, tf_threads=max(1, cores // workers))
+    return job
 
 
 def configure_threads(tf_threads):
@@ -21,15 +128,7 @@ def configure_threads(tf_threads):
         log.debug("TensorFlow already started; thread settings unchanged")
 
 
-def _encode_one(image, as_png, quality):
-    return tf.cond(as_png, lambda: tf.io.encode_png(image),
-                   lambda: tf.io.encode_jpeg(image, quality=quality))
-
-
-def _encode_batch(images, as_png, quality):
-    return tf.map_fn(lambda pair: _encode_one(pair[0], pair[1], quality), (images, as_png),
-                     fn_output_signature=tf.TensorSpec([], tf.string))
-
+# --- pixel conversions and encoding ------------------------------------------------------------
 
 def to_float(images):
     return tf.image.convert_image_dtype(images, tf.float32)
@@ -40,35 +139,194 @@ def to_uint8(images):
                                         saturate=True)
 
 
+def _encode_one(image, as_png, quality):
+    return tf.cond(as_png, lambda: tf.io.encode_png(image),
+                   lambda: tf.io.encode_jpeg(image, quality=quality))
+
+
+def _encode_batch(images, as_png, quality):
+    return tf.map_fn(lambda pair: _encode_one(pair[0], pair[1], quality), (images, as_png),
+                     fn_output_signature=tf.TensorSpec([], tf.string))
+
+
+# --- the chain in segments ---------------------------------------------------------------------
+
+def _is_op(step, names):
+    return "op" in step and step["op"] in names and step["probability"] == 1.0
+
+
+def _compilable(step):
+    """A colour op XLA compiles, or a purely geometric op (resampled with gathers there)."""
+    if _is_op(step, XLA_OPS):
+        return True
+    if "op" not in step or step["probability"] != 1.0:
+        return False
+    fn = registry.get(step["op"]).build(step["params"])
+    return (isinstance(fn, geometry.Projective) and fn.finish is None
+            and fn.standalone is None)
+
+
+def plan(steps, xla):
+    """The chain as stages [(kind, start index, steps)], in order, kind one of
+    'uint8' (pixel-moving head, before the float conversion), 'xla' or 'plain'."""
+    steps = list(steps)
+    head = 0  # (an op XLA compiles goes to XLA instead: there it costs nothing)
+    while (head < len(steps) and _is_op(steps[head], PIXEL_MOVING_OPS)
+           and not (xla and _is_op(steps[head], XLA_OPS))):
+        head += 1
+    stages = [("uint8", 0, steps[:head])] if head else []
+    for index in range(head, len(steps)):
+        kind = "xla" if xla and _compilable(steps[index]) else "plain"
+        if stages and stages[-1][0] == kind and stages[-1][1] >= head:
+            stages[-1][2].append(steps[index])
+        else:
+            stages.append((kind, index, [steps[index]]))
+    return stages
+
+
+class _Compiled:
+    """A chain segment compiled by XLA, run on chunks of `rows` images (the batch padded to
+    whole chunks): one compilation per image shape, the same program whatever the batch.
+    XLA's CPU code runs on one thread, so the chunks of a batch run side by side."""
+
+    def __init__(self, fn, dtype):
+        def traced(images, seeds):
+            with geometry.for_xla():
+                return fn(images, seeds)
+        self.fn = tf.function(traced, jit_compile=True, autograph=False)
+        self.dtype = dtype
+
+    def __call__(self, images, seeds, rows):
+        count, shape = tf.shape(images)[0], tf.shape(images)
+        pad = (-count) % rows
+        images = tf.reshape(tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]]),
+                            [-1, rows, shape[1], shape[2], shape[3]])
+        seeds = tf.reshape(tf.pad(seeds, [[0, pad], [0, 0]]), [-1, rows, 2])
+        out = tf.map_fn(lambda chunk: self.fn(chunk[0], chunk[1]), (images, seeds),
+                        fn_output_signature=tf.TensorSpec([None, None, None, None], self.dtype))
+        out_shape = tf.shape(out)
+        return tf.reshape(out, [-1, out_shape[2], out_shape[3], out_shape[4]])[:count]
+
+
+def build_chain(steps, xla=False):
+    """fn(images uint8 [B, H, W, C], seeds int32 [B, 2], rows) -> uint8 images, built from the
+    plan: the same draws as chain.build (every step keeps its seed index), faster. Compiled
+    segments pad the batch to a multiple of `rows`."""
+    stages = plan(steps, xla)
+    parts = []  # (compiled?, fn(images, seeds) -> images)
+    converted = False
+    for kind, start, part in stages:
+        fn = chain_mod.build(part, start=start)
+        if kind != "uint8" and not converted:
+            fn = _after(to_float, fn)
+            converted = True
+        parts.append((kind == "xla", fn))
+    if not converted:
+        parts.append((False, lambda images, seeds: to_float(images)))
+    last_compiled, last = parts[-1]
+    parts[-1] = (last_compiled, _before(last, to_uint8))
+    runs = [(compiled, _compose(fns)) for compiled, fns in _runs(parts)]
+    runs = [(_Compiled(fn, tf.uint8 if index == len(runs) - 1 else tf.float32)
+             if compiled else fn) for index, (compiled, fn) in enumerate(runs)]
+
+    def run(images, seeds, rows=1):
+        for fn in runs:
+            images = fn(images, seeds, rows) if isinstance(fn, _Compiled) else fn(images, seeds)
+        return images
+    run.compiled = [fn for fn in runs if isinstance(fn, _Compiled)]
+    return run
+
+
+def _after(first, fn):
+    return lambda images, seeds: fn(first(images), seeds)
+
+
+def _before(fn, last):
+    return lambda images, seeds: last(fn(images, seeds))
+
+
+def _runs(parts):
+    """Consecutive parts grouped by whether they are compiled: [(compiled, [fns])]."""
+    runs = []
+    for compiled, fn in parts:
+        if runs and runs[-1][0] == compiled:
+            runs[-1][1].append(fn)
+        else:
+            runs.append((compiled, [fn]))
+    return runs
+
+
+def _compose(fns):
+    def run(images, seeds):
+        for fn in fns:
+            images = fn(images, seeds)
+        return images
+    return run
+
+
+def _trace(fn, signature):
+    """fn traced now (not on the first batch, where a failure would look like bad inputs).
+    Without AutoGraph, which takes seconds to convert a chain whose code is graph code
+    already; with it only for an op that needs it (same graph either way)."""
+    try:
+        return tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+    except Exception:  # noqa: BLE001 - Python control flow on tensors somewhere in an op
+        log.debug("tracing the chain with AutoGraph", exc_info=True)
+        return tf.function(fn, input_signature=signature).get_concrete_function()
+
+
+# --- the runner --------------------------------------------------------------------------------
+
 class ChainRunner:
-    """Runs a job's chain on uint8 batches with per-example seeds, and encodes the result."""
+    """Augments and encodes batches for one job; built once per worker process (transforms.py
+    shares it between the worker's threads)."""
 
-    def __init__(self, job):
+    def __init__(self, job, device=None):
+        """`device`: a TensorFlow device name, instead of the one job.device picks."""
         configure_threads(job.tf_threads)
-        self.quality = job.quality
-        chain = chain_mod.build(job.chain)
-        channels = job.channels
-        images_spec = tf.TensorSpec([None, None, None, channels], tf.uint8)
+        self.device = device or pick_device(job.device)
+        self.job, self.copies, self.quality = job, job.copies, job.quality
+        self.chain = build_chain(job.chain, xla=job.xla)
+        images_spec = tf.TensorSpec([None, None, None, job.channels], tf.uint8)
+        seeds_spec = tf.TensorSpec([None, 2], tf.int32)
+        png_spec = tf.TensorSpec([None], tf.bool)
+        rows_spec = tf.TensorSpec([], tf.int32)
 
-        @tf.function(input_signature=[images_spec, tf.TensorSpec([None, 2], tf.int32)])
-        def augment(images, seeds):
-            return to_uint8(chain(to_float(images), seeds))
+        def augment_encode(images, seeds, as_png, rows):
+            with tf.device(self.device):
+                out = self.chain(tf.repeat(images, self.copies, axis=0), seeds, rows)
+            with tf.device("/device:CPU:0"):
+                return _encode_batch(out, as_png, self.quality), tf.shape(out)[1:]
 
-        @tf.function(input_signature=[images_spec, tf.TensorSpec([None], tf.bool)])
         def encode(images, as_png):
             return _encode_batch(images, as_png, self.quality)
 
-        self._augment, self._encode = augment, encode
+        self._augment_encode = _trace(augment_encode,
+                                      [images_spec, seeds_spec, png_spec, rows_spec])
+        self._encode = _trace(encode, [images_spec, png_spec])
+        self._shapes = set()
 
-    def augment(self, images, seeds):
-        """uint8 [B, H, W, C], int32 [B, 2] -> uint8 [B, H', W', C] (numpy)."""
-        return self._augment(images, seeds).numpy()
+    def augment_encode(self, images, seeds, formats):
+        """`copies` augmented copies of each image, encoded.
+
+        images uint8 [N, H, W, C]; seeds int32 [N * copies, 2] and formats ('jpeg' or 'png')
+        per copy, copies of one image together. -> (encoded bytes per copy, output shape).
+        """
+        self._note_shape(images.shape)
+        as_png = np.array([f == "png" for f in formats])
+        rows = np.int32(chunk_rows(images.shape[1:3]))
+        encoded, shape = self._augment_encode(images, seeds, as_png, rows)
+        return [bytes(b) for b in encoded.numpy()], tuple(int(s) for s in shape.numpy())
 
     def encode(self, images, formats):
         as_png = np.array([f == "png" for f in formats])
         return [bytes(b) for b in self._encode(images, as_png).numpy()]
 
-    def augment_encode(self, images, seeds, formats):
-        """-> (encoded bytes per image, output image shape)."""
-        out = self.augment(images, seeds)
-        return self.encode(out, formats), out.shape[1:]
+    def _note_shape(self, shape):
+        if not self.chain.compiled or shape[1:] in self._shapes:
+            return
+        self._shapes.add(shape[1:])
+        if len(self._shapes) == MANY_SHAPES:
+            log.warning("XLA has compiled the colour steps for %d image sizes (each takes "
+                        "about a second); for inputs of many sizes set runtime.xla: false",
+                        MANY_SHAPES)

@@ -44,6 +44,7 @@ class Job:
     batch_size: int = 32
     device: str = "auto"
     tf_threads: int = 0  # 0 = let TensorFlow decide
+    xla: bool = False  # compile runs of colour steps with XLA (changes the draws: hashed)
     max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
@@ -64,6 +65,8 @@ def config_hash(job):
     decisive = {"version": CONFIG_VERSION, "chain": _plain(job.chain), "copies": job.copies,
                 "keep_original": job.keep_original, "seed": job.seed, "channels": job.channels,
                 "format": job.format, "quality": job.quality}
+    if job.xla:  # XLA draws other random numbers than TensorFlow's kernels
+        decisive["xla"] = True
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -179,7 +182,8 @@ SCHEMA = {
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int()),
                 "chain": ("chain", None)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
-                "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0))},
+                "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
+                "xla": ("xla", _bool)},
     # Bad inputs are always reported in errors.jsonl; past these limits the run also fails.
     "errors": {"max_errors": ("max_errors", _int(0)),
                "max_error_rate": ("max_error_rate", _fraction)},

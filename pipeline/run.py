@@ -107,15 +107,13 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
         inputs = inputs | "SpreadRecords" >> beam.Reshuffle()
     decoded = inputs | "Decode" >> beam.ParDo(T.DecodeImage(
         job.channels, job.max_pixels)).with_outputs(T.ERRORS, main="images")
-    per_batch = max(1, job.batch_size // max(1, job.copies))
     augment = beam.ParDo(T.AugmentAndEncode(job, config_hash))
     if accelerator:
         augment = augment.with_resource_hints(accelerator=accelerator)
-    # Fixed-size batches (Beam's default would grow them up to 10,000 elements): bounded
-    # memory, and a compiled chain segment sees one batch size. Only a bundle's last is smaller.
+    # Full batches of one shape, capped in images and pixels (augment.inputs_per_batch):
+    # few calls into TensorFlow, bounded memory.
     augmented = (decoded.images
-                 | "Batch" >> beam.BatchElements(min_batch_size=per_batch,
-                                                 max_batch_size=per_batch)
+                 | "Batch" >> beam.ParDo(T.BatchByShape(job))
                  | "AugmentEncode" >> augment.with_outputs(T.ERRORS, main="records"))
     shard_stats = augmented.records | "Write" >> sinks.WriteShards(
         job.output, tmp_dir, num_shards, job.prefix, job.compression)
@@ -202,8 +200,9 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     check_crc()
     if job.copies == 0 and not job.keep_original:
         raise UserError("nothing to write: copies is 0 and keep_original is false")
-    from pipeline import runners
+    from pipeline import augment, runners
     job = runners.on_any_worker(job)
+    job = augment.for_workers(job, beam_options(beam_args))  # before the output is touched
     discovery = sources.discover(job)
     prepare_output(job.output, job.prefix, overwrite)
     num_shards = pick_num_shards(job, discovery)

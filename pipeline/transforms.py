@@ -323,22 +323,60 @@ def output_format(job_format, source_format):
     return source_format if source_format in ("jpeg", "png") else "png"
 
 
+class BatchByShape(beam.DoFn):
+    """Decoded images -> lists of images of one shape, as many as one augment call takes
+    (augment.inputs_per_batch). Beam's BatchElements is not shape-aware (its bucketing needs a
+    shuffle of the decoded pixels), and mixed shapes would split its batches into small groups.
+
+    A partial batch waits in the bundle for more images of its shape; past a memory cap the
+    fullest one goes on without them; the bundle's end sends the rest.
+    """
+
+    def __init__(self, job):
+        self.job = job
+
+    def start_bundle(self):
+        self.waiting, self.waiting_bytes = {}, 0
+
+    def process(self, item):
+        from pipeline import augment
+        shape = item.image.shape
+        self.waiting.setdefault(shape, []).append(item)
+        self.waiting_bytes += item.image.nbytes
+        if len(self.waiting[shape]) >= augment.inputs_per_batch(shape, self.job):
+            yield self._take(shape)
+        elif self.waiting_bytes > augment.MAX_WAITING_BYTES:
+            yield self._take(max(self.waiting, key=lambda s: len(self.waiting[s])))
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        for shape in list(self.waiting):
+            yield GlobalWindows.windowed_value(self._take(shape))
+
+    def _take(self, shape):
+        batch = self.waiting.pop(shape)
+        self.waiting_bytes -= sum(item.image.nbytes for item in batch)
+        return batch
+
+
 class AugmentAndEncode(beam.DoFn):
     """A batch of Decoded -> OutputRecords for every copy of every input.
 
-    The chain is traced once per worker in setup(). Images of one shape run through it together,
-    each with its own seed, so the bytes do not depend on how Beam batched them. An input whose
-    copies fail is retried alone; if it fails again it becomes one error record and none of its
-    copies is written.
+    The chain is traced once per worker process in setup() and shared by the process's threads
+    (Beam's Shared). Images of one shape run through it together, each copy with its own seed,
+    so the bytes do not depend on how Beam batched them. An input whose copies fail is retried
+    alone; if it fails again it becomes one error record and none of its copies is written.
     """
 
     def __init__(self, job, config_hash):
+        from apache_beam.utils import shared
         self.job, self.config_hash = job, config_hash
+        self._shared_runner = shared.Shared()
 
     def setup(self):
         from pipeline import augment, quiet
         quiet.native_logs_follow_tf_level()
-        self.runner = augment.ChainRunner(self.job)
+        self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(self.job))
 
     def process(self, batch):
         by_shape = {}
@@ -376,7 +414,8 @@ class AugmentAndEncode(beam.DoFn):
         if copies:
             seeds = np.array([example_seed(job.seed, item.input.key, c) for item, c in copies],
                              np.int32)
-            images = np.stack([item.image for item, _ in copies])
+            # One array per input: the runner makes the copies inside the graph.
+            images = np.stack([item.image for item in items])
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
             out += [self._record(item, c, data, fmt, shape)
                     for (item, c), data, fmt in zip(copies, encoded, formats)]

@@ -1,0 +1,1 @@
+"""The augbatch benchmark: `python -m bench --help`."""

@@ -1,0 +1,207 @@
+"""Run the benchmark: augbatch against hand-written tf.data, Keras ImageDataGenerator and the
+decode + re-encode floor, on one realistic dataset, in one invocation.
+
+    python -m bench                        # 2,000 inputs (256 and 512 px), 3 interleaved runs
+    python -m bench --inputs 40 --repeats 1 --rss-inputs 40   # a quick look
+
+Each row runs in its own process (`bench.variants`), warmed up first; rows are interleaved and
+each reports the median of its runs. Speeds are output images per second of wall time and per
+CPU-second (all the process's threads and children). The table is printed and written as JSON.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from bench import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MULTI_PROCESSING = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def rows(folder, records):
+    """(name, what it is, variants args). B1/F0 rows are the ratios' references."""
+    def augbatch(inputs, chain, xla, *beam_args):
+        runtime = json.dumps({"xla": xla})
+        return ["augbatch", "--inputs", inputs, "--chain", chain, "--runtime", runtime,
+                "--beam-args", json.dumps(beam_args)]
+    return [
+        ("F0", "decode + re-encode only (tf.data): the floor", ["F0", "--inputs", folder]),
+        ("B1", "hand-written tf.data, standard chain", ["B1", "--inputs", folder]),
+        ("B2", "Keras ImageDataGenerator, standard chain", ["B2", "--inputs", folder]),
+        ("augbatch --xla", "augbatch expand, standard chain, XLA, folder",
+         augbatch(folder, "standard", True)),
+        ("augbatch", "augbatch expand, standard chain, default (no XLA), folder",
+         augbatch(folder, "standard", False)),
+        ("augbatch --xla tfrecord", "augbatch expand, standard chain, XLA, TFRecords",
+         augbatch(records, "standard", True)),
+        ("augbatch --xla multi_processing x2", "as augbatch --xla, -- " +
+         " ".join(MULTI_PROCESSING), augbatch(folder, "standard", True, *MULTI_PROCESSING)),
+        ("B1 colour", "hand-written tf.data, colour-only chain",
+         ["B1", "--inputs", folder, "--chain", "colour"]),
+        ("augbatch --xla colour", "augbatch expand, colour-only chain, XLA",
+         augbatch(folder, "colour", True)),
+        ("augbatch colour", "augbatch expand, colour-only chain, default (no XLA)",
+         augbatch(folder, "colour", False)),
+    ]
+
+
+def run_variant(args, out, copies, warmup):
+    """One row, one run, in its own process: the variants' RESULT line as a dict."""
+    command = [sys.executable, "-m", "bench.variants", *args[:1], "--out", out,
+               "--copies", str(copies), *(["--warmup", warmup] if warmup else []), *args[1:]]
+    load = os.getloadavg()[0]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            result["load_before"] = load
+            return result
+    raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+
+
+def summarize(name, what, runs):
+    speeds = [r["outputs"] / r["wall_s"] for r in runs]
+    per_cpu = [r["outputs"] / r["cpu_s"] for r in runs]
+    return {"row": name, "what": what, "outputs": runs[0]["outputs"],
+            "img_per_s": statistics.median(speeds), "img_per_cpu_s": statistics.median(per_cpu),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs}
+
+
+def startup_cost(folder, out):
+    """Seconds from `augbatch expand` starting to its exit, on one input with one copy: the
+    fixed cost of a run (imports, TensorFlow, pipeline, tracing; the image itself is ~ms)."""
+    one = os.path.join(out, "one-input")
+    if not os.path.isdir(one):
+        classes = sorted(os.listdir(folder))
+        first = sorted(os.listdir(os.path.join(folder, classes[0])))[0]
+        os.makedirs(os.path.join(one, classes[0]))
+        os.link(os.path.join(folder, classes[0], first), os.path.join(one, classes[0], first))
+    times = {}
+    for label, flags in (("default", []), ("--xla", ["--xla"])):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "--quiet", "expand",
+                        "-i", one, "-o", os.path.join(out, "one-output"), "--overwrite",
+                        "--copies", "1", *flags], cwd=ROOT, check=True, capture_output=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        times[label] = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import tensorflow, apache_beam"], check=True,
+                   capture_output=True)
+    times["import tensorflow + apache_beam"] = time.perf_counter() - started
+    return times
+
+
+def rss_scaling(out, small_inputs, copies):
+    """Peak RSS of augbatch on `small_inputs` and 8x as many small images."""
+    result = {}
+    for count in (small_inputs, 8 * small_inputs):
+        folder, _ = data.generate(os.path.join(out, f"small-{count}"), count, sizes=(96,),
+                                  large_fraction=0.0, seed=2)
+        run = run_variant(["augbatch", "--inputs", folder, "--chain", "colour", "--runtime",
+                           json.dumps({"xla": True})], os.path.join(out, "run-rss"), copies,
+                          None)
+        result[count] = run
+    low, high = (result[c]["peak_rss_mb"] for c in (small_inputs, 8 * small_inputs))
+    return {"inputs": list(result), "peak_rss_mb": [low, high], "growth": high / low,
+            "runs": {str(k): v for k, v in result.items()}}
+
+
+def table(results, reference):
+    lines = [f"{'row':38s} {'img/s':>8s} {'img/CPU-s':>9s} {'RSS MB':>7s} {'vs B1':>6s} "
+             f"{'vs F0':>6s}"]
+    by_name = {r["row"]: r for r in results}
+    for r in results:
+        b1 = by_name.get(reference.get(r["row"], "B1"))
+        f0 = by_name.get("F0")
+        lines.append(f"{r['row']:38s} {r['img_per_s']:8.0f} {r['img_per_cpu_s']:9.0f} "
+                     f"{r['peak_rss_mb']:7.0f} {r['img_per_s'] / b1['img_per_s']:6.2f} "
+                     f"{r['img_per_s'] / f0['img_per_s']:6.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", type=int, default=2000, help="images in the dataset")
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per row")
+    parser.add_argument("--rss-inputs", type=int, default=2000,
+                        help="small images for the memory test (and 8x as many)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
+    parser.add_argument("--only", nargs="*", help="run only these rows")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip each row's warm-up run (quick looks, the smoke test)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at once (quick looks "
+                        "and the smoke test only: timings then share the CPUs)")
+    args = parser.parse_args(argv)
+
+    os.makedirs(args.out, exist_ok=True)
+    folder, records = data.generate(os.path.join(args.out, f"data-{args.inputs}"), args.inputs)
+    warm = data.generate(os.path.join(args.out, "warmup"), 16, seed=1)[0] if args.warmup else None
+    for path in _files(folder) + _files(os.path.dirname(records)):
+        with open(path, "rb") as f:  # into the page cache, for every row alike
+            f.read()
+
+    chosen = [r for r in rows(folder, records) if not args.only or r[0] in args.only]
+    runs = {name: [] for name, _, _ in chosen}
+    loads = [os.getloadavg()[0]]
+
+    def one(repeat, index, name, variant_args):
+        print(f"[{repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr, flush=True)
+        result = run_variant(variant_args, os.path.join(args.out, f"run-{index}"),
+                             args.copies, warm)
+        loads.append(os.getloadavg()[0])
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = []
+        for repeat in range(args.repeats):  # rotated order: no row always runs first
+            order = chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]
+            futures += [(name, pool.submit(one, repeat, index, name, variant_args))
+                        for index, (name, _, variant_args) in enumerate(order)]
+        startup = pool.submit(startup_cost, folder, args.out)
+        rss = pool.submit(rss_scaling, args.out, args.rss_inputs, args.copies)
+        for name, future in futures:
+            runs[name].append(future.result())
+    results = [summarize(name, what, runs[name]) for name, what, _ in chosen]
+    reference = {"B1 colour": "B1 colour", "augbatch --xla colour": "B1 colour",
+                 "augbatch colour": "B1 colour"}
+
+    report = {"results": results,
+              "startup_s": startup.result(),
+              "rss_scaling": rss.result(),
+              "load_average": {"min": min(loads), "max": max(loads),
+                               "median": statistics.median(loads)},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()},
+              "settings": vars(args)}
+    if all(name in runs for name in ("B1", "F0")):
+        print(table(results, reference))
+    print(f"start-up (CLI start to exit, one input): "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in report["startup_s"].items()))
+    rss = report["rss_scaling"]
+    print(f"peak RSS {rss['inputs'][0]} -> {rss['inputs'][1]} small inputs: "
+          f"{rss['peak_rss_mb'][0]:.0f} -> {rss['peak_rss_mb'][1]:.0f} MB "
+          f"({rss['growth']:.2f}x)")
+    print(f"load average during the runs: {min(loads):.1f} to {max(loads):.1f} "
+          f"on {os.cpu_count()} CPUs" + ("  (busy machine: timings are noisy)"
+                                        if max(loads) > 0.5 * (os.cpu_count() or 1) else ""))
+    path = os.path.join(args.out, "results.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"table: {path}")
+    return report
+
+
+def _files(folder):
+    return [os.path.join(d, name) for d, _, names in os.walk(folder) for name in names]
+
+
+if __name__ == "__main__":
+    main()

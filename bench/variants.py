@@ -1,0 +1,236 @@
+"""The benchmark's contenders. Each runs in its own process (`python -m bench.variants`) so its
+peak memory is its own, and prints one JSON line: outputs, wall and CPU seconds, peak RSS.
+
+  F0        decode + re-encode only, in tf.data: the floor no augmenter can beat
+  B1        the chain written plainly in tf.data (map with AUTOTUNE -> TFRecordWriter)
+  B2        Keras ImageDataGenerator with the equivalent parameters, one image at a time
+  augbatch  pipeline.run.run_expand (Beam), the thing being measured
+
+Every contender reads the same inputs, writes `copies` augmented JPEGs (quality 95) per input
+as tf.train.Example records, and is timed after a warm-up run on a few other images (imports
+done, TensorFlow started, files in the page cache).
+"""
+import argparse
+import glob
+import io
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+QUALITY = 95
+BRIGHTNESS, CONTRAST, DEGREES = 0.2, (0.7, 1.3), 20.0
+
+# The chains, in augbatch's config form. "standard" ends with tfa.image.rotate (bilinear).
+COLOUR_CHAIN = [
+    {"op": "tf.image.random_flip_left_right"},
+    {"op": "tf.image.random_brightness", "max_delta": BRIGHTNESS},
+    {"op": "tf.image.random_contrast", "lower": CONTRAST[0], "upper": CONTRAST[1]},
+]
+STANDARD_CHAIN = COLOUR_CHAIN + [
+    {"op": "tfa.image.rotate", "max_degrees": DEGREES, "interpolation": "bilinear"}]
+CHAINS = {"standard": STANDARD_CHAIN, "colour": COLOUR_CHAIN}
+
+
+def list_inputs(folder):
+    """[(path, label)] of a class folder, sorted (the class index is the label)."""
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    return [(path, label) for label, name in enumerate(classes)
+            for path in sorted(glob.glob(os.path.join(folder, name, "*")))]
+
+
+# --- tf.data: F0 and B1 -------------------------------------------------------------------------
+
+def _example(encoded, label):
+    import tensorflow as tf
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    })).SerializeToString()
+
+
+def _plain_chain(name):
+    """The chain written the way one would by hand: per image, tf.image + tfa.image.rotate."""
+    import tensorflow as tf
+    import tensorflow_addons as tfa  # the baseline is the plain tfa call
+
+    def augment(image, seed):
+        x = tf.image.convert_image_dtype(image, tf.float32)
+        seeds = tf.random.experimental.stateless_split(seed, 4)
+        x = tf.image.stateless_random_flip_left_right(x, seeds[0])
+        x = tf.image.stateless_random_brightness(x, BRIGHTNESS, seeds[1])
+        x = tf.image.stateless_random_contrast(x, CONTRAST[0], CONTRAST[1], seeds[2])
+        if name == "standard":
+            angle = tf.random.stateless_uniform([], seeds[3], -math.radians(DEGREES),
+                                                math.radians(DEGREES))
+            x = tfa.image.rotate(x, angle, interpolation="bilinear")
+        return tf.image.convert_image_dtype(tf.clip_by_value(x, 0.0, 1.0), tf.uint8,
+                                            saturate=True)
+    return augment
+
+
+def run_tf_data(folder, out_dir, copies, chain):
+    """F0 (chain None) or B1: list -> read -> decode -> copies -> augment -> encode -> write."""
+    import tensorflow as tf
+    autotune = tf.data.AUTOTUNE
+    inputs = list_inputs(folder)
+    augment = _plain_chain(chain) if chain else None
+
+    def decode(index, path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return index, image, label
+
+    def copy(index, image, label):
+        return tf.data.Dataset.range(1, copies + 1).map(
+            lambda c: (tf.stack([tf.cast(index, tf.int32), tf.cast(c, tf.int32)]), image,
+                       label))
+
+    def encode(seed, image, label):
+        if augment is not None:
+            image = augment(image, seed)
+        return tf.io.encode_jpeg(image, quality=QUALITY), label
+
+    dataset = (tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(inputs)), [p for p, _ in inputs], [label for _, label in inputs]))
+        .map(decode, num_parallel_calls=autotune)
+        .flat_map(copy)
+        .map(encode, num_parallel_calls=autotune)
+        .prefetch(autotune))
+    count = 0
+    with tf.io.TFRecordWriter(os.path.join(out_dir, "out.tfrecord")) as writer:
+        for encoded, label in dataset.as_numpy_iterator():
+            writer.write(_example(encoded, int(label)))
+            count += 1
+    return count
+
+
+# --- B2: Keras ImageDataGenerator ---------------------------------------------------------------
+
+def run_idg(folder, out_dir, copies, chain):
+    """What ImageDataGenerator.flow(save_to_dir=...) does per image (random_transform, then
+    array_to_img + save), without stacking the whole dataset into one array first."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+    rng = np.random.default_rng(0)
+
+    def contrast(x):  # IDG has no contrast option: its preprocessing_function hook
+        mean = x.mean(axis=(0, 1), keepdims=True)
+        return np.clip((x - mean) * rng.uniform(*CONTRAST) + mean, 0, 255)
+
+    generator = tf.keras.preprocessing.image.ImageDataGenerator(
+        horizontal_flip=True, brightness_range=(1 - BRIGHTNESS, 1 + BRIGHTNESS),
+        rotation_range=DEGREES if chain == "standard" else 0, fill_mode="constant", cval=0,
+        preprocessing_function=contrast)
+    count = 0
+    with tf.io.TFRecordWriter(os.path.join(out_dir, "out.tfrecord")) as writer:
+        for path, label in list_inputs(folder):
+            x = np.asarray(Image.open(path).convert("RGB"), np.float32)
+            for _ in range(copies):
+                y = generator.standardize(generator.random_transform(x))
+                buffer = io.BytesIO()
+                Image.fromarray(y.astype(np.uint8)).save(buffer, "JPEG", quality=QUALITY)
+                writer.write(_example(buffer.getvalue(), label))
+                count += 1
+    return count
+
+
+# --- augbatch ---------------------------------------------------------------------------------
+
+def run_augbatch(inputs, out_dir, copies, chain, beam_args=(), **runtime):
+    from pipeline import config, run
+    job = config.load(None, overrides={
+        "input": (inputs,), "output": out_dir, "chain": CHAINS[chain], "copies": copies,
+        "keep_original": False, "quality": QUALITY, "format": "jpeg", **runtime})
+    manifest = run.run_expand(job, beam_args, overwrite=True)
+    return manifest["counts"]["outputs"]
+
+
+VARIANTS = {"F0": lambda a: run_tf_data(a.inputs, a.out, a.copies, None),
+            "B1": lambda a: run_tf_data(a.inputs, a.out, a.copies, a.chain),
+            "B2": lambda a: run_idg(a.inputs, a.out, a.copies, a.chain),
+            "augbatch": lambda a: run_augbatch(a.inputs, a.out, a.copies, a.chain,
+                                               a.beam_args, **json.loads(a.runtime))}
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (Beam's worker processes),
+    sampled every 50 ms; ru_maxrss covers peaks between samples for this process."""
+
+    def __init__(self):
+        import psutil
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(0.05):
+            total = 0
+            for p in [self.process] + self.process.children(recursive=True):
+                try:
+                    total += p.memory_info().rss
+                except Exception:  # noqa: BLE001 - a child that just exited
+                    pass
+            self.peak = max(self.peak, total)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak = max(self.peak, self_peak)
+
+
+def cpu_seconds():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(args):
+    run = VARIANTS[args.variant]
+    if args.warmup:
+        warm = argparse.Namespace(**{**vars(args), "inputs": args.warmup,
+                                     "out": args.out + "-warmup"})
+        os.makedirs(warm.out, exist_ok=True)
+        run(warm)
+        shutil.rmtree(warm.out, ignore_errors=True)
+    os.makedirs(args.out, exist_ok=True)
+    with PeakMemory() as memory:
+        started, cpu = time.perf_counter(), cpu_seconds()
+        outputs = run(args)
+        wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    return {"outputs": outputs, "wall_s": wall, "cpu_s": cpu,
+            "peak_rss_mb": memory.peak / 2 ** 20}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--inputs", required=True, help="class folder (or TFRecord glob for "
+                        "augbatch)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--chain", choices=sorted(CHAINS), default="standard")
+    parser.add_argument("--warmup", help="a small class folder to run once before timing")
+    parser.add_argument("--runtime", default="{}", help="augbatch Job fields, as JSON")
+    parser.add_argument("--beam-args", default="[]", help="augbatch: Beam options, as JSON")
+    args = parser.parse_args(argv)
+    args.beam_args = json.loads(args.beam_args)
+    result = measure(args)
+    shutil.rmtree(args.out, ignore_errors=True)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

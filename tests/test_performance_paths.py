@@ -1,0 +1,270 @@
+"""The fast paths (batching by shape, the per-process chain, uint8 head, XLA segments, gather
+resampling, device and thread choices) change nothing a user can see but speed: real photos,
+real TensorFlow, real Beam pipelines."""
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from cli import main
+from pipeline import augment, chain, config, transforms
+from pipeline.errors import UserError
+from pipeline.ops import geometry, registry
+from tests.conftest import ROOT, SAMPLE_IMAGES, assert_accounted, make_job, run_job, shard_bytes
+
+STANDARD = [
+    {"op": "tf.image.random_flip_left_right"},
+    {"op": "tf.image.random_brightness", "max_delta": 0.2},
+    {"op": "tf.image.random_contrast", "lower": 0.7, "upper": 1.3},
+    {"op": "tfa.image.rotate", "max_degrees": 20, "interpolation": "bilinear"},
+]
+
+
+def photos(count, height, width, offset=0):
+    """`count` different real sample photos, resized to height x width, uint8."""
+    paths = sorted(p for d in sorted(os.listdir(SAMPLE_IMAGES))
+                   for p in [os.path.join(SAMPLE_IMAGES, d, n)
+                             for n in sorted(os.listdir(os.path.join(SAMPLE_IMAGES, d)))])
+    out = []
+    for path in paths[offset:offset + count]:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        out.append(tf.cast(tf.image.resize(image, (height, width)), tf.uint8).numpy())
+    return np.stack(out)
+
+
+def seeds_for(count, salt=0):
+    return np.array([chain.example_seed(salt, f"key{i}", 1) for i in range(count)], np.int32)
+
+
+@pytest.fixture(scope="module")
+def two_sizes(tmp_path_factory):
+    """9 real photos in 3 class folders, in two sizes (a few shapes: XLA compiles each once)."""
+    root = tmp_path_factory.mktemp("two_sizes") / "images"
+    images = photos(9, 48, 64)
+    for i, image in enumerate(images):
+        if i % 3 == 2:
+            image = tf.cast(tf.image.resize(image, (40, 40)), tf.uint8).numpy()
+        folder = root / ["objects", "portraits", "textures"][i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"photo_{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return str(root)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_batch_sizes_1_3_64_give_identical_shards(two_sizes, tmp_path, xla):
+    outputs = []
+    for batch_size in (1, 3, 64):
+        out = tmp_path / f"b{batch_size}"
+        manifest = run_job(two_sizes, out, STANDARD, copies=1, seed=5, num_shards=2,
+                           batch_size=batch_size, xla=xla)
+        assert_accounted(manifest)
+        assert manifest["counts"]["outputs"] == 18
+        outputs.append(shard_bytes(out))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert len(outputs[0]) == 2 and all(outputs[0].values())
+
+
+def test_xla_changes_the_draws_and_the_config_hash(two_sizes, tmp_path):
+    plain = make_job(two_sizes, tmp_path / "a", STANDARD)
+    compiled = make_job(two_sizes, tmp_path / "b", STANDARD, xla=True)
+    assert plain.config_hash != compiled.config_hash
+    assert config.load(None, {"input": ("x",), "output": "y", "xla": True}).xla
+
+
+# --- the chain's fast forms give the chain's pixels ----------------------------------------------
+
+def plain_chain(steps, images, seeds):
+    """The reference: chain.build on float32, converted as the runner does."""
+    fn = chain.build(steps)
+    return augment.to_uint8(fn(augment.to_float(images), seeds)).numpy()
+
+
+def test_pixel_moving_ops_on_uint8_are_exact():
+    images, seeds = photos(4, 40, 56), seeds_for(4)
+    for name in sorted(augment.PIXEL_MOVING_OPS):
+        op = registry.get(name)
+        steps = chain.normalize([dict(op=name, **(op.test_params or {})),
+                                 {"op": "tf.image.random_brightness", "max_delta": 0.3}])
+        assert augment.plan(steps, xla=False)[0][0] == "uint8", name
+        fast = tf.function(augment.build_chain(steps))(images, seeds).numpy()
+        np.testing.assert_array_equal(fast, plain_chain(steps, images, seeds), err_msg=name)
+
+
+def test_every_xla_op_compiles_and_each_image_ignores_the_batch():
+    names = sorted(augment.XLA_OPS)
+    steps = chain.normalize([dict(op=name, **(registry.get(name).test_params or {}))
+                             for name in names] + STANDARD)
+    assert [kind for kind, _, _ in augment.plan(steps, xla=True)] == ["xla"]
+    images, seeds = photos(7, 32, 48), seeds_for(7, salt=3)
+    run = augment.build_chain(steps, xla=True)
+    fn = tf.function(lambda x, s, rows: run(x, s, rows))
+    whole = fn(images, seeds, 4).numpy()  # padded to 8, two chunks of 4
+    for rows in (1, 4, 7):
+        for batch in (1, 3, 7):
+            parts = [fn(images[i:i + batch], seeds[i:i + batch], rows).numpy()
+                     for i in range(0, 7, batch)]
+            np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert not np.array_equal(whole, plain_chain(steps, images, seeds))  # XLA draws its own
+    assert 0 < whole.mean() < 255
+
+
+def test_plan_compiles_colour_and_geometry_runs_only():
+    steps = chain.normalize([
+        {"op": "tf.image.random_flip_left_right"},
+        {"op": "tf.image.random_crop", "height": 30, "width": 30},
+        {"op": "tf.image.random_brightness", "max_delta": 0.1},
+        {"op": "tf.image.random_contrast", "lower": 0.8, "upper": 1.2, "probability": 0.5},
+        {"op": "tfa.image.rotate", "max_degrees": 10},
+        {"op": "tf.image.random_jpeg_quality", "min_jpeg_quality": 50, "max_jpeg_quality": 90},
+    ])
+    assert [(kind, start, len(part)) for kind, start, part in augment.plan(steps, xla=True)] == [
+        ("xla", 0, 1), ("plain", 1, 1), ("xla", 2, 1), ("plain", 3, 1), ("xla", 4, 1),
+        ("plain", 5, 1)]
+    assert [(kind, start, len(part)) for kind, start, part in augment.plan(steps, xla=False)] == [
+        ("uint8", 0, 2), ("plain", 2, 4)]
+    images, seeds = photos(3, 40, 40), seeds_for(3)
+    np.testing.assert_array_equal(tf.function(augment.build_chain(steps))(images, seeds),
+                                  plain_chain(steps, images, seeds))
+    compiled = tf.function(lambda x, s: augment.build_chain(steps, xla=True)(x, s, 2))
+    assert compiled(images, seeds).shape == (3, 30, 30, 3)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("fill_mode", geometry.FILL_MODES)
+def test_gather_resampling_matches_the_kernel(interpolation, fill_mode):
+    images = augment.to_float(photos(3, 36, 52))
+    transforms = np.array([[1, 0, 0, 0, 1, 0, 0, 0],  # identity
+                           [0.9, -0.3, 14.5, 0.25, 1.1, -9.5, 0, 0],  # affine, half pixels
+                           [1.1, 0.2, -20, -0.1, 0.8, 30, 0.003, -0.002]], np.float32)
+    kernel = geometry.transform(images, transforms, interpolation, fill_mode, 0.3).numpy()
+    gathers = tf.function(geometry.transform_with_gathers)
+    xla = tf.function(geometry.transform_with_gathers, jit_compile=True)
+    for fn in (gathers, xla):
+        out = fn(images, transforms, interpolation, fill_mode, 0.3).numpy()
+        np.testing.assert_array_equal(out[0], kernel[0])
+        if interpolation == "bilinear":
+            np.testing.assert_allclose(out, kernel, atol=1e-4)
+        else:  # a point on a rounding boundary (the half pixels) may pick the neighbour
+            assert np.mean(np.any(out != kernel, axis=-1)) < 0.01
+
+
+# --- batching and sharing ----------------------------------------------------------------------
+
+def decoded(image, key):
+    item = transforms.Input(key=key, source=key, record_index=None, data=b"")
+    return transforms.Decoded(item, image, "png", 3)
+
+
+def test_batches_hold_one_shape_and_stay_under_the_caps():
+    job = make_job("x", "y", [], copies=2, batch_size=8)
+    small, large = photos(1, 20, 30)[0], np.zeros((900, 1200, 3), np.uint8)
+    assert augment.inputs_per_batch(small.shape, job) == 4  # 8 images, copies included
+    assert augment.inputs_per_batch(large.shape, job) == 3  # the pixel cap: 3 x 2 x 1.08 MP
+    assert augment.inputs_per_batch((9000, 9000), job) == 1
+    batcher = transforms.BatchByShape(job)
+    batcher.start_bundle()
+    emitted = []
+    for i in range(11):
+        emitted += list(batcher.process(decoded(large if i % 4 == 3 else small, f"k{i}")))
+    emitted += [value.value for value in batcher.finish_bundle()]
+    assert sorted(len(b) for b in emitted) == [1, 2, 4, 4]
+    assert all(len({item.image.shape for item in b}) == 1 for b in emitted)
+    assert sorted(item.input.key for b in emitted for item in b) == sorted(
+        f"k{i}" for i in range(11))
+    assert batcher.waiting == {} and batcher.waiting_bytes == 0
+
+
+def test_waiting_images_are_capped(monkeypatch):
+    monkeypatch.setattr(augment, "MAX_WAITING_BYTES", 3 * 20 * 30 * 3)
+    batcher = transforms.BatchByShape(make_job("x", "y", [], copies=1, batch_size=64))
+    batcher.start_bundle()
+    out = []
+    for i in range(9):  # nine shapes, none ever fills a batch: the cap sends them on
+        out += list(batcher.process(decoded(np.zeros((20, 30 + i, 3), np.uint8), f"k{i}")))
+    assert len(out) >= 6 and batcher.waiting_bytes <= 3 * 20 * 38 * 3
+
+
+def test_one_chain_per_process_shared_by_the_dofn_copies(tmp_path):
+    from apache_beam.internal import pickler
+    dofn = transforms.AugmentAndEncode(make_job("x", str(tmp_path), STANDARD), "hash")
+    copies = [pickler.loads(pickler.dumps(dofn)) for _ in range(3)]  # as Beam's threads get it
+    for copy in copies:
+        copy.setup()
+    assert copies[0].runner is copies[1].runner is copies[2].runner
+    other = pickler.loads(pickler.dumps(
+        transforms.AugmentAndEncode(make_job("x", str(tmp_path), []), "other")))
+    other.setup()
+    assert other.runner is not copies[0].runner
+    pickle.dumps(dofn)  # still picklable once built (the runner lives outside it)
+
+
+# --- devices and threads -----------------------------------------------------------------------
+
+def test_device_choice():
+    gpus = ["/physical_device:GPU:0", "/physical_device:GPU:1"]
+    assert augment.choose_device("auto", []) == "/device:CPU:0"
+    assert augment.choose_device("auto", gpus) == "/device:GPU:0"
+    assert augment.choose_device("cpu", gpus) == "/device:CPU:0"
+    assert augment.choose_device("gpu", gpus) == "/device:GPU:0"
+    with pytest.raises(UserError, match="--device gpu: TensorFlow sees no GPU"):
+        augment.choose_device("gpu", [])
+
+
+def test_device_gpu_without_gpu_is_a_user_error_before_any_output(small_folder, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["expand", "-i", small_folder, "-o", str(out),
+                                       "--device", "gpu"])
+    assert result.exit_code == 2
+    assert "--device gpu: TensorFlow sees no GPU" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_workers_threads_and_remote_device_checks():
+    from pipeline.run import beam_options
+    job = make_job("x", "y", [], device="gpu")
+    assert augment.for_workers(job, beam_options(["--runner=DataflowRunner"])) is job
+    job = make_job("x", "y", [])
+    mp = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert augment.for_workers(job, beam_options(mp)).tf_threads == max(
+        1, os.cpu_count() // 2)
+    assert augment.for_workers(make_job("x", "y", [], tf_threads=3), beam_options(mp)) \
+        .tf_threads == 3
+    assert augment.for_workers(job, beam_options([])).tf_threads == 0
+
+
+def test_chain_runs_on_the_device_it_is_given():
+    """In a fresh process (devices are fixed once TensorFlow starts): the CPU split into two
+    logical devices, the chain placed on the second; same bytes as on the first."""
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {ROOT!r})
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from pipeline import augment, config, chain
+        job = config.Job(input=("x",), output="y", copies=2, xla=True,
+                         chain=tuple(chain.normalize({STANDARD!r})))
+        images = np.random.default_rng(0).integers(0, 255, (2, 24, 32, 3), dtype=np.uint8)
+        seeds = np.arange(8, dtype=np.int32).reshape(4, 2)
+        out = {{}}
+        for device in ("/device:CPU:0", "/device:CPU:1"):
+            runner = augment.ChainRunner(job, device=device)
+            ops = runner._augment_encode.graph.get_operations()
+            print(device, sorted({{op.device for op in ops if op.device}}))
+            out[device] = runner.augment_encode(images, seeds, ["png"] * 4)
+        assert out["/device:CPU:0"] == out["/device:CPU:1"]
+        print("same bytes")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].split(" ", 1)[1] == "['/device:CPU:0']"
+    assert lines[1].split(" ", 1)[1] == "['/device:CPU:0', '/device:CPU:1']"  # encode: CPU:0
+    assert lines[-1] == "same bytes"
