@@ -31,7 +31,7 @@ def _tile(photo, side, rng):
     return tile.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else tile
 
 
-def make_image(photos, label_photos, size, rng):
+def make_image(label_photos, size, rng):
     """A size x size mosaic: tiles from photos of one class (so the label means something)."""
     per_side = max(1, size // TILE)
     side = size // per_side
@@ -62,13 +62,13 @@ def generate(out_dir, inputs, sizes=(256, 512), large_fraction=0.25, seed=0,
     by_class = {c: [p for k, p in photos if k == c] for c in classes}
     rng = np.random.default_rng(seed)
     num_files = max(1, -(-inputs // records_per_file))
+    os.makedirs(records, exist_ok=True)
     writers = [tf.io.TFRecordWriter(os.path.join(
-        records, f"data-{i:05d}-of-{num_files:05d}.tfrecord"))
-        for i in range(num_files) if os.makedirs(records, exist_ok=True) is None]
+        records, f"data-{i:05d}-of-{num_files:05d}.tfrecord")) for i in range(num_files)]
     for index in range(inputs):
         label = index % len(classes)
         size = sizes[-1] if rng.random() < large_fraction else sizes[0]
-        image = make_image(photos, by_class[classes[label]], size, rng)
+        image = make_image(by_class[classes[label]], size, rng)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=quality)
         data = buffer.getvalue()

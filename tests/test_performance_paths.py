@@ -268,3 +268,14 @@ def test_chain_runs_on_the_device_it_is_given():
     assert lines[0].split(" ", 1)[1] == "['/device:CPU:0']"
     assert lines[1].split(" ", 1)[1] == "['/device:CPU:0', '/device:CPU:1']"  # encode: CPU:0
     assert lines[-1] == "same bytes"
+
+
+def test_uint8_conversion_is_convert_image_dtype():
+    values = np.concatenate([np.arange(256) / 255.0, np.linspace(-2, 3, 100001),
+                             np.nextafter(np.arange(256) / 255.0, 2)]).astype(np.float32)
+    images = tf.reshape(tf.constant(values), [1, 1, -1, 1])
+    reference = tf.image.convert_image_dtype(tf.clip_by_value(images, 0.0, 1.0), tf.uint8,
+                                             saturate=True)
+    np.testing.assert_array_equal(augment.to_uint8(images), reference)
+    every = tf.constant(np.arange(256, dtype=np.uint8).reshape(1, 1, -1, 1))
+    np.testing.assert_array_equal(augment.to_uint8(augment.to_float(every)), every)

@@ -1,0 +1,36 @@
+"""The benchmark runs end to end on a tiny dataset and reports every row. Speeds are measured,
+never asserted: only that each row produced its outputs and numbers."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_bench_reports_every_row(tmp_path):
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--inputs", "8", "--repeats", "1", "--copies", "1",
+         "--rss-inputs", "8", "--no-warmup", "--jobs", "3", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+
+    rows = {r["row"]: r for r in report["results"]}
+    assert sorted(rows) == sorted([
+        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --xla tfrecord",
+        "augbatch --xla threads x2", "augbatch --xla multi_processing x2", "B1 colour", "augbatch --xla colour",
+        "augbatch colour"])
+    for row in rows.values():
+        assert row["outputs"] == 8, row  # 8 inputs x 1 copy, every contender
+        assert row["img_per_s"] > 0 and row["img_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0
+        assert len(row["runs"]) == 1
+    assert report["startup_s"] > 0
+    assert report["rss_scaling"]["inputs"] == [8, 64]
+    assert all(mb > 0 for mb in report["rss_scaling"]["peak_rss_mb"])
+    # The printed table has a line per row, with its ratios to B1 and F0.
+    table = done.stdout.splitlines()
+    for name in rows:
+        assert any(line.startswith(name + " ") for line in table), name
