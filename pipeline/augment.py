@@ -5,12 +5,15 @@ Speed without changing a byte of what the chain means:
   * steps that only move pixels (flips, quarter turns, crops) at the head of the chain run on
     the uint8 pixels, before the float conversion: a quarter of the memory traffic, identical
     output (they do no arithmetic);
-  * with `runtime.xla` on, runs of colour steps are compiled by XLA into a few fused loops
-    (jit_compile on those segments only; geometric ops have no XLA kernel). XLA draws its
+  * with `runtime.xla` on, runs of colour and geometric steps are compiled by XLA into a few
+    fused loops (jit_compile on those segments only). ImageProjectiveTransformV3 has no XLA
+    kernel, so geometric ops resample with gathers there (geometry.for_xla). XLA draws its
     random numbers differently from TensorFlow's kernels, so this setting is part of the
-    config hash. Geometric ops resample with gathers there (geometry.for_xla). A compiled
-    segment runs on chunks of a size fixed by the image shape, so it is compiled once per
-    image shape and the bytes depend neither on the batch size nor on the machine's cores;
+    config hash. A compiled segment runs on chunks of a size fixed by the image shape: one
+    compilation per image shape, and bytes that depend neither on the batch size nor on the
+    number of cores. (XLA compiles for the host CPU: a machine of another CPU family may round
+    the last bit of a pixel otherwise. Where bytes must match across mixed machines, or for
+    inputs of many sizes, leave it off: the default.)
   * the copies of an input are made inside the graph, and augmenting and encoding is one call.
 """
 import dataclasses
@@ -33,8 +36,9 @@ PIXEL_MOVING_OPS = frozenset(f"tf.image.{name}" for name in (
     "random_rot90", "transpose", "central_crop", "crop_to_bounding_box", "random_crop",
     "stateless_random_crop"))
 
-# Ops XLA compiles on CPU and GPU (element-wise colour maths, flips). Kept explicit: compiling
-# changes the random draws, so what is compiled must not depend on the machine.
+# Ops XLA compiles on CPU and GPU (element-wise colour maths, flips), besides the purely
+# geometric ones (geometry.Projective). Kept explicit: compiling changes the random draws, so
+# what is compiled must not depend on the machine.
 XLA_OPS = frozenset(f"tf.image.{name}" for name in (
     "flip_left_right", "flip_up_down", "random_flip_left_right", "random_flip_up_down",
     "stateless_random_flip_left_right", "stateless_random_flip_up_down",
@@ -188,7 +192,7 @@ def plan(steps, xla):
 class _Compiled:
     """A chain segment compiled by XLA, run on chunks of `rows` images (the batch padded to
     whole chunks): one compilation per image shape, the same program whatever the batch.
-    XLA's CPU code runs on one thread, so the chunks of a batch run side by side."""
+    The chunks of a batch run side by side (map_fn's parallel iterations): busier cores."""
 
     def __init__(self, fn, dtype):
         def traced(images, seeds):
@@ -212,7 +216,7 @@ class _Compiled:
 def build_chain(steps, xla=False):
     """fn(images uint8 [B, H, W, C], seeds int32 [B, 2], rows) -> uint8 images, built from the
     plan: the same draws as chain.build (every step keeps its seed index), faster. Compiled
-    segments pad the batch to a multiple of `rows`."""
+    segments run on chunks of `rows` images (chunk_rows)."""
     stages = plan(steps, xla)
     parts = []  # (compiled?, fn(images, seeds) -> images)
     converted = False
@@ -270,7 +274,8 @@ def _trace(fn, signature):
     Without AutoGraph, which takes seconds to convert a chain whose code is graph code
     already; with it only for an op that needs it (same graph either way)."""
     try:
-        return tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+        return tf.function(fn, input_signature=signature,
+                           autograph=False).get_concrete_function()
     except Exception:  # noqa: BLE001 - Python control flow on tensors somewhere in an op
         log.debug("tracing the chain with AutoGraph", exc_info=True)
         return tf.function(fn, input_signature=signature).get_concrete_function()
@@ -295,7 +300,10 @@ class ChainRunner:
 
         def augment_encode(images, seeds, as_png, rows):
             with tf.device(self.device):
-                out = self.chain(tf.repeat(images, self.copies, axis=0), seeds, rows)
+                # The copies of each image, side by side: a gather copies whole images (as
+                # fast as memcpy); tf.repeat's broadcast is several times slower.
+                copies = tf.repeat(tf.range(tf.shape(images)[0]), self.copies)
+                out = self.chain(tf.gather(images, copies), seeds, rows)
             with tf.device("/device:CPU:0"):
                 return _encode_batch(out, as_png, self.quality), tf.shape(out)[1:]
 
@@ -328,6 +336,6 @@ class ChainRunner:
             return
         self._shapes.add(shape[1:])
         if len(self._shapes) == MANY_SHAPES:
-            log.warning("XLA has compiled the colour steps for %d image sizes (each takes "
-                        "about a second); for inputs of many sizes set runtime.xla: false",
-                        MANY_SHAPES)
+            log.warning("XLA has compiled the chain for %d image sizes (about a second "
+                        "each); for inputs of many sizes leave XLA off (runtime.xla: false, "
+                        "--no-xla)", MANY_SHAPES)

@@ -246,7 +246,8 @@ def test_chain_runs_on_the_device_it_is_given():
         import sys; sys.path.insert(0, {ROOT!r})
         import numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        split = [tf.config.LogicalDeviceConfiguration()] * 2
+        tf.config.set_logical_device_configuration(cpu, split)
         from pipeline import augment, config, chain
         job = config.Job(input=("x",), output="y", copies=2, xla=True,
                          chain=tuple(chain.normalize({STANDARD!r})))
