@@ -18,16 +18,21 @@ SAMPLE_TFRECORDS = os.path.join(ROOT, "sample_data", "tfrecords")
 SAMPLE_CONFIGS = os.path.join(ROOT, "sample_configs")
 
 
+def copy_sample_photos(out, per_class=3):
+    """The first `per_class` sample photos of each class, copied into class folders in `out`."""
+    for class_dir in sorted(os.listdir(SAMPLE_IMAGES)):
+        files = sorted(os.listdir(os.path.join(SAMPLE_IMAGES, class_dir)))[:per_class]
+        os.makedirs(os.path.join(out, class_dir))
+        for name in files:
+            shutil.copy(os.path.join(SAMPLE_IMAGES, class_dir, name),
+                        os.path.join(out, class_dir, name))
+    return str(out)
+
+
 @pytest.fixture
 def small_folder(tmp_path):
     """A copy of a few sample photos per class (fast end-to-end runs)."""
-    out = tmp_path / "images"
-    for class_dir in sorted(os.listdir(SAMPLE_IMAGES)):
-        files = sorted(os.listdir(os.path.join(SAMPLE_IMAGES, class_dir)))[:3]
-        os.makedirs(out / class_dir)
-        for name in files:
-            shutil.copy(os.path.join(SAMPLE_IMAGES, class_dir, name), out / class_dir / name)
-    return str(out)
+    return copy_sample_photos(tmp_path / "images")
 
 
 def make_job(input_path, output, chain=None, **fields):

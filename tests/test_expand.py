@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tests.conftest import (SAMPLE_TFRECORDS, assert_accounted, decode_file, read_outputs,
-                            run_job, shard_bytes)
+from tests.conftest import (SAMPLE_TFRECORDS, assert_accounted, copy_sample_photos,
+                            decode_file, read_outputs, run_job, shard_bytes)
 
 CHAIN = [
     {"op": "tf.image.random_flip_left_right"},
@@ -24,17 +24,11 @@ CHAIN = [
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     """One real run over a small class folder, shared by the read-back tests."""
-    from tests.conftest import SAMPLE_IMAGES
-    import shutil
     base = tmp_path_factory.mktemp("folder_run")
-    images = base / "images"
-    for class_dir in sorted(os.listdir(SAMPLE_IMAGES)):
-        os.makedirs(images / class_dir)
-        for name in sorted(os.listdir(os.path.join(SAMPLE_IMAGES, class_dir)))[:3]:
-            shutil.copy(os.path.join(SAMPLE_IMAGES, class_dir, name), images / class_dir / name)
+    images = copy_sample_photos(base / "images")
     out = base / "out"
-    manifest = run_job(str(images), out, CHAIN, copies=2, seed=11, num_shards=2, format="png")
-    return str(images), str(out), manifest
+    manifest = run_job(images, out, CHAIN, copies=2, seed=11, num_shards=2, format="png")
+    return images, str(out), manifest
 
 
 def test_folder_outputs_read_back_with_tf_data(folder_run):

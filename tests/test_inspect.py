@@ -10,7 +10,7 @@ from PIL import Image
 
 import cli
 from pipeline import inspection
-from tests.conftest import SAMPLE_IMAGES, SAMPLE_TFRECORDS, run_job
+from tests.conftest import SAMPLE_IMAGES, SAMPLE_TFRECORDS, copy_sample_photos, run_job
 
 CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.random_brightness", "max_delta": 0.2}]
@@ -21,10 +21,7 @@ def expanded(tmp_path_factory):
     """expand's output for 2 photos per class plus one broken file: (folder, manifest)."""
     root = tmp_path_factory.mktemp("inspect")
     images = root / "images"
-    for class_dir in sorted(os.listdir(SAMPLE_IMAGES)):
-        os.makedirs(images / class_dir)
-        for name in sorted(os.listdir(os.path.join(SAMPLE_IMAGES, class_dir)))[:2]:
-            shutil.copy(os.path.join(SAMPLE_IMAGES, class_dir, name), images / class_dir)
+    copy_sample_photos(images, per_class=2)
     (images / "objects" / "broken.jpg").write_bytes(b"not a JPEG at all")
     out = root / "out"
     manifest = run_job(str(images), out, CHAIN, copies=2, num_shards=2, seed=1)

@@ -231,11 +231,14 @@ def resize(height, width, method, antialias, preserve_aspect_ratio):
         preserve_aspect_ratio=preserve_aspect_ratio)
 
 
+BOX_PARAMS = [Param("offset_height", "int", low=0), Param("offset_width", "int", low=0),
+              Param("target_height", "int", low=1), Param("target_width", "int", low=1)]
+
+
 @register("tf.image.crop_to_bounding_box", F, keeps_shape=False,
           test_params={"offset_height": 4, "offset_width": 6, "target_height": 24,
                        "target_width": 32},
-          params=[Param("offset_height", "int", low=0), Param("offset_width", "int", low=0),
-                  Param("target_height", "int", low=1), Param("target_width", "int", low=1)])
+          params=BOX_PARAMS)
 def crop_to_bounding_box(offset_height, offset_width, target_height, target_width):
     """Keep the target_height x target_width box whose top-left corner is at the offsets."""
     return lambda images, seeds: tf.image.crop_to_bounding_box(
@@ -245,8 +248,7 @@ def crop_to_bounding_box(offset_height, offset_width, target_height, target_widt
 @register("tf.image.pad_to_bounding_box", F, keeps_shape=False,
           test_params={"offset_height": 2, "offset_width": 3, "target_height": 56,
                        "target_width": 64},
-          params=[Param("offset_height", "int", low=0), Param("offset_width", "int", low=0),
-                  Param("target_height", "int", low=1), Param("target_width", "int", low=1)])
+          params=BOX_PARAMS)
 def pad_to_bounding_box(offset_height, offset_width, target_height, target_width):
     """Place the image at the offsets on a black target_height x target_width canvas."""
     return lambda images, seeds: tf.image.pad_to_bounding_box(
