@@ -58,7 +58,10 @@ def _example(encoded, label):
 def _plain_chain(name):
     """The chain written the way one would by hand: per image, tf.image + tfa.image.rotate."""
     import tensorflow as tf
-    import tensorflow_addons as tfa  # the baseline is the plain tfa call
+    try:
+        from tensorflow_addons.image import rotate  # the baseline is the plain tfa call
+    except ImportError:  # TF >= 2.16, where tfa cannot install: the same function on core TF
+        from pipeline.ops.tfa_core import rotate
 
     def augment(image, seed):
         x = tf.image.convert_image_dtype(image, tf.float32)
@@ -69,7 +72,7 @@ def _plain_chain(name):
         if name == "standard":
             angle = tf.random.stateless_uniform([], seeds[3], -math.radians(DEGREES),
                                                 math.radians(DEGREES))
-            x = tfa.image.rotate(x, angle, interpolation="bilinear")
+            x = rotate(x, angle, interpolation="bilinear")
         return tf.image.convert_image_dtype(tf.clip_by_value(x, 0.0, 1.0), tf.uint8,
                                             saturate=True)
     return augment
