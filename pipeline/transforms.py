@@ -66,10 +66,14 @@ _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^}]*\}\}\]\]|
 
 def message_of(exc):
     """The one line of an exception that says what went wrong. TensorFlow's errors keep it in
-    .message, as the last line after a graph trace."""
-    text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+    .message, as the last line after a graph trace; other exceptions (Keras' among them, which
+    append the call's arguments) say it first."""
+    tf_message = getattr(exc, "message", None)
+    text = str(tf_message or exc or type(exc).__name__)
     lines = [line.strip() for line in _TF_NOISE.sub("", text).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:500]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if tf_message else lines[0])[:500]
 
 
 def reason_of(message):
