@@ -58,6 +58,8 @@ MAX_WAITING_BYTES = 256 << 20
 # for one chunk shape per image shape, whatever the batch size or the machine, so the bytes
 # are the same everywhere; XLA may round differently for another chunk shape.
 PIXELS_PER_CHUNK = 4 * 512 * 512
+# Copies augmented at once when they go one by one (on the CPU without XLA).
+PARALLEL_COPIES = 2
 
 
 def chunk_rows(shape):
@@ -147,6 +149,18 @@ def to_uint8(images):
 def _encode_one(image, as_png, quality):
     return tf.cond(as_png, lambda: tf.io.encode_png(image),
                    lambda: tf.io.encode_jpeg(image, quality=quality))
+
+
+def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality):
+    """chain + encode for one copy at a time: (encoded bytes per copy, output shape)."""
+    def one(args):
+        index, seed, png = args
+        image = chain(images[index][None], seed[None])[0]
+        return _encode_one(image, png, quality), tf.shape(image)
+    encoded, shapes = tf.map_fn(one, (copy_of, seeds, as_png), parallel_iterations=PARALLEL_COPIES,
+                                fn_output_signature=(tf.TensorSpec([], tf.string),
+                                                     tf.TensorSpec([3], tf.int32)))
+    return encoded, tf.reduce_max(shapes, axis=0)  # (all alike; and defined for no copies)
 
 
 def _encode_batch(images, as_png, quality):
@@ -298,12 +312,24 @@ class ChainRunner:
         png_spec = tf.TensorSpec([None], tf.bool)
         rows_spec = tf.TensorSpec([], tf.int32)
 
+        # On the CPU without XLA each copy goes through the chain and the encoder alone:
+        # the image stays in the core's cache from the first op to the JPEG (a batch is
+        # tens of MB, and each op would stream it through memory again), and no op sees a
+        # batch, so not even the last bit of a pixel depends on what else was in it (Eigen
+        # computes the lanes of a vector and its tail differently). Several copies run at
+        # once on TensorFlow's threads. XLA segments and GPUs want whole batches instead.
+        one_by_one = not self.chain.compiled and "CPU" in self.device
+
         def augment_encode(images, seeds, as_png, rows):
+            # Copy i of the batch is input copy_of[i].
+            copy_of = tf.repeat(tf.range(tf.shape(images)[0]), self.copies)
+            if one_by_one:
+                return _augment_encode_each(self.chain, images, copy_of, seeds, as_png,
+                                            self.quality)
             with tf.device(self.device):
-                # The copies of each image, side by side: a gather copies whole images (as
-                # fast as memcpy); tf.repeat's broadcast is several times slower.
-                copies = tf.repeat(tf.range(tf.shape(images)[0]), self.copies)
-                out = self.chain(tf.gather(images, copies), seeds, rows)
+                # A gather copies whole images (as fast as memcpy); tf.repeat's broadcast is
+                # several times slower.
+                out = self.chain(tf.gather(images, copy_of), seeds, rows)
             with tf.device("/device:CPU:0"):
                 return _encode_batch(out, as_png, self.quality), tf.shape(out)[1:]
 

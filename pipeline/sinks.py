@@ -21,6 +21,8 @@ from apache_beam.transforms.window import GlobalWindows
 from pipeline import sources
 
 TMP_DIR = ".augbatch-tmp"
+# A shard is sorted in slices of about this many bytes of records (memory, whatever its size).
+SORT_BYTES = 32 << 20
 _HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
 
 
@@ -86,36 +88,50 @@ class WriteShard(beam.DoFn):
 
     def process(self, shard_and_buckets):
         shard, buckets = shard_and_buckets
-        entries = []
-        for path in sorted(p for p in buckets if p is not None):
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                entries.extend(_parse_entry(e) for e in sources.iter_records(f))
-        entries.sort(key=lambda entry: entry[0])
-        for before, after in zip(entries, entries[1:]):
-            if before[0] == after[0]:
-                raise ValueError(f"duplicate output record: key {after[0][1]!r} copy "
-                                 f"{after[0][2]}")
+        paths = sorted(p for p in buckets if p is not None)
+        sizes = [m.size_in_bytes for r in FileSystems.match(paths) for m in r.metadata_list]
+        # The records are sorted a slice of the hash order at a time, each slice read from the
+        # bucket files front to back (no seeks: fine on object stores too), so memory holds
+        # about SORT_BYTES of images whatever the shard's size.
+        slices = max(1, -(-sum(sizes) // SORT_BYTES))
         name = shard_name(self.prefix, shard, self.num_shards, self.compression)
         staging = FileSystems.join(self.tmp_dir, name)
         compression = (CompressionTypes.GZIP if self.compression == "gzip"
                        else CompressionTypes.UNCOMPRESSED)
-        labels, copies = collections.Counter(), collections.Counter()
+        labels, copies, records = collections.Counter(), collections.Counter(), 0
         with FileSystems.create(staging, compression_type=compression) as f:
-            buffer = io.BytesIO()
-            for (_, _, copy_index), label, payload in entries:
-                buffer.write(sources.frame_record(payload))
-                if buffer.tell() > 8 << 20:
-                    f.write(buffer.getvalue())
-                    buffer = io.BytesIO()
-                labels[str(label)] += 1
-                copies[str(copy_index)] += 1
-            f.write(buffer.getvalue())
+            for part in range(slices):
+                low, high = (part << 64) // slices, ((part + 1) << 64) // slices
+                entries = sorted(self._entries(paths, low, high), key=lambda e: e[0])
+                for before, after in zip(entries, entries[1:]):
+                    if before[0] == after[0]:
+                        raise ValueError(f"duplicate output record: key {after[0][1]!r} "
+                                         f"copy {after[0][2]}")
+                buffer = io.BytesIO()
+                for (_, _, copy_index), label, payload in entries:
+                    buffer.write(sources.frame_record(payload))
+                    if buffer.tell() > 8 << 20:
+                        f.write(buffer.getvalue())
+                        buffer = io.BytesIO()
+                    labels[str(label)] += 1
+                    copies[str(copy_index)] += 1
+                f.write(buffer.getvalue())
+                records += len(entries)
         final = FileSystems.join(self.output_dir, name)
         if FileSystems.exists(final):  # a retried step: replace what the first try wrote
             FileSystems.delete([final])
         FileSystems.rename([staging], [final])
-        yield {"shard": name, "records": len(entries), "labels": dict(labels),
+        yield {"shard": name, "records": records, "labels": dict(labels),
                "copies": dict(copies)}
+
+    @staticmethod
+    def _entries(paths, low, high):
+        """The bucket entries whose order hash is in [low, high), parsed."""
+        for path in paths:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                for entry in sources.iter_records(f):
+                    if low <= int.from_bytes(entry[:8], "big") < high:
+                        yield _parse_entry(entry)
 
 
 class WriteShards(beam.PTransform):

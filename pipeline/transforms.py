@@ -1,5 +1,6 @@
 """The Beam DoFns: read, decode + validate, augment + encode. Every failure becomes an error
 record on the ERRORS output (never an exception that kills the job, never a silent drop)."""
+import collections
 import dataclasses
 import io
 import logging
@@ -370,7 +371,15 @@ class AugmentAndEncode(beam.DoFn):
     (Beam's Shared). Images of one shape run through it together, each copy with its own seed,
     so the bytes do not depend on how Beam batched them. An input whose copies fail is retried
     alone; if it fails again it becomes one error record and none of its copies is written.
+
+    Batches run in TensorFlow on a small thread pool, IN_FLIGHT at a time: TensorFlow releases
+    the GIL, so while they run this thread reads and decodes the next inputs and builds the
+    records of finished batches, and two batches in TensorFlow keep both cores of a small
+    machine busy where one batch alone leaves gaps. Records leave in the order their batches
+    finish; the shard writer orders them, so the bytes do not change.
     """
+
+    IN_FLIGHT = 2
 
     def __init__(self, job, config_hash):
         from apache_beam.utils import shared
@@ -378,40 +387,75 @@ class AugmentAndEncode(beam.DoFn):
         self._shared_runner = shared.Shared()
 
     def setup(self):
+        import concurrent.futures
         from pipeline import augment, quiet
         quiet.native_logs_follow_tf_level()
         self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(self.job))
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.IN_FLIGHT,
+                                                          thread_name_prefix="augment")
+        self.pending = collections.deque()
+
+    def teardown(self):
+        self.pool.shutdown()
 
     def process(self, batch):
         by_shape = {}
         for item in batch:
             by_shape.setdefault(item.image.shape, []).append(item)
         for items in by_shape.values():
+            self.pending.append((items, self.pool.submit(self._augment_encode, items, True)))
+        # Outputs (and progress counts, which are Beam metrics: this thread's) leave from here.
+        while self.pending and (len(self.pending) > self.IN_FLIGHT or self.pending[0][1].done()):
+            yield from self._outputs(*self.pending.popleft())
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        while self.pending:
+            for out in self._outputs(*self.pending.popleft()):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+
+    def process_now(self, batch):
+        """Every output of `batch`, at once (for callers outside a pipeline: preview, tests)."""
+        out = list(self.process(batch))
+        while self.pending:
+            out.extend(self._outputs(*self.pending.popleft()))
+        return out
+
+    def _outputs(self, items, future):
+        """The records of a finished batch; if it failed, each input again, alone."""
+        try:
+            encoded = future.result()
+        except Exception:  # noqa: BLE001 - retry one by one so one bad input spoils nothing
+            encoded = None
+        if encoded is not None:
+            records = [self._record(*entry) for entry in encoded]
+            self._count(len(items), len(records))
+            yield from records
+            return
+        for item in items:
             try:
-                fail_once_for_tests("augment")
-                records = self._records(items)
-            except Exception:  # noqa: BLE001 - retry one by one so one bad input spoils nothing
-                records = None
-            if records is not None:
-                yield from records
-                self._count(len(items), len(records))
+                records = [self._record(*entry) for entry in self._augment_encode([item])]
+            except Exception as e:  # noqa: BLE001
+                yield error("augment", e, item.input.key, item.input.source,
+                            item.input.record_index)
                 continue
-            for item in items:
-                try:
-                    records = self._records([item])
-                    yield from records
-                    self._count(1, len(records))
-                except Exception as e:  # noqa: BLE001
-                    yield error("augment", e, item.input.key, item.input.source,
-                                item.input.record_index)
+            self._count(1, len(records))
+            yield from records
 
     @staticmethod
     def _count(inputs, records):
         progress.count(progress.DONE, inputs)
         progress.count(progress.OUTPUTS, records)
 
-    def _records(self, items):
+    def _augment_encode(self, items, first_try=False):
+        """The TensorFlow work of a batch (in the pool): [(item, copy index, bytes, format,
+        shape)] for every copy and, with keep_original, the original."""
         job = self.job
+        if first_try:
+            fail_once_for_tests("augment")
         copies = [(item, c) for item in items for c in range(1, job.copies + 1)]
         formats = [output_format(job.format, item.format) for item, _ in copies]
         out = []
@@ -421,7 +465,7 @@ class AugmentAndEncode(beam.DoFn):
             # One array per input: the runner makes the copies inside the graph.
             images = np.stack([item.image for item in items])
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
-            out += [self._record(item, c, data, fmt, shape)
+            out += [(item, c, data, fmt, shape)
                     for (item, c), data, fmt in zip(copies, encoded, formats)]
         if job.keep_original:
             out += [self._original(item) for item in items]
@@ -433,7 +477,7 @@ class AugmentAndEncode(beam.DoFn):
             data = item.input.data  # the untouched original bytes
         else:
             data = self.runner.encode(item.image[None], [fmt])[0]
-        return self._record(item, 0, data, fmt, item.image.shape)
+        return item, 0, data, fmt, item.image.shape
 
     def _record(self, item, copy_index, data, fmt, shape):
         from pipeline import example

@@ -70,7 +70,7 @@ def test_a_poison_image_in_a_batch_spoils_nothing(poison_folder, tmp_path):
     augment.setup()
 
     batch = [decoded[k] for k in ("good_0.png", "flat.png", "good_1.png", "good_2.png")]
-    out = list(augment.process(batch))
+    out = augment.process_now(batch)
     errors = [o.value for o in out if isinstance(o, T.beam.pvalue.TaggedOutput)]
     records = [o for o in out if isinstance(o, T.OutputRecord)]
     assert len(out) == len(errors) + len(records)
@@ -79,7 +79,7 @@ def test_a_poison_image_in_a_batch_spoils_nothing(poison_folder, tmp_path):
     assert sorted((r.key, r.copy_index) for r in records) == [
         (key, c) for key in ("good_0.png", "good_1.png", "good_2.png") for c in (0, 1, 2)]
     for key in ("good_0.png", "good_1.png", "good_2.png"):
-        alone = {r.copy_index: r.payload for r in augment.process([decoded[key]])}
+        alone = {r.copy_index: r.payload for r in augment.process_now([decoded[key]])}
         assert {r.copy_index: r.payload for r in records if r.key == key} == alone
 
 

@@ -70,6 +70,17 @@ def test_batch_sizes_1_3_64_give_identical_shards(two_sizes, tmp_path, xla):
     assert len(outputs[0]) == 2 and all(outputs[0].values())
 
 
+def test_a_shard_sorted_in_slices_is_the_same_file(two_sizes, tmp_path, monkeypatch):
+    """The shard writer sorts SORT_BYTES of records at a time (bounded memory): a shard
+    sorted in many slices is byte for byte the one sorted at once."""
+    from pipeline import sinks
+    whole = run_job(two_sizes, tmp_path / "whole", [], copies=2, num_shards=2)
+    monkeypatch.setattr(sinks, "SORT_BYTES", 2000)  # about one record per slice
+    sliced = run_job(two_sizes, tmp_path / "sliced", [], copies=2, num_shards=2)
+    assert shard_bytes(tmp_path / "whole") == shard_bytes(tmp_path / "sliced")
+    assert whole["counts"] == sliced["counts"] and whole["counts"]["outputs"] == 27
+
+
 def test_xla_changes_the_draws_and_the_config_hash(two_sizes, tmp_path):
     plain = make_job(two_sizes, tmp_path / "a", STANDARD)
     compiled = make_job(two_sizes, tmp_path / "b", STANDARD, xla=True)
@@ -202,6 +213,31 @@ def test_one_chain_per_process_shared_by_the_dofn_copies(tmp_path):
     other.setup()
     assert other.runner is not copies[0].runner
     pickle.dumps(dofn)  # still picklable once built (the runner lives outside it)
+
+
+def test_batches_in_flight_all_come_out(tmp_path):
+    """process() hands each batch to TensorFlow and returns (at most IN_FLIGHT wait); what is
+    still running when the bundle ends comes out of finish_bundle, as windowed values, error
+    records on their tagged output."""
+    from apache_beam.utils.windowed_value import WindowedValue
+    dofn = transforms.AugmentAndEncode(make_job("x", str(tmp_path), STANDARD, copies=2), "h")
+    dofn.setup()
+    batches = [[decoded(photos(1, 20 + i, 30)[0], f"k{i}")] for i in range(5)]
+    batches.insert(2, [decoded(np.zeros((20, 30, 1), np.uint8), "gray")])  # 1 channel of 3
+    out = []
+    for batch in batches:
+        out += list(dofn.process(batch))
+        assert len(dofn.pending) <= dofn.IN_FLIGHT
+    rest = list(dofn.finish_bundle())
+    assert not dofn.pending
+    tagged = transforms.beam.pvalue.TaggedOutput
+    assert all(isinstance(o.value if isinstance(o, tagged) else o, WindowedValue) for o in rest)
+    out += [tagged(o.tag, o.value.value) if isinstance(o, tagged) else o.value for o in rest]
+    errors = [o.value for o in out if isinstance(o, tagged)]
+    assert [(e.key, e.stage) for e in errors] == [("gray", "augment")]
+    assert sorted((r.key, r.copy_index) for r in out if isinstance(r, transforms.OutputRecord)) \
+        == [(f"k{i}", c) for i in range(5) for c in (0, 1, 2)]  # 0: the original
+    dofn.teardown()
 
 
 # --- devices and threads -----------------------------------------------------------------------

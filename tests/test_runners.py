@@ -261,7 +261,7 @@ read, decode, augment, write_buckets, write_shard = (fns[name] for name in (
     "ReadImageFile", "DecodeImage", "AugmentAndEncode", "WriteBuckets", "WriteShard"))
 read_out = [x for ref in refs for x in out(read.process(ref))]
 decode_out = [x for item in main(read_out) for x in out(decode.process(item))]
-augment_out = out(augment.process(main(decode_out)))
+augment_out = augment.process_now(main(decode_out))  # process + the batches in flight
 write_buckets.start_bundle()
 for record in main(augment_out):
     out(write_buckets.process(record))

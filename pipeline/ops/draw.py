@@ -6,22 +6,33 @@ per example, so a batch of 1 and a batch of 64 give each image the same numbers.
 import tensorflow as tf
 
 
+def each(fn, elems, fn_output_signature):
+    """tf.map_fn(fn, elems), without the loop when the batch is statically one example (the
+    runner sends copies through the chain one by one): the same values, and a loop's start-up
+    costs more than a small draw."""
+    first = tf.nest.flatten(elems)[0]
+    if first.shape[0] == 1:
+        return tf.nest.map_structure(lambda out: out[None],
+                                     fn(tf.nest.map_structure(lambda e: e[0], elems)))
+    return tf.map_fn(fn, elems, fn_output_signature=fn_output_signature)
+
+
 def fold_in(seeds, data):
     """A new seed per example, derived from each row of `seeds` and the integer `data`."""
-    return tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, data), seeds,
-                     fn_output_signature=tf.TensorSpec([2], tf.int32))
+    return each(lambda s: tf.random.experimental.stateless_fold_in(s, data), seeds,
+                fn_output_signature=tf.TensorSpec([2], tf.int32))
 
 
 def uniform(seeds, low, high, shape=(), dtype=tf.float32):
     """[B, *shape] values, uniform in [low, high) (ints: [low, high)), one draw per example."""
-    return tf.map_fn(
+    return each(
         lambda s: tf.random.stateless_uniform(shape, s, minval=low, maxval=high, dtype=dtype),
         seeds, fn_output_signature=tf.TensorSpec(shape, dtype))
 
 
 def normal(seeds, shape=(), mean=0.0, stddev=1.0):
-    return tf.map_fn(lambda s: tf.random.stateless_normal(shape, s, mean=mean, stddev=stddev),
-                     seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+    return each(lambda s: tf.random.stateless_normal(shape, s, mean=mean, stddev=stddev),
+                seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
 
 def coin(seeds, probability):
@@ -34,8 +45,8 @@ def per_example(fn, images, seeds):
 
     For tf.image's stateless_random_* ops, which draw one value for a whole 4-D batch.
     """
-    out = tf.map_fn(lambda pair: fn(pair[0], pair[1]), (images, seeds),
-                    fn_output_signature=tf.TensorSpec(None, images.dtype))
+    out = each(lambda pair: fn(pair[0], pair[1]), (images, seeds),
+               fn_output_signature=tf.TensorSpec(None, images.dtype))
     return tf.ensure_shape(out, [None, None, None, images.shape[-1]])
 
 

@@ -163,7 +163,7 @@ def _columns(*values):
 
 def _per_example(fn, images, *values):
     """fn(image [H, W, C], value, ...) for each example, with its own values."""
-    return tf.map_fn(lambda args: fn(*args), (images,) + values,
+    return draw.each(lambda args: fn(*args), (images,) + values,
                      fn_output_signature=tf.TensorSpec([None, None, images.shape[-1]],
                                                        images.dtype))
 
@@ -528,7 +528,7 @@ def blend(target, factor):
         if _fixed(factor):
             out = lib.blend(target_images, x, factor[0])
         else:
-            out = tf.map_fn(lambda a: blend_one(a[0], a[1], a[2]),
+            out = draw.each(lambda a: blend_one(a[0], a[1], a[2]),
                             (target_images, x, draw.uniform(seeds, *factor)),
                             fn_output_signature=tf.TensorSpec([None, None, images.shape[-1]]))
         return tf.clip_by_value(out / 255.0, 0.0, 1.0)
@@ -560,7 +560,7 @@ def elastic_distortion(alpha, sigma):
 
     def fn(images, seeds):
         hw = tf.shape(images)[1:3]
-        field = tf.map_fn(lambda s: noise(s, hw), draw.fold_in(seeds, 0),
+        field = draw.each(lambda s: noise(s, hw), draw.fold_in(seeds, 0),
                           fn_output_signature=tf.TensorSpec([None, None, 2], tf.float32))
         # The 2-D Gaussian is separable: two 1-D passes are cheaper than one size x size kernel.
         field = lib.gaussian_filter2d(field, (size, 1), sigma, "CONSTANT")
