@@ -374,12 +374,13 @@ class AugmentAndEncode(beam.DoFn):
 
     Batches run in TensorFlow on a small thread pool, IN_FLIGHT at a time: TensorFlow releases
     the GIL, so while they run this thread reads and decodes the next inputs and builds the
-    records of finished batches, and two batches in TensorFlow keep both cores of a small
-    machine busy where one batch alone leaves gaps. Records leave in the order their batches
-    finish; the shard writer orders them, so the bytes do not change.
+    records of finished batches, and several batches at once keep the cores busy where one
+    alone leaves gaps (a chunk of a compiled chain, or one encode, runs on one core). At most
+    IN_FLIGHT + 1 batches are held (augment.PIXELS_PER_BATCH caps each). Records leave in the
+    order their batches finish; the shard writer orders them, so the bytes do not change.
     """
 
-    IN_FLIGHT = 2
+    IN_FLIGHT = 4
 
     def __init__(self, job, config_hash):
         from apache_beam.utils import shared
