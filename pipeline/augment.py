@@ -209,12 +209,14 @@ class _Compiled:
     fewer program launches than one image per call). The chunks of a batch run side by side
     (map_fn's parallel iterations): busier cores."""
 
-    def __init__(self, fn, dtype):
+    def __init__(self, fn, dtype, one_at_a_time=True):
         def traced(images, seeds):
             with geometry.for_xla():
-                # A loop inside the program takes the images one at a time: each stays in the
-                # cache through all the fused steps (a fifth less CPU than the whole chunk at
-                # once), and its bytes do not depend on its place in the chunk.
+                if not one_at_a_time:  # a GPU: the whole chunk in each kernel
+                    return fn(images, seeds)
+                # On a CPU a loop inside the program takes the images one at a time: each
+                # stays in the cache through all the fused steps (a fifth less CPU than the
+                # whole chunk at once), and its bytes do not depend on its place in the chunk.
                 return tf.map_fn(lambda pair: fn(pair[0][None], pair[1][None])[0],
                                  (images, seeds),
                                  fn_output_signature=tf.TensorSpec([None, None, None], dtype))
@@ -233,10 +235,10 @@ class _Compiled:
         return tf.reshape(out, [-1, out_shape[2], out_shape[3], out_shape[4]])[:count]
 
 
-def build_chain(steps, xla=False):
+def build_chain(steps, xla=False, on_cpu=True):
     """fn(images uint8 [B, H, W, C], seeds int32 [B, 2], rows) -> uint8 images, built from the
     plan: the same draws as chain.build (every step keeps its seed index), faster. Compiled
-    segments run on chunks of `rows` images (chunk_rows)."""
+    segments run on chunks of `rows` images (chunk_rows), for the CPU or else a GPU."""
     stages = plan(steps, xla)
     parts = []  # (compiled?, fn(images, seeds) -> images)
     converted = False
@@ -251,7 +253,7 @@ def build_chain(steps, xla=False):
     last_compiled, last = parts[-1]
     parts[-1] = (last_compiled, _before(last, to_uint8))
     runs = [(compiled, _compose(fns)) for compiled, fns in _runs(parts)]
-    runs = [(_Compiled(fn, tf.uint8 if index == len(runs) - 1 else tf.float32)
+    runs = [(_Compiled(fn, tf.uint8 if index == len(runs) - 1 else tf.float32, on_cpu)
              if compiled else fn) for index, (compiled, fn) in enumerate(runs)]
 
     def run(images, seeds, rows=1):
@@ -312,7 +314,7 @@ class ChainRunner:
         configure_threads(job.tf_threads)
         self.device = device or pick_device(job.device)
         self.job, self.copies, self.quality = job, job.copies, job.quality
-        self.chain = build_chain(job.chain, xla=job.xla)
+        self.chain = build_chain(job.chain, xla=job.xla, on_cpu="CPU" in self.device)
         images_spec = tf.TensorSpec([None, None, None, job.channels], tf.uint8)
         seeds_spec = tf.TensorSpec([None, 2], tf.int32)
         png_spec = tf.TensorSpec([None], tf.bool)

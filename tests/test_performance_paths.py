@@ -123,6 +123,11 @@ def test_every_xla_op_compiles_and_each_image_ignores_the_batch():
             np.testing.assert_array_equal(np.concatenate(parts), whole)
     assert not np.array_equal(whole, plain_chain(steps, images, seeds))  # XLA draws its own
     assert 0 < whole.mean() < 255
+    # For a GPU the program takes a whole chunk at once: the same draws, the same images up to
+    # the last bit of a pixel.
+    for_gpu = augment.build_chain(steps, xla=True, on_cpu=False)
+    chunked = tf.function(lambda x, s, rows: for_gpu(x, s, rows))(images, seeds, 4).numpy()
+    assert np.abs(chunked.astype(int) - whole).max() <= 1
 
 
 def test_plan_compiles_colour_and_geometry_runs_only():
