@@ -217,9 +217,7 @@ class _Compiled:
                 # On a CPU a loop inside the program takes the images one at a time: each
                 # stays in the cache through all the fused steps (a fifth less CPU than the
                 # whole chunk at once), and its bytes do not depend on its place in the chunk.
-                return tf.map_fn(lambda pair: fn(pair[0][None], pair[1][None])[0],
-                                 (images, seeds),
-                                 fn_output_signature=tf.TensorSpec([None, None, None], dtype))
+                return _one_at_a_time(fn, dtype)(images, seeds)
         self.fn = tf.function(traced, jit_compile=True, autograph=False)
         self.dtype = dtype
 
@@ -253,8 +251,10 @@ def build_chain(steps, xla=False, on_cpu=True):
     last_compiled, last = parts[-1]
     parts[-1] = (last_compiled, _before(last, to_uint8))
     runs = [(compiled, _compose(fns)) for compiled, fns in _runs(parts)]
-    runs = [(_Compiled(fn, tf.uint8 if index == len(runs) - 1 else tf.float32, on_cpu)
-             if compiled else fn) for index, (compiled, fn) in enumerate(runs)]
+    mixed = on_cpu and any(compiled for compiled, _ in runs)
+    runs = [(_Compiled(fn, _dtype(index, runs), on_cpu) if compiled
+             else _one_at_a_time(fn, _dtype(index, runs)) if mixed else fn)
+            for index, (compiled, fn) in enumerate(runs)]
 
     def run(images, seeds, rows=1):
         for fn in runs:
@@ -262,6 +262,20 @@ def build_chain(steps, xla=False, on_cpu=True):
         return images
     run.compiled = [fn for fn in runs if isinstance(fn, _Compiled)]
     return run
+
+
+def _dtype(index, runs):
+    """What run `index` of the chain returns: float32 pixels, uint8 after the last run."""
+    return tf.uint8 if index == len(runs) - 1 else tf.float32
+
+
+def _one_at_a_time(fn, dtype):
+    """fn on each image alone (the plain runs between compiled ones, on the CPU: as there, no
+    image's bytes depend on the others in the batch)."""
+    return lambda images, seeds: tf.map_fn(
+        lambda pair: fn(pair[0][None], pair[1][None])[0], (images, seeds),
+        parallel_iterations=PARALLEL_COPIES,
+        fn_output_signature=tf.TensorSpec([None, None, None], dtype))
 
 
 def _after(first, fn):

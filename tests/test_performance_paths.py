@@ -130,6 +130,20 @@ def test_every_xla_op_compiles_and_each_image_ignores_the_batch():
     assert np.abs(chunked.astype(int) - whole).max() <= 1
 
 
+def test_a_mixed_chain_ignores_the_batch_too():
+    """With --xla, the plain steps between compiled ones also take one image at a time."""
+    steps = chain.normalize([{"op": "tf.image.random_brightness", "max_delta": 0.3},
+                             {"op": "tfa.image.gaussian_filter2d", "sigma": [0.5, 1.5]},
+                             {"op": "tf.image.random_contrast", "lower": 0.5, "upper": 1.5}])
+    assert [kind for kind, _, _ in augment.plan(steps, xla=True)] == ["xla", "plain", "xla"]
+    images, seeds = photos(5, 33, 47), seeds_for(5, salt=9)
+    run = augment.build_chain(steps, xla=True)
+    fn = tf.function(lambda x, s: run(x, s, 4))
+    whole = fn(images, seeds).numpy()
+    alone = np.concatenate([fn(images[i:i + 1], seeds[i:i + 1]).numpy() for i in range(5)])
+    np.testing.assert_array_equal(alone, whole)
+
+
 def test_plan_compiles_colour_and_geometry_runs_only():
     steps = chain.normalize([
         {"op": "tf.image.random_flip_left_right"},
