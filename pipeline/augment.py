@@ -16,9 +16,11 @@ Speed without changing a byte of what the chain means:
     inputs of many sizes, leave it off: the default.)
   * the copies of an input are made inside the graph, and augmenting and encoding is one call.
 """
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -60,6 +62,10 @@ MAX_WAITING_BYTES = 256 << 20
 PIXELS_PER_CHUNK = 4 * 512 * 512
 # Copies augmented at once when they go one by one (on the CPU without XLA).
 PARALLEL_COPIES = 2
+# Batches a worker has in TensorFlow at once (transforms.AugmentAndEncode).
+IN_FLIGHT = 4
+# Ops that run Python inside a graph (tf.py_function, tf.numpy_function).
+PYTHON_OPS = frozenset(["EagerPyFunc", "PyFunc", "PyFuncStateless"])
 
 
 def chunk_rows(shape):
@@ -151,13 +157,13 @@ def _encode_one(image, as_png, quality):
                    lambda: tf.io.encode_jpeg(image, quality=quality))
 
 
-def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality):
+def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, parallel):
     """chain + encode for one copy at a time: (encoded bytes per copy, output shape)."""
     def one(args):
         index, seed, png = args
         image = chain(images[index][None], seed[None])[0]
         return _encode_one(image, png, quality), tf.shape(image)
-    encoded, shapes = tf.map_fn(one, (copy_of, seeds, as_png), parallel_iterations=PARALLEL_COPIES,
+    encoded, shapes = tf.map_fn(one, (copy_of, seeds, as_png), parallel_iterations=parallel,
                                 fn_output_signature=(tf.TensorSpec([], tf.string),
                                                      tf.TensorSpec([3], tf.int32)))
     return encoded, tf.reduce_max(shapes, axis=0)  # (all alike; and defined for no copies)
@@ -233,10 +239,11 @@ class _Compiled:
         return tf.reshape(out, [-1, out_shape[2], out_shape[3], out_shape[4]])[:count]
 
 
-def build_chain(steps, xla=False, on_cpu=True):
+def build_chain(steps, xla=False, on_cpu=True, parallel=None):
     """fn(images uint8 [B, H, W, C], seeds int32 [B, 2], rows) -> uint8 images, built from the
     plan: the same draws as chain.build (every step keeps its seed index), faster. Compiled
-    segments run on chunks of `rows` images (chunk_rows), for the CPU or else a GPU."""
+    segments run on chunks of `rows` images (chunk_rows), for the CPU or else a GPU.
+    `parallel`: how many images plain steps take at once when they go one at a time."""
     stages = plan(steps, xla)
     parts = []  # (compiled?, fn(images, seeds) -> images)
     converted = False
@@ -253,7 +260,7 @@ def build_chain(steps, xla=False, on_cpu=True):
     runs = [(compiled, _compose(fns)) for compiled, fns in _runs(parts)]
     mixed = on_cpu and any(compiled for compiled, _ in runs)
     runs = [(_Compiled(fn, _dtype(index, runs), on_cpu) if compiled
-             else _one_at_a_time(fn, _dtype(index, runs)) if mixed else fn)
+             else _one_at_a_time(fn, _dtype(index, runs), parallel) if mixed else fn)
             for index, (compiled, fn) in enumerate(runs)]
 
     def run(images, seeds, rows=1):
@@ -269,12 +276,12 @@ def _dtype(index, runs):
     return tf.uint8 if index == len(runs) - 1 else tf.float32
 
 
-def _one_at_a_time(fn, dtype):
+def _one_at_a_time(fn, dtype, parallel=None):
     """fn on each image alone (the plain runs between compiled ones, on the CPU: as there, no
-    image's bytes depend on the others in the batch)."""
+    image's bytes depend on the others in the batch), `parallel` images at once."""
     return lambda images, seeds: tf.map_fn(
         lambda pair: fn(pair[0][None], pair[1][None])[0], (images, seeds),
-        parallel_iterations=PARALLEL_COPIES,
+        parallel_iterations=parallel or PARALLEL_COPIES,
         fn_output_signature=tf.TensorSpec([None, None, None], dtype))
 
 
@@ -305,6 +312,13 @@ def _compose(fns):
     return run
 
 
+def _calls_python(concrete):
+    """Whether a traced function runs Python somewhere (in its graph or a function it calls)."""
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node) + [node for f in graph.library.function for node in f.node_def]
+    return any(node.op in PYTHON_OPS for node in nodes)
+
+
 def _trace(fn, signature):
     """fn traced now (not on the first batch, where a failure would look like bad inputs).
     Without AutoGraph, which takes seconds to convert a chain whose code is graph code
@@ -328,7 +342,21 @@ class ChainRunner:
         configure_threads(job.tf_threads)
         self.device = device or pick_device(job.device)
         self.job, self.copies, self.quality = job, job.copies, job.quality
-        self.chain = build_chain(job.chain, xla=job.xla, on_cpu="CPU" in self.device)
+        self.in_flight, self._one_call = IN_FLIGHT, contextlib.nullcontext()
+        self._build(PARALLEL_COPIES)
+        if _calls_python(self._augment_encode):
+            # A step runs Python (a python op, a Keras layer traced per image size), which
+            # may call TensorFlow again: several such calls at once could leave every
+            # TensorFlow thread waiting on another. Such a chain runs one copy at a time,
+            # one call at a time in this process (whatever Beam's threads do).
+            self.in_flight, self._one_call = 1, threading.Lock()
+            self._build(1)
+        self._shapes = set()
+
+    def _build(self, parallel):
+        job = self.job
+        self.chain = build_chain(job.chain, xla=job.xla, on_cpu="CPU" in self.device,
+                                 parallel=parallel)
         images_spec = tf.TensorSpec([None, None, None, job.channels], tf.uint8)
         seeds_spec = tf.TensorSpec([None, 2], tf.int32)
         png_spec = tf.TensorSpec([None], tf.bool)
@@ -347,7 +375,7 @@ class ChainRunner:
             copy_of = tf.repeat(tf.range(tf.shape(images)[0]), self.copies)
             if one_by_one:
                 return _augment_encode_each(self.chain, images, copy_of, seeds, as_png,
-                                            self.quality)
+                                            self.quality, parallel)
             with tf.device(self.device):
                 # A gather copies whole images (as fast as memcpy); tf.repeat's broadcast is
                 # several times slower.
@@ -361,7 +389,6 @@ class ChainRunner:
         self._augment_encode = _trace(augment_encode,
                                       [images_spec, seeds_spec, png_spec, rows_spec])
         self._encode = _trace(encode, [images_spec, png_spec])
-        self._shapes = set()
 
     def augment_encode(self, images, seeds, formats):
         """`copies` augmented copies of each image, encoded.
@@ -372,7 +399,8 @@ class ChainRunner:
         self._note_shape(images.shape)
         as_png = np.array([f == "png" for f in formats])
         rows = np.int32(chunk_rows(images.shape[1:3]))
-        encoded, shape = self._augment_encode(images, seeds, as_png, rows)
+        with self._one_call:
+            encoded, shape = self._augment_encode(images, seeds, as_png, rows)
         return [bytes(b) for b in encoded.numpy()], tuple(int(s) for s in shape.numpy())
 
     def encode(self, images, formats):

@@ -372,15 +372,14 @@ class AugmentAndEncode(beam.DoFn):
     so the bytes do not depend on how Beam batched them. An input whose copies fail is retried
     alone; if it fails again it becomes one error record and none of its copies is written.
 
-    Batches run in TensorFlow on a small thread pool, IN_FLIGHT at a time: TensorFlow releases
-    the GIL, so while they run this thread reads and decodes the next inputs and builds the
-    records of finished batches, and several batches at once keep the cores busy where one
-    alone leaves gaps (a chunk of a compiled chain, or one encode, runs on one core). At most
-    IN_FLIGHT + 1 batches are held (augment.PIXELS_PER_BATCH caps each). Records leave in the
-    order their batches finish; the shard writer orders them, so the bytes do not change.
+    Batches run in TensorFlow on a small thread pool, a few at a time (runner.in_flight):
+    TensorFlow releases the GIL, so while they run this thread reads and decodes the next
+    inputs and builds the records of finished batches, and several batches at once keep the
+    cores busy where one alone leaves gaps (a chunk of a compiled chain, or one encode, runs on
+    one core). At most in_flight + 1 batches are held (augment.PIXELS_PER_BATCH caps each).
+    Records leave in the order their batches finish; the shard writer orders them, so the
+    bytes do not change.
     """
-
-    IN_FLIGHT = 4
 
     def __init__(self, job, config_hash):
         from apache_beam.utils import shared
@@ -392,21 +391,37 @@ class AugmentAndEncode(beam.DoFn):
         from pipeline import augment, quiet
         quiet.native_logs_follow_tf_level()
         self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(self.job))
-        self.pool = concurrent.futures.ThreadPoolExecutor(self.IN_FLIGHT,
-                                                          thread_name_prefix="augment")
+        self.in_flight = self.runner.in_flight
+        self.pool = (concurrent.futures.ThreadPoolExecutor(self.in_flight,
+                                                           thread_name_prefix="augment")
+                     if self.in_flight > 1 else None)  # one at a time: in this thread
         self.pending = collections.deque()
 
     def teardown(self):
-        self.pool.shutdown()
+        if self.pool:
+            self.pool.shutdown()
+
+    def _start(self, items):
+        """The TensorFlow work of a batch, started: a future of its result."""
+        if self.pool:
+            return self.pool.submit(self._augment_encode, items, True)
+        import concurrent.futures
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(self._augment_encode(items, True))
+        except Exception as e:  # noqa: BLE001 - _outputs retries the batch's inputs alone
+            future.set_exception(e)
+        return future
 
     def process(self, batch):
         by_shape = {}
         for item in batch:
             by_shape.setdefault(item.image.shape, []).append(item)
         for items in by_shape.values():
-            self.pending.append((items, self.pool.submit(self._augment_encode, items, True)))
+            self.pending.append((items, self._start(items)))
         # Outputs (and progress counts, which are Beam metrics: this thread's) leave from here.
-        while self.pending and (len(self.pending) > self.IN_FLIGHT or self.pending[0][1].done()):
+        while self.pending and (len(self.pending) > self.in_flight
+                                or self.pending[0][1].done()):
             yield from self._outputs(*self.pending.popleft())
 
     def finish_bundle(self):

@@ -13,7 +13,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from cli import main
-from pipeline import augment, chain, config, transforms
+from pipeline import augment, chain, config, run, transforms
 from pipeline.errors import UserError
 from pipeline.ops import geometry, registry
 from tests.conftest import ROOT, SAMPLE_IMAGES, assert_accounted, make_job, run_job, shard_bytes
@@ -235,7 +235,7 @@ def test_one_chain_per_process_shared_by_the_dofn_copies(tmp_path):
 
 
 def test_batches_in_flight_all_come_out(tmp_path):
-    """process() hands each batch to TensorFlow and returns (at most IN_FLIGHT wait); what is
+    """process() hands each batch to TensorFlow and returns (at most in_flight wait); what is
     still running when the bundle ends comes out of finish_bundle, as windowed values, error
     records on their tagged output."""
     from apache_beam.utils.windowed_value import WindowedValue
@@ -246,7 +246,7 @@ def test_batches_in_flight_all_come_out(tmp_path):
     out = []
     for batch in batches:
         out += list(dofn.process(batch))
-        assert len(dofn.pending) <= dofn.IN_FLIGHT
+        assert len(dofn.pending) <= dofn.in_flight == augment.IN_FLIGHT
     rest = list(dofn.finish_bundle())
     assert not dofn.pending
     tagged = transforms.beam.pvalue.TaggedOutput
@@ -257,6 +257,20 @@ def test_batches_in_flight_all_come_out(tmp_path):
     assert sorted((r.key, r.copy_index) for r in out if isinstance(r, transforms.OutputRecord)) \
         == [(f"k{i}", c) for i in range(5) for c in (0, 1, 2)]  # 0: the original
     dofn.teardown()
+
+
+def test_a_chain_that_calls_python_runs_one_copy_at_a_time(two_sizes, tmp_path):
+    """Python inside the graph may call TensorFlow again: several such calls at once could
+    leave every TensorFlow thread waiting on another, so such a chain goes one at a time."""
+    assert augment.ChainRunner(make_job("x", "y", STANDARD)).in_flight == augment.IN_FLIGHT
+    blur = [{"op": "python", "function": "tests.user_ops:blur_with_tensorflow"}] + STANDARD
+    job = config.load(None, overrides={"input": (two_sizes,), "output": str(tmp_path / "out"),
+                                       "chain": blur, "copies": 3, "batch_size": 2},
+                      allow_python_ops=True)
+    assert augment.ChainRunner(job).in_flight == 1
+    manifest = run.run_expand(job)
+    assert_accounted(manifest)
+    assert (manifest["counts"]["outputs"], manifest["counts"]["errored"]) == (36, 0)
 
 
 # --- devices and threads -----------------------------------------------------------------------
