@@ -14,7 +14,12 @@ Speed without changing a byte of what the chain means:
     number of cores. (XLA compiles for the host CPU: a machine of another CPU family may round
     the last bit of a pixel otherwise. Where bytes must match across mixed machines, or for
     inputs of many sizes, leave it off: the default.)
-  * the copies of an input are made inside the graph, and augmenting and encoding is one call.
+  * the copies of an input are made inside the graph, and augmenting and encoding is one call;
+  * on the CPU each copy goes through the chain alone (without XLA: chain and encoder, a few
+    copies at once; with XLA: a loop inside the compiled program), so it stays in the core's
+    cache instead of streaming a batch of tens of MB through memory at every op, and no pixel
+    depends on the other images of its batch. Batches amortize the calls into TensorFlow, and
+    the worker keeps several in flight (transforms.AugmentAndEncode) to fill the cores.
 """
 import contextlib
 import dataclasses
