@@ -353,7 +353,7 @@ class ChainRunner:
             # A step runs Python (a python op, a Keras layer traced per image size), which
             # may call TensorFlow again: several such calls at once could leave every
             # TensorFlow thread waiting on another. Such a chain runs one copy at a time,
-            # one call at a time in this process (whatever Beam's threads do).
+            # one call at a time in this process (a lock: whatever thread calls).
             self.in_flight, self._one_call = 1, threading.Lock()
             self._build(1)
         self._shapes = set()
@@ -367,12 +367,9 @@ class ChainRunner:
         png_spec = tf.TensorSpec([None], tf.bool)
         rows_spec = tf.TensorSpec([], tf.int32)
 
-        # On the CPU without XLA each copy goes through the chain and the encoder alone:
-        # the image stays in the core's cache from the first op to the JPEG (a batch is
-        # tens of MB, and each op would stream it through memory again), and no op sees a
-        # batch, so not even the last bit of a pixel depends on what else was in it (Eigen
-        # computes the lanes of a vector and its tail differently). Several copies run at
-        # once on TensorFlow's threads. XLA segments and GPUs want whole batches instead.
+        # On the CPU without XLA each copy goes through chain and encoder alone (see the
+        # module's doc; on a batch, Eigen computes a vector's lanes and its tail differently,
+        # so a pixel's last bit could depend on its neighbours). A GPU wants whole batches.
         one_by_one = not self.chain.compiled and "CPU" in self.device
 
         def augment_encode(images, seeds, as_png, rows):

@@ -391,36 +391,21 @@ class AugmentAndEncode(beam.DoFn):
         from pipeline import augment, quiet
         quiet.native_logs_follow_tf_level()
         self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(self.job))
-        self.in_flight = self.runner.in_flight
-        self.pool = (concurrent.futures.ThreadPoolExecutor(self.in_flight,
-                                                           thread_name_prefix="augment")
-                     if self.in_flight > 1 else None)  # one at a time: in this thread
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.runner.in_flight,
+                                                          thread_name_prefix="augment")
         self.pending = collections.deque()
 
     def teardown(self):
-        if self.pool:
-            self.pool.shutdown()
-
-    def _start(self, items):
-        """The TensorFlow work of a batch, started: a future of its result."""
-        if self.pool:
-            return self.pool.submit(self._augment_encode, items, True)
-        import concurrent.futures
-        future = concurrent.futures.Future()
-        try:
-            future.set_result(self._augment_encode(items, True))
-        except Exception as e:  # noqa: BLE001 - _outputs retries the batch's inputs alone
-            future.set_exception(e)
-        return future
+        self.pool.shutdown()
 
     def process(self, batch):
         by_shape = {}
         for item in batch:
             by_shape.setdefault(item.image.shape, []).append(item)
         for items in by_shape.values():
-            self.pending.append((items, self._start(items)))
+            self.pending.append((items, self.pool.submit(self._augment_encode, items, True)))
         # Outputs (and progress counts, which are Beam metrics: this thread's) leave from here.
-        while self.pending and (len(self.pending) > self.in_flight
+        while self.pending and (len(self.pending) > self.runner.in_flight
                                 or self.pending[0][1].done()):
             yield from self._outputs(*self.pending.popleft())
 

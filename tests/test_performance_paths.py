@@ -246,7 +246,7 @@ def test_batches_in_flight_all_come_out(tmp_path):
     out = []
     for batch in batches:
         out += list(dofn.process(batch))
-        assert len(dofn.pending) <= dofn.in_flight == augment.IN_FLIGHT
+        assert len(dofn.pending) <= dofn.runner.in_flight == augment.IN_FLIGHT
     rest = list(dofn.finish_bundle())
     assert not dofn.pending
     tagged = transforms.beam.pvalue.TaggedOutput

@@ -3,6 +3,7 @@
 Used by the tests and by sample_configs/python_ops.yaml (`function: tests.user_ops:...`).
 """
 import numpy as np
+import tensorflow as tf
 
 
 def salt_and_pepper(image, rng, amount=0.02):
@@ -38,19 +39,13 @@ def drops_a_row(image, rng):
 NOT_A_FUNCTION = 42
 
 
+
 def blur_with_tensorflow(image, rng):
     """A 3x3 box blur by a TensorFlow function called from Python (a python op may call
     TensorFlow again: the runner must not run several of these at once)."""
-    import tensorflow as tf
     return _box_blur(tf.constant(image[None], tf.float32))[0].numpy().round().astype(np.uint8)
 
 
-def _tf_function(fn):
-    import tensorflow as tf
-    return tf.function(fn)
-
-
-@_tf_function
+@tf.function
 def _box_blur(images):
-    import tensorflow as tf
     return tf.nn.avg_pool2d(images, 3, 1, "SAME")
