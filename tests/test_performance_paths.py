@@ -107,6 +107,22 @@ def test_pixel_moving_ops_on_uint8_are_exact():
         np.testing.assert_array_equal(fast, plain_chain(steps, images, seeds), err_msg=name)
 
 
+def test_apply_where_picks_whole_examples_in_a_batch_and_alone():
+    from pipeline.ops import draw
+    images = photos(4, 40, 56)
+    mask = tf.constant([True, False, False, True])
+    expected = np.where(mask.numpy()[:, None, None, None], images[:, :, ::-1], images)
+    flip = tf.image.flip_left_right
+    for fn in (lambda: draw.apply_where(mask, flip, tf.constant(images)),
+               tf.function(lambda: draw.apply_where(mask, flip, tf.constant(images)))):
+        np.testing.assert_array_equal(fn().numpy(), expected)
+    for i in range(4):  # one example: a cond, the op runs only when chosen
+        alone = tf.function(lambda x, m: draw.apply_where(m, flip, x)).get_concrete_function(
+            tf.TensorSpec([1, 40, 56, 3], tf.uint8), tf.TensorSpec([1], tf.bool))
+        np.testing.assert_array_equal(alone(images[i:i + 1], mask[i:i + 1]).numpy(),
+                                      expected[i:i + 1])
+
+
 def test_every_xla_op_compiles_and_each_image_ignores_the_batch():
     names = sorted(augment.XLA_OPS)
     steps = chain.normalize([dict(op=name, **(registry.get(name).test_params or {}))

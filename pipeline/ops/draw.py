@@ -50,6 +50,15 @@ def per_example(fn, images, seeds):
     return tf.ensure_shape(out, [None, None, None, images.shape[-1]])
 
 
+def apply_where(mask, fn, images):
+    """fn(images) on the examples where `mask` [B] holds, the others unchanged; fn keeps the
+    shape. Not tf.where on a [B, 1, 1, 1] mask: TensorFlow's broadcasting select costs more
+    than the op itself. One example: a cond (fn runs only if chosen); else whole rows picked."""
+    if images.shape[0] == 1:
+        return tf.cond(mask[0], lambda: fn(images), lambda: images)
+    return tf.raw_ops.Select(condition=mask, x=fn(images), y=images)
+
+
 def expand(values):
     """[B] -> [B, 1, 1, 1], to broadcast one value per example over its pixels."""
     return tf.reshape(values, [-1, 1, 1, 1])

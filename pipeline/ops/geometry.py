@@ -197,7 +197,7 @@ class Projective:
         finish = None
         if self.finish is not None:
             def finish(images, seeds):
-                return tf.where(draw.expand(chosen(seeds)), self.finish(images, seeds), images)
+                return draw.apply_where(chosen(seeds), lambda x: self.finish(x, seeds), images)
         return dataclasses.replace(self, matrices=matrices, finish=finish, standalone=standalone)
 
 

@@ -32,7 +32,7 @@ def flip_up_down():
 
 def _random_flip(flip):
     def fn(images, seeds):
-        return tf.where(draw.expand(draw.coin(seeds, 0.5)), flip(images), images)
+        return draw.apply_where(draw.coin(seeds, 0.5), flip, images)
     return fn
 
 
