@@ -166,7 +166,8 @@ def main(ctx, debug, quiet):
               help="Where the chain runs: auto (the first GPU if TensorFlow sees one), cpu, "
                    "or gpu (fail if there is none).")
 @click.option("--tf-threads", type=click.IntRange(0),
-              help="TensorFlow threads per worker (0: TensorFlow decides).")
+              help="TensorFlow ops a worker runs at once, each on one thread (0: one per "
+                   "core).")
 @click.option("--xla/--no-xla", default=None,
               help="Compile the chain's colour and geometric steps with XLA: faster for "
                    "inputs of a few sizes (one compilation each); other random draws.")

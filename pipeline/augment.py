@@ -67,7 +67,8 @@ MAX_WAITING_BYTES = 256 << 20
 PIXELS_PER_CHUNK = 4 * 512 * 512
 # Copies augmented at once when they go one by one (on the CPU without XLA).
 PARALLEL_COPIES = 2
-# Batches a worker has in TensorFlow at once (transforms.AugmentAndEncode).
+# Batches a worker has in TensorFlow at once (transforms.AugmentAndEncode), at least; more
+# with more op threads (configure_threads).
 IN_FLIGHT = 4
 # Ops that run Python inside a graph (tf.py_function, tf.numpy_function).
 PYTHON_OPS = frozenset(["EagerPyFunc", "PyFunc", "PyFuncStateless"])
@@ -134,13 +135,16 @@ def for_workers(job, options):
 
 
 def configure_threads(tf_threads):
-    """Cap TensorFlow's thread pools (so several workers do not oversubscribe the cores).
-    Only possible before TensorFlow's runtime starts; later calls keep what is set."""
-    if not tf_threads:
-        return
+    """TensorFlow's thread pools in this process: every op on one thread, `tf_threads` ops at
+    once (0: one per core). The cores fill with several batches and copies at once, which
+    costs less CPU than splitting the ops of small images across threads; and XLA splits its
+    loops by the number of op threads, which can round a pixel's last bit otherwise: with
+    one, a compiled chain's bytes do not depend on the machine's cores. Only possible before
+    TensorFlow's runtime starts; later calls keep what is set."""
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(tf_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        if tf_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(tf_threads)
     except RuntimeError:
         log.debug("TensorFlow already started; thread settings unchanged")
 
@@ -347,7 +351,9 @@ class ChainRunner:
         configure_threads(job.tf_threads)
         self.device = device or pick_device(job.device)
         self.job, self.copies, self.quality = job, job.copies, job.quality
-        self.in_flight, self._one_call = IN_FLIGHT, contextlib.nullcontext()
+        # Enough batches in flight for every op thread: each op runs on one.
+        self.in_flight = max(IN_FLIGHT, job.tf_threads or os.cpu_count() or 1)
+        self._one_call = contextlib.nullcontext()
         self._build(PARALLEL_COPIES)
         if _calls_python(self._augment_encode):
             # A step runs Python (a python op, a Keras layer traced per image size), which

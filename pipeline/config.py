@@ -43,7 +43,7 @@ class Job:
     prefix: str = "augmented"
     batch_size: int = 32
     device: str = "auto"
-    tf_threads: int = 0  # 0 = let TensorFlow decide
+    tf_threads: int = 0  # TensorFlow ops at once, each on one thread; 0 = one per core
     xla: bool = False  # compile runs of colour steps with XLA (changes the draws: hashed)
     max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs

@@ -8,6 +8,7 @@ renames it. So the bytes do not depend on bundles, batches, workers, runners or 
 crash never leaves a half-written shard under a final name.
 """
 import collections
+import concurrent.futures
 import hashlib
 import io
 import struct
@@ -23,6 +24,8 @@ from pipeline import sources
 TMP_DIR = ".augbatch-tmp"
 # A shard is sorted in slices of about this many bytes of records (memory, whatever its size).
 SORT_BYTES = 32 << 20
+# Shards a worker writes at once (file reads and writes and CRCs release the GIL).
+PARALLEL_SHARDS = 4
 _HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
 
 
@@ -80,14 +83,32 @@ class WriteBuckets(beam.DoFn):
 
 
 class WriteShard(beam.DoFn):
-    """(shard, [bucket paths]) -> the final shard file; emits the shard's counts."""
+    """(shard, [bucket paths]) -> the final shard file; emits the shard's counts. The shards
+    of a bundle are written side by side, a few at a time."""
 
     def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression):
         self.output_dir, self.tmp_dir = output_dir, tmp_dir
         self.num_shards, self.prefix, self.compression = num_shards, prefix, compression
 
+    def setup(self):
+        self.pool = concurrent.futures.ThreadPoolExecutor(PARALLEL_SHARDS,
+                                                          thread_name_prefix="write-shard")
+
+    def teardown(self):
+        self.pool.shutdown()
+
+    def start_bundle(self):
+        self.pending = []
+
     def process(self, shard_and_buckets):
-        shard, buckets = shard_and_buckets
+        self.pending.append(self.pool.submit(self._write, *shard_and_buckets))
+
+    def finish_bundle(self):
+        for future in self.pending:
+            yield GlobalWindows.windowed_value(future.result())
+        self.pending = []
+
+    def _write(self, shard, buckets):
         paths = sorted(p for p in buckets if p is not None)
         sizes = [m.size_in_bytes for r in FileSystems.match(paths) for m in r.metadata_list]
         # The records are sorted a slice of the hash order at a time, each slice read from the
@@ -121,8 +142,8 @@ class WriteShard(beam.DoFn):
         if FileSystems.exists(final):  # a retried step: replace what the first try wrote
             FileSystems.delete([final])
         FileSystems.rename([staging], [final])
-        yield {"shard": name, "records": records, "labels": dict(labels),
-               "copies": dict(copies)}
+        return {"shard": name, "records": records, "labels": dict(labels),
+                "copies": dict(copies)}
 
     @staticmethod
     def _entries(paths, low, high):

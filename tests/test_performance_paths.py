@@ -1,6 +1,7 @@
 """The fast paths (batching by shape, the per-process chain, uint8 head, XLA segments, gather
 resampling, device and thread choices) change nothing a user can see but speed: real photos,
 real TensorFlow, real Beam pipelines."""
+import json
 import os
 import pickle
 import subprocess
@@ -354,6 +355,29 @@ def test_chain_runs_on_the_device_it_is_given():
     assert lines[0].split(" ", 1)[1] == "['/device:CPU:0']"
     assert lines[1].split(" ", 1)[1] == "['/device:CPU:0', '/device:CPU:1']"  # encode: CPU:0
     assert lines[-1] == "same bytes"
+
+
+def test_xla_bytes_do_not_depend_on_the_number_of_tensorflow_threads(tmp_path):
+    """XLA splits its loops by TensorFlow's op threads, which could round a pixel's last bit
+    otherwise: every op runs on one thread, --tf-threads only says how many run at once.
+    (Fresh processes: the threads are set when TensorFlow starts.)"""
+    folder = tmp_path / "images" / "photos"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(photos(2, 512, 512)):  # (small images: no loop is split)
+        (folder / f"photo_{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    (tmp_path / "chain.yaml").write_text(json.dumps({"augment": {"chain": STANDARD}}))
+    outputs = []
+    for threads in (1, 3):
+        out = tmp_path / f"out-{threads}"
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "cli.py"), "--quiet", "expand",
+             "-c", str(tmp_path / "chain.yaml"), "-i", str(tmp_path / "images"), "-o", str(out),
+             "--xla", "--format", "png", "--copies", "4", "--tf-threads", str(threads)],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(shard_bytes(out))
+    assert outputs[0] and outputs[0] == outputs[1]
 
 
 def test_uint8_conversion_is_convert_image_dtype():

@@ -269,8 +269,10 @@ buckets = {}
 for windowed in out(write_buckets.finish_bundle()):
     shard, path = windowed.value
     buckets.setdefault(shard, []).append(path)
-stats = [s for shard in range(write_shard.num_shards)
-         for s in out(write_shard.process((shard, buckets.get(shard, [None]))))]
+write_shard.start_bundle()
+for shard in range(write_shard.num_shards):
+    out(write_shard.process((shard, buckets.get(shard, [None]))))
+stats = [windowed.value for windowed in out(write_shard.finish_bundle())]
 all_errors = errors(read_out) + errors(decode_out) + errors(augment_out)
 summary, args = loaded["Summary"]
 side_values = iter([stats, all_errors, len(refs)])  # AsList, AsList, AsSingleton
