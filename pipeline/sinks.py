@@ -2,9 +2,9 @@
 
 A record's shard and its place in the shard are a pure function of (key, copy index): a salted
 hash picks the shard, records sit in hash order (a shuffle a model can train on directly).
-Workers append records to per-bundle bucket files in a temporary folder; one step per shard
-gathers the buckets Beam committed, sorts them, writes the shard under a temporary name and
-renames it. So the bytes do not depend on bundles, batches, workers, runners or retries, and a
+Workers append records to per-bundle bucket files in a temporary folder, one per shard and
+slice of the hash order; one step per shard gathers the buckets Beam committed, sorts them a
+slice at a time, writes the shard under a temporary name and renames it. So the bytes do not depend on bundles, batches, workers, runners or retries, and a
 crash never leaves a half-written shard under a final name.
 """
 import collections
@@ -22,8 +22,12 @@ from apache_beam.transforms.window import GlobalWindows
 from pipeline import sources
 
 TMP_DIR = ".augbatch-tmp"
-# A shard is sorted in slices of about this many bytes of records (memory, whatever its size).
+# A shard is sorted in parts of at most about this many bytes of records (memory, whatever
+# its size).
 SORT_BYTES = 32 << 20
+# Bucket files per shard and bundle, each a slice of the hash order: a shard of the planned
+# size (run.SHARD_TARGET_BYTES, 128 MB) then sorts in one pass over its buckets.
+SLICES = 4
 # Shards a worker writes at once (file reads and writes and CRCs release the GIL).
 PARALLEL_SHARDS = 4
 _HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
@@ -36,6 +40,12 @@ def order_hash(key, copy_index):
 
 def shard_of(key, copy_index, num_shards):
     return int.from_bytes(order_hash(key, copy_index), "big") % num_shards
+
+
+def part_of(order, parts):
+    """Which of `parts` equal ranges of the hash order `order` (8 bytes) falls in; slice j
+    cut in k parts gives parts j * k ... j * k + k - 1 of SLICES * k."""
+    return (int.from_bytes(order[:8], "big") * parts) >> 64
 
 
 def shard_name(prefix, index, num_shards, compression):
@@ -58,7 +68,7 @@ def _parse_entry(entry):
 
 
 class WriteBuckets(beam.DoFn):
-    """OutputRecord -> appended to this bundle's bucket file for its shard; emits
+    """OutputRecord -> appended to this bundle's bucket file for its shard and slice; emits
     (shard, bucket path) for each bucket when the bundle finishes."""
 
     def __init__(self, tmp_dir, num_shards):
@@ -68,15 +78,17 @@ class WriteBuckets(beam.DoFn):
         self.files, self.bundle = {}, uuid.uuid4().hex
 
     def process(self, record):
-        shard = shard_of(record.key, record.copy_index, self.num_shards)
-        if shard not in self.files:
-            path = FileSystems.join(self.tmp_dir, f"bucket-{shard:05d}-{self.bundle}")
-            self.files[shard] = (path, FileSystems.create(
+        entry = _bucket_entry(record)
+        shard = int.from_bytes(entry[:8], "big") % self.num_shards
+        bucket = (shard, part_of(entry, SLICES))
+        if bucket not in self.files:
+            path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
+            self.files[bucket] = (path, FileSystems.create(
                 path, compression_type=CompressionTypes.UNCOMPRESSED))
-        self.files[shard][1].write(sources.frame_record(_bucket_entry(record)))
+        self.files[bucket][1].write(sources.frame_record(entry))
 
     def finish_bundle(self):
-        for shard, (path, f) in sorted(self.files.items()):
+        for (shard, _), (path, f) in sorted(self.files.items()):
             f.close()
             yield GlobalWindows.windowed_value((shard, path))
         self.files = {}
@@ -111,33 +123,38 @@ class WriteShard(beam.DoFn):
     def _write(self, shard, buckets):
         paths = sorted(p for p in buckets if p is not None)
         sizes = [m.size_in_bytes for r in FileSystems.match(paths) for m in r.metadata_list]
-        # The records are sorted a slice of the hash order at a time, each slice read from the
-        # bucket files front to back (no seeks: fine on object stores too), so memory holds
-        # about SORT_BYTES of images whatever the shard's size.
-        slices = max(1, -(-sum(sizes) // SORT_BYTES))
+        by_slice = collections.defaultdict(list)
+        for path, size in zip(paths, sizes):
+            by_slice[int(path.rsplit("-", 2)[-2])].append((path, size))
         name = shard_name(self.prefix, shard, self.num_shards, self.compression)
         staging = FileSystems.join(self.tmp_dir, name)
         compression = (CompressionTypes.GZIP if self.compression == "gzip"
                        else CompressionTypes.UNCOMPRESSED)
         labels, copies, records = collections.Counter(), collections.Counter(), 0
         with FileSystems.create(staging, compression_type=compression) as f:
-            for part in range(slices):
-                low, high = (part << 64) // slices, ((part + 1) << 64) // slices
-                entries = sorted(self._entries(paths, low, high), key=lambda e: e[0])
-                for before, after in zip(entries, entries[1:]):
-                    if before[0] == after[0]:
-                        raise ValueError(f"duplicate output record: key {after[0][1]!r} "
-                                         f"copy {after[0][2]}")
-                buffer = io.BytesIO()
-                for (_, _, copy_index), label, payload in entries:
-                    buffer.write(sources.frame_record(payload))
-                    if buffer.tell() > 8 << 20:
-                        f.write(buffer.getvalue())
-                        buffer = io.BytesIO()
-                    labels[str(label)] += 1
-                    copies[str(copy_index)] += 1
-                f.write(buffer.getvalue())
-                records += len(entries)
+            for index in range(SLICES):
+                members = by_slice.get(index, [])
+                # A slice larger than SORT_BYTES (a shard larger than planned) is sorted in
+                # parts, each read from the slice's files front to back (no seeks: fine on
+                # object stores too), so memory holds about SORT_BYTES of images.
+                parts = max(1, -(-sum(size for _, size in members) // SORT_BYTES))
+                for part in range(index * parts, (index + 1) * parts):
+                    entries = sorted(self._entries([p for p, _ in members], SLICES * parts, part),
+                                     key=lambda e: e[0])
+                    for before, after in zip(entries, entries[1:]):
+                        if before[0] == after[0]:
+                            raise ValueError(f"duplicate output record: key {after[0][1]!r} "
+                                             f"copy {after[0][2]}")
+                    buffer = io.BytesIO()
+                    for (_, _, copy_index), label, payload in entries:
+                        buffer.write(sources.frame_record(payload))
+                        if buffer.tell() > 8 << 20:
+                            f.write(buffer.getvalue())
+                            buffer = io.BytesIO()
+                        labels[str(label)] += 1
+                        copies[str(copy_index)] += 1
+                    f.write(buffer.getvalue())
+                    records += len(entries)
         final = FileSystems.join(self.output_dir, name)
         if FileSystems.exists(final):  # a retried step: replace what the first try wrote
             FileSystems.delete([final])
@@ -146,12 +163,12 @@ class WriteShard(beam.DoFn):
                 "copies": dict(copies)}
 
     @staticmethod
-    def _entries(paths, low, high):
-        """The bucket entries whose order hash is in [low, high), parsed."""
+    def _entries(paths, parts, part):
+        """The bucket entries in part `part` of `parts` of the hash order, parsed."""
         for path in paths:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 for entry in sources.iter_records(f):
-                    if low <= int.from_bytes(entry[:8], "big") < high:
+                    if part_of(entry, parts) == part:
                         yield _parse_entry(entry)
 
 
