@@ -7,32 +7,29 @@ FEATURE_KEYS = ("image/encoded", "image/format", "image/height", "image/width",
                 "augment/copy_index", "augment/seed", "augment/config_hash")
 
 
-def _bytes(value):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
 def build(item, copy_index, data, fmt, shape, seed, config_hash):
     """Serialized Example for one output of `item` (a transforms.Input)."""
     example = tf.train.Example()
     if item.extra:
         example.features.ParseFromString(item.extra)
     feature = example.features.feature
-    feature["image/encoded"].CopyFrom(_bytes(data))
-    feature["image/format"].CopyFrom(_bytes(fmt.encode()))
-    feature["image/height"].CopyFrom(_int(shape[0]))
-    feature["image/width"].CopyFrom(_int(shape[1]))
-    feature["image/channels"].CopyFrom(_int(shape[2]))
+
+    def put(key, value, kind):  # in place: the image's bytes are copied once, not three times
+        values = getattr(feature[key], kind).value
+        del values[:]
+        values.append(value)
+    put("image/encoded", data, "bytes_list")
+    put("image/format", fmt.encode(), "bytes_list")
+    put("image/height", int(shape[0]), "int64_list")
+    put("image/width", int(shape[1]), "int64_list")
+    put("image/channels", int(shape[2]), "int64_list")
     if item.label is not None:
-        feature["image/class/label"].CopyFrom(_int(item.label))
+        put("image/class/label", int(item.label), "int64_list")
     if item.label_text is not None:
-        feature["image/class/text"].CopyFrom(_bytes(item.label_text.encode()))
-    feature["image/source_id"].CopyFrom(_bytes(item.key.encode()))
-    feature["augment/copy_index"].CopyFrom(_int(copy_index))
-    feature["augment/seed"].CopyFrom(_int(seed))
-    feature["augment/config_hash"].CopyFrom(_bytes(config_hash.encode()))
+        put("image/class/text", item.label_text.encode(), "bytes_list")
+    put("image/source_id", item.key.encode(), "bytes_list")
+    put("augment/copy_index", int(copy_index), "int64_list")
+    put("augment/seed", int(seed), "int64_list")
+    put("augment/config_hash", config_hash.encode(), "bytes_list")
     # deterministic=True sorts the feature map, so equal examples give equal bytes.
     return example.SerializeToString(deterministic=True)
