@@ -134,7 +134,7 @@ def for_workers(job, options):
     return job
 
 
-def configure_threads(tf_threads):
+def configure_threads(tf_threads, xla=False):
     """TensorFlow's thread pools in this process: every op on one thread, `tf_threads` ops at
     once (0: one per core). The cores fill with several batches and copies at once, which
     costs less CPU than splitting the ops of small images across threads; and XLA splits its
@@ -147,6 +147,9 @@ def configure_threads(tf_threads):
             tf.config.threading.set_inter_op_parallelism_threads(tf_threads)
     except RuntimeError:
         log.debug("TensorFlow already started; thread settings unchanged")
+    if xla and tf.config.threading.get_intra_op_parallelism_threads() != 1:
+        log.warning("TensorFlow was started before augbatch could run each op on one thread: "
+                    "with XLA, the last bit of some pixels may depend on this machine's cores")
 
 
 # --- pixel conversions and encoding ------------------------------------------------------------
@@ -348,7 +351,7 @@ class ChainRunner:
 
     def __init__(self, job, device=None):
         """`device`: a TensorFlow device name, instead of the one job.device picks."""
-        configure_threads(job.tf_threads)
+        configure_threads(job.tf_threads, job.xla)
         self.device = device or pick_device(job.device)
         self.job, self.copies, self.quality = job, job.copies, job.quality
         # Enough batches in flight for every op thread: each op runs on one.

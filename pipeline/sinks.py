@@ -11,6 +11,7 @@ import collections
 import concurrent.futures
 import hashlib
 import io
+import os
 import struct
 import uuid
 
@@ -28,7 +29,8 @@ SORT_BYTES = 32 << 20
 # Bucket files per shard and bundle, each a slice of the hash order: a shard of the planned
 # size (run.SHARD_TARGET_BYTES, 128 MB) then sorts in one pass over its buckets.
 SLICES = 4
-# Shards a worker writes at once (file reads and writes and CRCs release the GIL).
+# Shards a worker writes at once, at most (file reads and writes and CRCs release the GIL),
+# each holding about SORT_BYTES of records.
 PARALLEL_SHARDS = 4
 _HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
 
@@ -103,8 +105,8 @@ class WriteShard(beam.DoFn):
         self.num_shards, self.prefix, self.compression = num_shards, prefix, compression
 
     def setup(self):
-        self.pool = concurrent.futures.ThreadPoolExecutor(PARALLEL_SHARDS,
-                                                          thread_name_prefix="write-shard")
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            min(PARALLEL_SHARDS, os.cpu_count() or 1), thread_name_prefix="write-shard")
 
     def teardown(self):
         self.pool.shutdown()
