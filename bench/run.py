@@ -149,7 +149,12 @@ def main(argv=None):
         with open(path, "rb") as f:  # into the page cache, for every row alike
             f.read()
 
-    chosen = [r for r in rows(folder, records) if not args.only or r[0] in args.only]
+    every = rows(folder, records)
+    unknown = sorted(set(args.only or ()) - {name for name, _, _ in every})
+    if unknown:
+        parser.error(f"--only: no row named {', '.join(map(repr, unknown))}; the rows: "
+                     + ", ".join(repr(name) for name, _, _ in every))
+    chosen = [r for r in every if not args.only or r[0] in args.only]
     runs = {name: [] for name, _, _ in chosen}
     loads = [os.getloadavg()[0]]
 

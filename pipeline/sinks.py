@@ -29,8 +29,8 @@ SORT_BYTES = 32 << 20
 # Bucket files per shard and bundle, each a slice of the hash order: a shard of the planned
 # size (run.SHARD_TARGET_BYTES, 128 MB) then sorts in one pass over its buckets.
 SLICES = 4
-# Shards a worker writes at once, at most (file reads and writes and CRCs release the GIL),
-# each holding about SORT_BYTES of records.
+# Shards a worker writes at once, at most (file reads and writes and CRCs release the GIL);
+# together they hold about SORT_BYTES of records.
 PARALLEL_SHARDS = 4
 _HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
 
@@ -105,8 +105,9 @@ class WriteShard(beam.DoFn):
         self.num_shards, self.prefix, self.compression = num_shards, prefix, compression
 
     def setup(self):
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            min(PARALLEL_SHARDS, os.cpu_count() or 1), thread_name_prefix="write-shard")
+        self.writers = min(PARALLEL_SHARDS, os.cpu_count() or 1)
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.writers,
+                                                          thread_name_prefix="write-shard")
 
     def teardown(self):
         self.pool.shutdown()
@@ -136,10 +137,12 @@ class WriteShard(beam.DoFn):
         with FileSystems.create(staging, compression_type=compression) as f:
             for index in range(SLICES):
                 members = by_slice.get(index, [])
-                # A slice larger than SORT_BYTES (a shard larger than planned) is sorted in
-                # parts, each read from the slice's files front to back (no seeks: fine on
-                # object stores too), so memory holds about SORT_BYTES of images.
-                parts = max(1, -(-sum(size for _, size in members) // SORT_BYTES))
+                # A slice larger than its share of SORT_BYTES (a shard larger than planned, or
+                # several written at once) is sorted in parts, each read from the slice's files
+                # front to back (no seeks: fine on object stores too), so memory holds about
+                # SORT_BYTES of images whatever the shards.
+                budget = max(1, SORT_BYTES // self.writers)
+                parts = max(1, -(-sum(size for _, size in members) // budget))
                 for part in range(index * parts, (index + 1) * parts):
                     entries = sorted(self._entries([p for p, _ in members], SLICES * parts, part),
                                      key=lambda e: e[0])
