@@ -4,8 +4,9 @@ A record's shard and its place in the shard are a pure function of (key, copy in
 hash picks the shard, records sit in hash order (a shuffle a model can train on directly).
 Workers append records to per-bundle bucket files in a temporary folder, one per shard and
 slice of the hash order; one step per shard gathers the buckets Beam committed, sorts them a
-slice at a time, writes the shard under a temporary name and renames it. So the bytes do not depend on bundles, batches, workers, runners or retries, and a
-crash never leaves a half-written shard under a final name.
+slice at a time, writes the shard under a temporary name and renames it. So the bytes do not
+depend on bundles, batches, workers, runners or retries, and a crash never leaves a
+half-written shard under a final name.
 """
 import collections
 import concurrent.futures
@@ -81,8 +82,8 @@ class WriteBuckets(beam.DoFn):
 
     def process(self, record):
         entry = _bucket_entry(record)
-        shard = int.from_bytes(entry[:8], "big") % self.num_shards
-        bucket = (shard, part_of(entry, SLICES))
+        bucket = (shard_of(record.key, record.copy_index, self.num_shards),
+                  part_of(entry, SLICES))
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
             self.files[bucket] = (path, FileSystems.create(
@@ -124,48 +125,52 @@ class WriteShard(beam.DoFn):
         self.pending = []
 
     def _write(self, shard, buckets):
-        paths = sorted(p for p in buckets if p is not None)
-        sizes = [m.size_in_bytes for r in FileSystems.match(paths) for m in r.metadata_list]
-        by_slice = collections.defaultdict(list)
-        for path, size in zip(paths, sizes):
-            by_slice[int(path.rsplit("-", 2)[-2])].append((path, size))
         name = shard_name(self.prefix, shard, self.num_shards, self.compression)
         staging = FileSystems.join(self.tmp_dir, name)
         compression = (CompressionTypes.GZIP if self.compression == "gzip"
                        else CompressionTypes.UNCOMPRESSED)
         labels, copies, records = collections.Counter(), collections.Counter(), 0
         with FileSystems.create(staging, compression_type=compression) as f:
-            for index in range(SLICES):
-                members = by_slice.get(index, [])
-                # A slice larger than its share of SORT_BYTES (a shard larger than planned, or
-                # several written at once) is sorted in parts, each read from the slice's files
-                # front to back (no seeks: fine on object stores too), so memory holds about
-                # SORT_BYTES of images whatever the shards.
-                budget = max(1, SORT_BYTES // self.writers)
-                parts = max(1, -(-sum(size for _, size in members) // budget))
-                for part in range(index * parts, (index + 1) * parts):
-                    entries = sorted(self._entries([p for p, _ in members], SLICES * parts, part),
-                                     key=lambda e: e[0])
-                    for before, after in zip(entries, entries[1:]):
-                        if before[0] == after[0]:
-                            raise ValueError(f"duplicate output record: key {after[0][1]!r} "
-                                             f"copy {after[0][2]}")
-                    buffer = io.BytesIO()
-                    for (_, _, copy_index), label, payload in entries:
-                        buffer.write(sources.frame_record(payload))
-                        if buffer.tell() > 8 << 20:
-                            f.write(buffer.getvalue())
-                            buffer = io.BytesIO()
-                        labels[str(label)] += 1
-                        copies[str(copy_index)] += 1
-                    f.write(buffer.getvalue())
-                    records += len(entries)
+            for paths, parts, part in self._parts(buckets):
+                entries = sorted(self._entries(paths, parts, part), key=lambda e: e[0])
+                for before, after in zip(entries, entries[1:]):
+                    if before[0] == after[0]:
+                        raise ValueError(f"duplicate output record: key {after[0][1]!r} "
+                                         f"copy {after[0][2]}")
+                buffer = io.BytesIO()
+                for (_, _, copy_index), label, payload in entries:
+                    buffer.write(sources.frame_record(payload))
+                    if buffer.tell() > 8 << 20:
+                        f.write(buffer.getvalue())
+                        buffer = io.BytesIO()
+                    labels[str(label)] += 1
+                    copies[str(copy_index)] += 1
+                f.write(buffer.getvalue())
+                records += len(entries)
         final = FileSystems.join(self.output_dir, name)
         if FileSystems.exists(final):  # a retried step: replace what the first try wrote
             FileSystems.delete([final])
         FileSystems.rename([staging], [final])
         return {"shard": name, "records": records, "labels": dict(labels),
                 "copies": dict(copies)}
+
+    def _parts(self, buckets):
+        """(bucket paths, parts, part) for each part of the shard's hash order, in order. A
+        part is a slice, or a cut of one whose buckets hold more than this writer's share of
+        SORT_BYTES (a shard larger than planned, or several written at once): each is read
+        from its slice's files front to back (no seeks: fine on object stores too), so memory
+        holds about SORT_BYTES of images whatever the shards."""
+        paths = sorted(p for p in buckets if p is not None)
+        sizes = [m.size_in_bytes for r in FileSystems.match(paths) for m in r.metadata_list]
+        by_slice = collections.defaultdict(list)
+        for path, size in zip(paths, sizes):
+            by_slice[int(path.rsplit("-", 2)[-2])].append((path, size))
+        budget = max(1, SORT_BYTES // self.writers)
+        for index in range(SLICES):
+            members = by_slice.get(index, [])
+            parts = max(1, -(-sum(size for _, size in members) // budget))
+            for part in range(index * parts, (index + 1) * parts):
+                yield [path for path, _ in members], SLICES * parts, part
 
     @staticmethod
     def _entries(paths, parts, part):
