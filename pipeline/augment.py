@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import chain as chain_mod
+from pipeline import quiet
 from pipeline.errors import UserError
 from pipeline.ops import geometry, registry
 
@@ -365,6 +366,8 @@ class ChainRunner:
             # one call at a time in this process (a lock: whatever thread calls).
             self.in_flight, self._one_call = 1, threading.Lock()
             self._build(1)
+        if self.chain.compiled:
+            quiet.spend_xla_notice()
         self._shapes = set()
 
     def _build(self, parallel):

@@ -7,6 +7,7 @@ to give absl the same level, through absl::SetMinLogLevel in TensorFlow's librar
 scales are the same (0 info, 1 warning, 2 error, 3 fatal). Where the library or the function
 cannot be found (another platform or TensorFlow), nothing changes.
 """
+import contextlib
 import ctypes
 import glob
 import logging
@@ -57,19 +58,20 @@ def _below(line, level):
     return bool(match) and "IWEF".index(match.group(1) or match.group(2)) < level
 
 
-def import_tensorflow():
-    """Import TensorFlow, keeping the native log lines it prints meanwhile to those at or above
-    TF_CPP_MIN_LOG_LEVEL (everything else written to stderr meanwhile is kept)."""
+@contextlib.contextmanager
+def native_logs_filtered():
+    """Within the block, drop the native log lines below TF_CPP_MIN_LOG_LEVEL that reach
+    stderr; everything else written to stderr meanwhile is written when the block ends."""
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
-    if "tensorflow" in sys.modules or not level.isdigit() or int(level) < 1:
-        import tensorflow  # noqa: F401
+    if not level.isdigit() or int(level) < 1:
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -78,3 +80,19 @@ def import_tensorflow():
             for line in capture.read().decode(errors="replace").splitlines(keepends=True):
                 if not _below(line, int(level)):
                     sys.stderr.write(line)
+
+
+def import_tensorflow():
+    """Import TensorFlow, keeping the native log lines it prints meanwhile to those at or above
+    TF_CPP_MIN_LOG_LEVEL."""
+    with native_logs_filtered():
+        import tensorflow  # noqa: F401
+
+
+def spend_xla_notice():
+    """XLA's first compilation in a process logs "Compiled cluster using XLA!" (once) through
+    an absl of its own, which TF_CPP_MIN_LOG_LEVEL and SetMinLogLevel do not reach: compile a
+    trivial function now, filtered, so the notice is spent before the real work prints."""
+    import tensorflow as tf
+    with native_logs_filtered():
+        tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.zeros([1]))

@@ -115,20 +115,21 @@ def test_path_error_inside_the_pipeline_is_a_user_error(small_folder, tmp_path, 
                       "check that you may read")
 
 
-def test_expand_as_a_user_runs_it(small_folder, tmp_path):
+@pytest.mark.parametrize("xla", [[], ["--xla"]])
+def test_expand_as_a_user_runs_it(small_folder, tmp_path, xla):
     """`augbatch expand` in a fresh process from the repository root, as in the README."""
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     command = [os.path.join(os.path.dirname(sys.executable), "augbatch"), "expand",
                "--config", "sample_configs/light_classification.yaml", "--output", str(out),
-               "--input", small_folder, "--copies", "1"]
+               "--input", small_folder, "--copies", "1", *xla]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("done in ") and "9 inputs -> 18 records" in done.stdout
     assert "progress: 9/9 inputs (100%)" in done.stderr
     for noise in ("Traceback", "apitools", "tensorflow/", "cuda", "oneDNN", "WARNING",
-                  "UserWarning", "RankWarning"):
+                  "UserWarning", "RankWarning", "XLA", "I0000"):
         assert noise not in done.stderr, done.stderr
     assert len(read_outputs(str(out))) == 18
     result = invoke("inspect", out, "--verify")
