@@ -20,6 +20,7 @@ log = logging.getLogger("augbatch")
 # The name carries absl's version ("lts_20230125"), so it is looked up in the library itself.
 _SET_MIN_LOG_LEVEL = re.compile(rb"_ZN4absl\d+lts_\d+14SetMinLogLevelENS0_18LogSeverityAtLeastE")
 _applied = False
+_xla_notice_spent = False
 
 
 def native_logs_follow_tf_level():
@@ -93,6 +94,10 @@ def spend_xla_notice():
     """XLA's first compilation in a process logs "Compiled cluster using XLA!" (once) through
     an absl of its own, which TF_CPP_MIN_LOG_LEVEL and SetMinLogLevel do not reach: compile a
     trivial function now, filtered, so the notice is spent before the real work prints."""
+    global _xla_notice_spent
+    if _xla_notice_spent:
+        return
+    _xla_notice_spent = True
     import tensorflow as tf
     with native_logs_filtered():
         tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.zeros([1]))

@@ -82,7 +82,7 @@ def _total_bytes(paths):
     takes a twentieth of Beam's match per path; the others with one match call."""
     total, remote = 0, []
     for path in paths:
-        if "://" in path:
+        if not sources.is_local(path):
             remote.append(path)
             continue
         try:

@@ -41,13 +41,14 @@ def order_hash(key, copy_index):
                            person=b"augbatch-shard").digest()
 
 
-def shard_of(key, copy_index, num_shards):
-    return int.from_bytes(order_hash(key, copy_index), "big") % num_shards
+def shard_of(order, num_shards):
+    """The shard of the record whose order hash (or bucket entry) is `order`."""
+    return int.from_bytes(order[:8], "big") % num_shards
 
 
 def part_of(order, parts):
-    """Which of `parts` equal ranges of the hash order `order` (8 bytes) falls in; slice j
-    cut in k parts gives parts j * k ... j * k + k - 1 of SLICES * k."""
+    """Which of `parts` equal ranges of the hash order `order` (8 bytes, or a bucket entry)
+    falls in; slice j cut in k parts gives parts j * k ... j * k + k - 1 of SLICES * k."""
     return (int.from_bytes(order[:8], "big") * parts) >> 64
 
 
@@ -72,7 +73,7 @@ def _parse_entry(entry):
 
 class WriteBuckets(beam.DoFn):
     """OutputRecord -> appended to this bundle's bucket file for its shard and slice; emits
-    (shard, bucket path) for each bucket when the bundle finishes."""
+    (shard, (slice, bucket path)) for each bucket when the bundle finishes."""
 
     def __init__(self, tmp_dir, num_shards):
         self.tmp_dir, self.num_shards = tmp_dir, num_shards
@@ -82,8 +83,7 @@ class WriteBuckets(beam.DoFn):
 
     def process(self, record):
         entry = _bucket_entry(record)
-        bucket = (shard_of(record.key, record.copy_index, self.num_shards),
-                  part_of(entry, SLICES))
+        bucket = (shard_of(entry, self.num_shards), part_of(entry, SLICES))
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
             self.files[bucket] = (path, FileSystems.create(
@@ -91,15 +91,15 @@ class WriteBuckets(beam.DoFn):
         self.files[bucket][1].write(sources.frame_record(entry))
 
     def finish_bundle(self):
-        for (shard, _), (path, f) in sorted(self.files.items()):
+        for (shard, index), (path, f) in sorted(self.files.items()):
             f.close()
-            yield GlobalWindows.windowed_value((shard, path))
+            yield GlobalWindows.windowed_value((shard, (index, path)))
         self.files = {}
 
 
 class WriteShard(beam.DoFn):
-    """(shard, [bucket paths]) -> the final shard file; emits the shard's counts. The shards
-    of a bundle are written side by side, a few at a time."""
+    """(shard, [(slice, bucket path)]) -> the final shard file; emits the shard's counts. The
+    shards of a bundle are written side by side, a few at a time."""
 
     def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression):
         self.output_dir, self.tmp_dir = output_dir, tmp_dir
@@ -160,11 +160,11 @@ class WriteShard(beam.DoFn):
         SORT_BYTES (a shard larger than planned, or several written at once): each is read
         from its slice's files front to back (no seeks: fine on object stores too), so memory
         holds about SORT_BYTES of images whatever the shards."""
-        paths = sorted(p for p in buckets if p is not None)
-        sizes = [m.size_in_bytes for r in FileSystems.match(paths) for m in r.metadata_list]
+        buckets = sorted(b for b in buckets if b is not None)
+        matched = FileSystems.match([path for _, path in buckets])
         by_slice = collections.defaultdict(list)
-        for path, size in zip(paths, sizes):
-            by_slice[int(path.rsplit("-", 2)[-2])].append((path, size))
+        for (index, path), result in zip(buckets, matched):
+            by_slice[index].append((path, sum(m.size_in_bytes for m in result.metadata_list)))
         budget = max(1, SORT_BYTES // self.writers)
         for index in range(SLICES):
             members = by_slice.get(index, [])

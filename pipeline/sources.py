@@ -95,7 +95,7 @@ def _is_image(path):
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _is_local(path):
+def is_local(path):
     return "://" not in path
 
 
@@ -135,7 +135,7 @@ def _expand_inputs(job):
             found.append((_base_dir(pattern), files, False, []))
             continue
         folder = pattern.rstrip("/")
-        if folder and _is_local(folder) and os.path.isdir(folder):
+        if folder and is_local(folder) and os.path.isdir(folder):
             files, loops = _walk_local(folder)
             if not files and not loops:
                 raise UserError(f"--input {pattern}: the folder holds no file")
@@ -217,7 +217,7 @@ def read_bytes(path):
 def read_failure(path, exc):
     """(reason, message) for a file that could not be read: names a broken or looping symbolic
     link, which the OS reports only as 'no such file' / 'too many levels of symbolic links'."""
-    if _is_local(path) and os.path.islink(path):
+    if is_local(path) and os.path.islink(path):
         if getattr(exc, "errno", None) == errno.ELOOP:
             return "symbolic link loop", f"symbolic link loop: {path} points back to itself"
         if not os.path.exists(path):

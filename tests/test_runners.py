@@ -267,8 +267,8 @@ for record in main(augment_out):
     out(write_buckets.process(record))
 buckets = {}
 for windowed in out(write_buckets.finish_bundle()):
-    shard, path = windowed.value
-    buckets.setdefault(shard, []).append(path)
+    shard, bucket = windowed.value
+    buckets.setdefault(shard, []).append(bucket)
 write_shard.start_bundle()
 for shard in range(write_shard.num_shards):
     out(write_shard.process((shard, buckets.get(shard, [None]))))
