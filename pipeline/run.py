@@ -3,6 +3,7 @@
 `run_expand` is the one entry the CLI, the tests and the benchmark call.
 """
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -232,7 +233,12 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
     total = len(discovery.refs) if discovery.kind == "folder" else None  # records: unknown
     with progress.Shown(total, enabled=show_progress):
-        p.run().wait_until_finish()
+        try:
+            p.run().wait_until_finish()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own error is the one to tell
+                _delete_tree(tmp_dir)
+            raise
     finished = time.time()
 
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:
