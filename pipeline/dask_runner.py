@@ -15,8 +15,10 @@ its tagged output, side inputs are ordinary graph dependencies (computed once) a
 computed. It takes the same options (--dask_client_address, --dask_npartitions, ...) and closes
 its client when the run ends.
 """
+import concurrent.futures
 import dataclasses
 import functools
+import logging
 import time
 
 import dask
@@ -32,7 +34,10 @@ from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.sideinputs import SideInputMap
 
+from pipeline import __version__
 from pipeline.errors import UserError
+
+log = logging.getLogger("augbatch")
 
 # Partitions per worker thread when the options name no partitioning (Beam's default puts up
 # to 128 elements in one partition: a small job would run on one worker).
@@ -167,6 +172,25 @@ def _scheduler_state(dask_scheduler):
     return dask_scheduler.transition_counter, len(dask_scheduler.workers)
 
 
+def check_cluster(client):
+    """The scheduler and every worker connected import augbatch, this version (a worker that
+    cannot unpickle augbatch's tasks drops out of the cluster without a word)."""
+    probe = "__import__('pipeline').__version__"  # eval: a builtin, no augbatch code to send
+    try:
+        found = {"the scheduler": client.run_on_scheduler(eval, probe), **client.run(eval, probe)}
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"a Dask worker or the scheduler cannot import augbatch's code ({e})",
+                        hint=f"install augbatch {__version__}, the version here, on every worker "
+                             "and on the scheduler") from None
+    other = {where: version for where, version in found.items() if version != __version__}
+    if other:
+        where, version = sorted(other.items())[0]
+        raise UserError(f"{where} runs augbatch {version}, this is {__version__} "
+                        f"({len(other)} of {len(found)} differ)",
+                        hint="install the same augbatch version on the workers, the scheduler "
+                             "and here")
+
+
 def _step_of(key):
     """The Beam step a task key belongs to (its map_partitions token is the step's label)."""
     return dask.utils.key_split(key)
@@ -199,7 +223,7 @@ class DaskRunnerResult(beam_dask.DaskRunnerResult):
         while True:
             try:
                 dask.distributed.wait(self.futures, timeout=POLL_S)
-            except TimeoutError:
+            except (TimeoutError, concurrent.futures.CancelledError):
                 pass
             statuses = {future.status for future in self.futures}
             if "error" in statuses:
@@ -236,11 +260,10 @@ class DaskRunnerResult(beam_dask.DaskRunnerResult):
                 f"(the last one: {exc.last_worker.address})",
                 hint="see the workers' logs; a worker that runs out of memory is killed (give "
                      "workers more memory, or more partitions: -- --dask_npartitions=N)")
-        if isinstance(exc, ImportError) and (exc.name or "").split(".")[0] in ("pipeline",
-                                                                              "cli"):
-            return UserError(f"a Dask worker cannot import augbatch's code ({exc})",
-                             hint="install augbatch, the same version as here, on every "
-                                  "worker (and on the scheduler)")
+        if isinstance(exc, ImportError):
+            return UserError(f"a Dask worker cannot import what augbatch needs ({exc})",
+                             hint="install augbatch with its dependencies, the same versions "
+                                  "as here, on every worker")
         return exc
 
 
@@ -267,6 +290,9 @@ class DaskRunner(beam_dask.DaskRunner):
             raise UserError(f"cannot reach the Dask scheduler: {e}", hint="check --dask-address "
                             "(`dask scheduler` listens on tcp://HOST:8786)") from None
         try:
+            if not log.isEnabledFor(logging.DEBUG):  # its failures become augbatch's messages
+                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+            check_cluster(client)
             view = options.view_as(beam_dask.DaskOptions)
             if view.npartitions is None and view.partition_size is None:
                 threads = sum(client.nthreads().values())

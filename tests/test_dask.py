@@ -5,17 +5,18 @@ without augbatch) ending loudly, in bounded time, with no temp files left."""
 import contextlib
 import json
 import os
-import signal
+import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline import progress
-from tests.conftest import ROOT
+from pipeline import progress, sinks
+from tests.conftest import ROOT, copy_sample_photos
 from tests.test_runners import reference, same_output  # noqa: F401 - the reference run fixture
 
 BIN = os.path.dirname(sys.executable)  # the environment's `dask` and `augbatch` scripts
@@ -138,3 +139,72 @@ def test_a_two_worker_cluster_writes_the_direct_runners_bytes_doing_each_input_o
                     progress.DONE: inputs, progress.OUTPUTS: manifest["counts"]["outputs"]}
     # Both workers did part of it.
     assert all(after[w] != before.get(w) for w in after) and len(after) == 2, (before, after)
+
+
+# --- runs that cannot end, ending loudly ------------------------------------------------------
+
+TIMEOUT = 5  # --dask_no_progress_timeout for these runs, seconds
+
+
+def expand_with_fault(c, photos, out, fault=None):
+    """`augbatch expand` on cluster `c`; `fault` runs once workers are running its tasks. Returns (exit code, output, seconds from the fault to the exit)."""
+    faulted = []
+
+    def watch():
+        with c.client() as client:
+            deadline = time.monotonic() + 120
+            while not any(client.processing().values()):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.2)
+        fault()
+        faulted.append(time.monotonic())
+    watcher = threading.Thread(target=watch, daemon=True)
+    if fault:
+        watcher.start()
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.main, [
+        "expand", "-q", "-i", photos, "-o", str(out), "--copies", "3",
+        "--dask-address", c.address, "--", f"--dask_no_progress_timeout={TIMEOUT}"])
+    if fault:
+        watcher.join(30)
+        assert faulted, "the fault never happened: " + result.output + c.logs()
+    return result.exit_code, result.output, time.monotonic() - (faulted or [started])[0]
+
+
+def temp_files(out):
+    return [str(p) for p in pathlib.Path(out).rglob("*") if sinks.TMP_DIR in str(p)]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return copy_sample_photos(tmp_path / "photos", per_class=4)
+
+
+def test_killing_the_scheduler_mid_run_ends_the_run_loudly(photos, tmp_path):
+    with cluster(tmp_path / "cluster", workers=2) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out", c.scheduler.kill)
+    assert code == 2 and took < 30, (code, took, output)
+    assert "lost the Dask scheduler" in output and c.address in output, output
+    assert "Traceback" not in output and not temp_files(tmp_path / "out"), output
+
+
+def test_losing_every_worker_ends_the_run_after_the_no_progress_timeout(photos, tmp_path):
+    def kill_workers():
+        for worker in c.workers:
+            worker.kill()
+    with cluster(tmp_path / "cluster", workers=2) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out", kill_workers)
+    assert code == 2 and took < TIMEOUT + 30, (code, took, output)
+    assert f"no Dask worker is connected to {c.address} for {TIMEOUT} s" in output, output
+    assert "Traceback" not in output and not temp_files(tmp_path / "out"), output
+
+
+def test_workers_without_augbatch_are_named_before_the_run_starts(photos, tmp_path):
+    with cluster(tmp_path / "cluster", workers=1, augbatch=False) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out")
+        assert all(w.poll() is None for w in c.workers)  # refused before a task reached them
+    assert code == 2 and took < 60, (code, took, output)
+    assert "cannot import augbatch's code (No module named 'pipeline')" in output, output
+    assert "install augbatch 0.1.0" in output and "Traceback" not in output, output
+    assert not temp_files(tmp_path / "out"), output
