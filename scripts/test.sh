@@ -5,6 +5,9 @@
 #   modern:           Python 3.12, TensorFlow 2.21 + Keras 3, no tensorflow-addons, in .venv-modern
 #                     (versions from constraints/modern.txt)
 # PYTHON and VENV override the interpreter and the environment's folder.
+# The tests run in parallel (pytest-xdist: one worker per core, each test module kept on one worker
+# so its module fixtures are built once) and the 15 slowest are listed at the end; `-n 0` runs them
+# in this process, one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +34,4 @@ fi
 export TF_CPP_MIN_LOG_LEVEL=2
 echo "== $STACK stack: $("$VENV/bin/python" -c 'import sys, tensorflow as tf, keras
 print(f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}, Keras {keras.__version__}")' 2>/dev/null)"
-"$VENV/bin/python" -m pytest -q "$@"
+"$VENV/bin/python" -m pytest -q -n auto --dist loadscope --durations=15 "$@"
