@@ -49,6 +49,7 @@ class Job:
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
     config_path: str = ""
+    input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
     @property
     def config_hash(self):
@@ -228,6 +229,8 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
     for field, value in (overrides or {}).items():
         if value is not None:
             fields[field] = tuple(value) if field == "input" else value
+    if fields.get("input") and (overrides or {}).get("input") is None:
+        fields["input_from"] = "input.path"  # a missing input blames the config, not --input
     if not require_paths:
         fields.setdefault("input", ("-",))
         fields.setdefault("output", "-")

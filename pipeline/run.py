@@ -204,8 +204,16 @@ def dry_run(job, beam_args=(), accelerator=None):
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
                    job.config_hash, accelerator)
     return runners.render(p, options, {
-        "inputs": f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}",
-        "output": f"{num_shards} shard(s) in {job.output}"})
+        "inputs": f"{found(discovery)} from {', '.join(job.input)}",
+        "output": f"{progress.plural(num_shards, 'shard')} in {job.output}"})
+
+
+def found(discovery):
+    """'41 inputs' (the rejected ones included: each is an error record, counted as an input),
+    or '3 TFRecord files' (their records are counted as they are read)."""
+    if discovery.kind == "tfrecord":
+        return progress.plural(len(discovery.refs), "TFRecord file")
+    return progress.plural(len(discovery.refs) + len(discovery.rejected), "input")
 
 
 def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None):
@@ -225,13 +233,15 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     tmp_dir = FileSystems.join(job.output, sinks.TMP_DIR)
     FileSystems.mkdirs(tmp_dir)
     options = beam_options(beam_args)
-    log.info("%d %s inputs -> %d shards in %s (runner %s)", len(discovery.refs),
-             discovery.kind, num_shards, job.output, options.view_as(StandardOptions).runner)
+    log.info("%s -> %s in %s (runner %s)", found(discovery), progress.plural(num_shards, "shard"),
+             job.output, options.view_as(StandardOptions).runner)
     discovered_at = time.time()
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
-    total = len(discovery.refs) if discovery.kind == "folder" else None  # records: unknown
-    with progress.Shown(total, enabled=show_progress):
+    # Records in TFRecord files: unknown until read. Rejected inputs count as done from the start.
+    rejected = len(discovery.rejected)
+    total = len(discovery.refs) + rejected if discovery.kind == "folder" else None
+    with progress.Shown(total, enabled=show_progress, done=rejected):
         p.run().wait_until_finish()
     finished = time.time()
 

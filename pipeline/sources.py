@@ -129,7 +129,7 @@ def _expand_inputs(job):
         if _is_glob(pattern):
             files = _match(pattern)
             if not files:
-                raise UserError(f"--input {pattern}: the pattern matches no file",
+                raise UserError(f"{job.input_from} {pattern}: the pattern matches no file",
                                 hint="check the pattern; quote it so the shell does not "
                                      "expand it")
             found.append((_base_dir(pattern), files, False, []))
@@ -138,7 +138,7 @@ def _expand_inputs(job):
         if folder and is_local(folder) and os.path.isdir(folder):
             files, loops = _walk_local(folder)
             if not files and not loops:
-                raise UserError(f"--input {pattern}: the folder holds no file")
+                raise UserError(f"{job.input_from} {pattern}: the folder holds no file")
             found.append((folder, files, True, loops))
             continue
         files = _match(folder + "/**") if folder else []
@@ -147,10 +147,17 @@ def _expand_inputs(job):
         elif FileSystems.exists(pattern):
             found.append((posixpath.dirname(_slashes(pattern)), [pattern], False, []))
         else:
-            raise UserError(f"--input {pattern}: no such file or folder",
+            raise UserError(f"{job.input_from} {pattern}: no such file or folder",
                             hint="give a folder of images (class subfolders become labels), "
                                  "TFRecord files, or a quoted glob like 'data/*.tfrecord'")
     return found
+
+
+def missing(patterns):
+    """The paths and globs among `patterns` that name nothing (validate warns of them; expand
+    refuses them)."""
+    return [p for p in patterns
+            if not (_match(p) if _is_glob(p) else FileSystems.exists(p.rstrip("/") or p))]
 
 
 def discover(job):
