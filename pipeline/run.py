@@ -375,12 +375,13 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
             manifest = _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress,
                             accelerator, started)
     except BaseException as e:
-        if tmp_made:
-            _delete_tree(tmp_dir)
-        if lock:
-            lock.release()
-        if created and is_local_dir(job.output) and not os.listdir(job.output):
-            os.rmdir(job.output)
+        with contextlib.suppress(Exception):  # the run's own error is the one to tell
+            if tmp_made:
+                _delete_tree(tmp_dir)
+            if lock:
+                lock.release()
+            if created and is_local_dir(job.output) and not os.listdir(job.output):
+                os.rmdir(job.output)
         if isinstance(e, KeyboardInterrupt) or stops.stopped_by:
             stop = stops.Terminated if stops.stopped_by == signal.SIGTERM else KeyboardInterrupt
             raise stop(f"nothing of this run was kept in {job.output} (its temporary files "
@@ -412,7 +413,7 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
     total = len(discovery.refs) if discovery.kind == "folder" else None  # records: unknown
     with progress.Shown(total, enabled=show_progress):
-        p.run().wait_until_finish()
+        p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
 
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:

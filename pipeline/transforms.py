@@ -302,6 +302,7 @@ class DecodeImage(beam.DoFn):
             yield error("decode", e, *where, reason=f"corrupt or truncated {fmt.upper()}",
                         message=self._why(item.data, fmt, e))
             return
+        progress.count(progress.DECODED)
         yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1])
 
     @staticmethod

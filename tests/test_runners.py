@@ -1,8 +1,9 @@
-"""Beyond one machine: the same job writes the same bytes on a Dask cluster, in the DirectRunner's
-multi-processing mode and through Beam's portable job API (the one Flink and Spark job servers
-serve). Dataflow, Flink and Spark cannot run here (no network): their pipelines are built and
-checked offline (--dry-run, the pipeline proto with the GPU hint), and the package that
---setup_file ships is built, installed apart and runs every DoFn in a fresh process."""
+"""Beyond one machine: the same job writes the same bytes in the DirectRunner's multi-processing
+mode and through Beam's portable job API (the one Flink and Spark job servers serve), and on a
+Dask cluster (tests/test_dask.py). Dataflow, Flink and Spark cannot run here (no network):
+their pipelines are built and checked offline (--dry-run, the pipeline proto with the GPU
+hint), and the package that --setup_file ships is built, installed apart and runs every DoFn
+in a fresh process."""
 import json
 import os
 import pickle
@@ -78,33 +79,6 @@ def expand(*args):
     result = CliRunner().invoke(cli.main, ["expand", "-q", *args])
     assert result.exit_code == 0, result.output
     return result
-
-
-# --- Dask ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def dask_address():
-    """One local 2-worker cluster for every Dask test (started with the code --dask-workers
-    uses)."""
-    with runners.dask_cluster(2) as address:
-        yield address
-
-
-def tasks_per_worker(address):
-    from dask.distributed import Client
-    with Client(address) as client:
-        return client.run(lambda dask_worker: dask_worker.state.executed_count)
-
-
-def test_dask_cluster_writes_the_same_bytes_as_the_direct_runner(reference, dask_address,
-                                                                   tmp_path):
-    photos, config, reference_out, _ = reference
-    before = tasks_per_worker(dask_address)
-    expand("-c", config, "-i", photos, "-o", str(tmp_path / "dask"), "--num-shards", "3",
-           "--runner", "dask", "--dask-address", dask_address)
-    same_output(tmp_path / "dask", reference_out)
-    after = tasks_per_worker(dask_address)
-    assert len(after) == 2 and all(after[w] > before[w] for w in after), (before, after)
 
 
 # --- other runners that run here --------------------------------------------------------------
