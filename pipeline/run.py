@@ -327,15 +327,25 @@ def dry_run(job, beam_args=(), accelerator=None):
     anything (not even the output directory): the --dry-run report."""
     from pipeline import runners
     job = runners.on_any_worker(job)
-    discovery = sources.discover(job)
-    num_shards = pick_num_shards(job, discovery)
     options = beam_options(beam_args)
+    notes = runners.check_submission(job, options, dry_run=True)
+    if all(sources.is_local(path) for path in job.input):
+        discovery = sources.discover(job)
+        num_shards = pick_num_shards(job, discovery)
+        inputs = f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}"
+        shards = f"{num_shards} shard(s)"
+    else:  # listing an object store needs the network (and credentials): a dry run stays off
+        kind = "folder" if job.input_kind == "auto" else job.input_kind
+        discovery = sources.Discovery(kind, [], [], [], [])
+        num_shards = job.num_shards or 1
+        inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
+        shards = (f"{num_shards} shard(s)" if job.num_shards else
+                  "shards as the inputs' size asks (decided at run time)")
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
                    job.config_hash, accelerator)
-    return runners.render(p, options, {
-        "inputs": f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}",
-        "output": f"{num_shards} shard(s) in {job.output}"})
+    return runners.render(p, options, {"inputs": inputs, "output": f"{shards} in {job.output}"},
+                          notes)
 
 
 def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None):
@@ -352,7 +362,8 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
         raise UserError("nothing to write: copies is 0 and keep_original is false")
     from pipeline import augment, runners
     job = runners.on_any_worker(job)
-    job = augment.for_workers(job, beam_options(beam_args))  # before the output is touched
+    runners.check_submission(job, beam_options(beam_args))  # before the output is touched
+    job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
