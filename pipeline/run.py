@@ -58,7 +58,10 @@ class OutputLock:
     def acquire(self):
         """Take the lock. Returns the record of a run that held it and died without
         finishing (its files may still be here), or None."""
-        import fcntl
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): not locked
+            return None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -81,6 +84,8 @@ class OutputLock:
 
     def write(self, record):
         """Name this run in the lock file (once the output folder is ours to write)."""
+        if self.fd is None:
+            return
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(record, sort_keys=True).encode(), 0)
         self.stale = None
@@ -336,7 +341,7 @@ def dry_run(job, beam_args=(), accelerator=None):
         shards = progress.plural(num_shards, "shard")
     else:  # listing an object store needs the network (and credentials): a dry run stays off
         kind = "folder" if job.input_kind == "auto" else job.input_kind
-        discovery = sources.Discovery(kind, [], [], [], [])
+        discovery = sources.Discovery(kind, [], {}, [], [])
         num_shards = job.num_shards or 1
         inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
         shards = (progress.plural(num_shards, "shard") if job.num_shards else

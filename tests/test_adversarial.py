@@ -439,7 +439,9 @@ def photos(folder):
     return str(folder)
 
 
-def test_sigterm_stops_the_run_cleanly(tmp_path):
+@pytest.mark.parametrize("signum, name", [(signal.SIGTERM, "SIGTERM"),
+                                          (signal.SIGINT, "Ctrl-C")])
+def test_sigterm_and_ctrl_c_stop_the_run_cleanly(tmp_path, signum, name):
     images, out = photos(tmp_path / "images"), tmp_path / "out"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen([sys.executable, "-m", "cli", "-q", "expand", "-i", images,
@@ -451,10 +453,10 @@ def test_sigterm_stops_the_run_cleanly(tmp_path):
                 n.startswith("bucket-") for n in os.listdir(out / ".augbatch-tmp")):
             break
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stderr = process.communicate(timeout=120)[1]
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert (f"error: stopped by SIGTERM: nothing of this run was kept in {out} (its temporary "
+    assert process.returncode == 128 + signum, stderr
+    assert (f"error: stopped by {name}: nothing of this run was kept in {out} (its temporary "
             "files were deleted); run the same command again to start over") in stderr
     assert "Traceback" not in stderr
     assert not out.exists()  # the run made the folder: it leaves nothing, not even that
