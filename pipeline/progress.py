@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 
 NAMESPACE = "augbatch"
 READ, DONE, OUTPUTS = "inputs_read", "inputs_done", "outputs_made"
+DECODED = "inputs_decoded"  # a Beam metric only (the Dask tests count work done once)
 INTERVAL_ENV = "AUGBATCH_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 10.0
 
@@ -45,6 +46,11 @@ def counts():
 def reset():
     with _lock:
         _counts.clear()
+
+
+def plural(n, word):
+    """'1 shard', '3 shards'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def duration(seconds):
@@ -126,11 +132,12 @@ class Shown:
     """Context manager: show the progress of the inputs on `stream` while the body runs.
 
     `total` is the number of inputs (None when it is only known once they are read, as for
-    TFRecords). Not `enabled`: nothing is shown (--quiet).
+    TFRecords); `done` of them are finished before the body starts (rejected at discovery).
+    Not `enabled`: nothing is shown (--quiet).
     """
 
-    def __init__(self, total, enabled=True, stream=None, interval=None):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total, enabled=True, stream=None, interval=None, done=0):
+        self.total, self.enabled, self.done = total, enabled, done
         self.stream = stream or sys.stderr
         self.interval = interval if interval is not None else float(
             os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
@@ -138,6 +145,8 @@ class Shown:
 
     def __enter__(self):
         reset()
+        with _lock:
+            _counts[DONE] = self.done
         if not self.enabled:
             return self
         is_terminal = getattr(self.stream, "isatty", lambda: False)()
@@ -167,7 +176,7 @@ def summary(manifest):
     rate = f", {counts_['discovered'] / seconds:.1f} inputs/s" if seconds else ""
     shards = output["num_shards"]
     lines = [f"done in {duration(seconds)}: {counts_['discovered']} inputs -> "
-             f"{counts_['outputs']} records in {shards} shard{'s' if shards != 1 else ''}"
+             f"{counts_['outputs']} records in {plural(shards, 'shard')}"
              f"{rate}",
              f"  written: {counts_['written']} inputs, errored: {counts_['errored']}"]
     lines += error_lines(manifest)
