@@ -106,13 +106,18 @@ class _Lines:
 
 
 class _Bar:
-    """A terminal: a live tqdm bar (rate and ETA by tqdm), removed when the run ends."""
+    """A terminal: a live tqdm bar (rate and ETA by tqdm), removed when the run ends. Log lines
+    meanwhile are written above it (through tqdm), not into it. Until the first batch is done,
+    the inputs read so far show that the run moves."""
 
     def __init__(self, total, stream, interval):
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
         self.total = total
         self.bar = tqdm(total=total, file=stream, unit="input", desc="augmenting",
                         dynamic_ncols=True, leave=False, mininterval=0.2)
+        self.logs_above = logging_redirect_tqdm(tqdm_class=tqdm)
+        self.logs_above.__enter__()
 
     def update(self, now):
         values = counts()
@@ -121,11 +126,13 @@ class _Bar:
         done = values.get(DONE, 0)
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(f"{values.get(OUTPUTS, 0)} outputs", refresh=False)
+        self.bar.set_postfix_str(f"{values.get(READ, 0)} read, {values.get(OUTPUTS, 0)} outputs",
+                                 refresh=False)
         self.bar.refresh()
 
     def close(self):
         self.bar.close()
+        self.logs_above.__exit__(None, None, None)
 
 
 class Shown:

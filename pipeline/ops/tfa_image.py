@@ -58,8 +58,9 @@ def load_backend(choice=None):
         except Exception as error:  # noqa: BLE001
             if wanted == TFA:
                 raise UserError(f"{ENV}=tfa but tensorflow_addons does not import: {error}")
-            log.info("tensorflow_addons does not import (%s); tfa.image ops run on core TF",
-                     error)
+            # Expected on the modern stack (README): not said on every command.
+            log.debug("tensorflow_addons does not import (%s); tfa.image ops run on core TF",
+                      error)
     from pipeline.ops import tfa_core
     return tfa_core, CORE
 
