@@ -2,6 +2,7 @@
 import errno
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -9,7 +10,8 @@ import warnings
 import click
 
 from pipeline import __version__
-from pipeline.errors import UserError
+from pipeline import errors
+from pipeline.errors import Terminated, UserError
 
 log = logging.getLogger("augbatch")
 
@@ -55,8 +57,9 @@ def first_line(exc, limit=300):
 class AugbatchGroup(click.Group):
     """One clear message when something goes wrong, no traceback unless --debug.
 
-    A user error (config, paths, permissions) prints the message and a hint and exits 2;
-    anything unexpected prints a one-line summary and exits 1.
+    A user error (config, paths, permissions, a full disk) prints the message and a hint and
+    exits 2 (3: the data is at fault); Ctrl-C exits 130 and SIGTERM 143 (128 + the signal),
+    saying what was kept; anything unexpected prints a one-line summary and exits 1.
     """
 
     def invoke(self, ctx):
@@ -64,6 +67,13 @@ class AugbatchGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click prints these itself (usage errors exit 2)
+        except KeyboardInterrupt as e:
+            if ctx.meta.get("augbatch.debug"):
+                traceback.print_exc()
+            terminated = isinstance(e, Terminated)
+            click.echo(f"error: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}"
+                       + (f": {first_line(e)}" if str(e) else ""), err=True)
+            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except Exception as e:  # noqa: BLE001 - the one place every failure is reported
             debug = ctx.meta.get("augbatch.debug")
             if debug:
@@ -137,6 +147,10 @@ def main(ctx, debug, quiet):
     """
     ctx.meta["augbatch.debug"] = debug
     ctx.meta["augbatch.quiet"] = quiet
+    # SIGTERM (a scheduler stopping the job) ends a run as Ctrl-C does: cleaned up, said so.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, errors.stop)
+        ctx.call_on_close(lambda signum=signum, previous=previous: signal.signal(signum, previous))
     if not debug:
         quiet_startup()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
@@ -171,6 +185,9 @@ def main(ctx, debug, quiet):
 @click.option("--xla/--no-xla", default=None,
               help="Compile the chain's colour and geometric steps with XLA: faster for "
                    "inputs of a few sizes (one compilation each); other random draws.")
+@click.option("--kernel", type=click.Choice(["opencv", "tensorflow"]),
+              help="How geometric ops resample on the CPU without XLA: opencv (the default, "
+                   "several times faster) or tensorflow (TensorFlow's kernel, as on a GPU).")
 @click.option("--allow-python-ops", is_flag=True,
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,
@@ -197,7 +214,7 @@ def main(ctx, debug, quiet):
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
-           allow_python_ops, overwrite,
+           kernel, allow_python_ops, overwrite,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
            accelerator, dry_run, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
@@ -227,7 +244,8 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
         "device": device, "tf_threads": tf_threads, "xla": xla,
-        "max_pixels": max_pixels, "max_errors": max_errors, "max_error_rate": max_error_rate,
+        "kernel": kernel, "max_pixels": max_pixels, "max_errors": max_errors,
+        "max_error_rate": max_error_rate,
     }, allow_python_ops=allow_python_ops)
     quiet = quiet or click.get_current_context().meta.get("augbatch.quiet")
     if quiet:
@@ -353,10 +371,14 @@ def validate(config_path, allow_python_ops):
     Example:
       augbatch validate sample_configs/heavy_classification.yaml
     """
-    from pipeline import chain, config
+    from pipeline import chain, config, sources
     job = config.load(config_path, allow_python_ops=allow_python_ops, require_paths=False)
     ops = [name for _, name in chain.op_paths(job.chain)]
     click.echo(f"{config_path}: valid ({len(ops)} ops, config hash {job.config_hash})")
+    if job.input_from == "input.path":  # the config names its inputs: do they exist?
+        for pattern in sources.missing(job.input):
+            click.echo(f"warning: input.path {pattern}: no such file or folder (expand would "
+                       "refuse it; --input can name another)", err=True)
 
 
 @main.command("list-ops")

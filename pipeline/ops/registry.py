@@ -11,10 +11,11 @@ Adding an op = one builder function in its family module, decorated with ``@regi
 """
 import dataclasses
 import importlib
+import math
 import numbers
 from typing import Any, Callable, Optional
 
-from pipeline.errors import ConfigError, did_you_mean
+from pipeline.errors import ConfigError, did_you_mean, quote
 
 REQUIRED = object()
 
@@ -59,28 +60,30 @@ class Param:
             return None
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ConfigError(path, f"expected a number, got {value!r}")
+                raise ConfigError(path, f"expected a number, got {quote(value)}")
             value = float(value)
         elif self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ConfigError(path, f"expected an integer, got {value!r}")
+                raise ConfigError(path, f"expected an integer, got {quote(value)}")
             value = int(value)
         elif self.kind == "bool":
             if not isinstance(value, bool):
-                raise ConfigError(path, f"expected true or false, got {value!r}")
+                raise ConfigError(path, f"expected true or false, got {quote(value)}")
         elif self.kind == "str":
             if not isinstance(value, str):
-                raise ConfigError(path, f"expected a string, got {value!r}")
+                raise ConfigError(path, f"expected a string, got {quote(value)}")
         elif self.kind == "range":
             value = _as_range(value, path)
         elif self.kind == "list":
             if not isinstance(value, (list, tuple)):
-                raise ConfigError(path, f"expected a list, got {value!r}")
+                raise ConfigError(path, f"expected a list, got {quote(value)}")
             value = list(value)
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(path, f"expected one of {list(self.choices)}, got {value!r}")
+            raise ConfigError(path, f"expected one of {list(self.choices)}, got {quote(value)}")
         for number in value if self.kind == "range" else [value]:
             if isinstance(number, numbers.Real) and not isinstance(number, bool):
+                if not math.isfinite(number):  # NaN passes every bounds check
+                    raise ConfigError(path, f"{number} is not a finite number")
                 if self.low is not None and number < self.low:
                     raise ConfigError(path, f"must be >= {self.low}, got {number}")
                 if self.high is not None and number > self.high:
@@ -109,7 +112,7 @@ def _as_range(value, path):
         if low > high:
             raise ConfigError(path, f"range low {low} is above high {high}")
         return [low, high]
-    raise ConfigError(path, f"expected a number or a [low, high] pair, got {value!r}")
+    raise ConfigError(path, f"expected a number or a [low, high] pair, got {quote(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +164,7 @@ class Op:
 
 
 _OPS = {}
+_UNAVAILABLE = {}  # op name -> why this stack lacks it (another stack has it)
 _loaded = set()
 
 
@@ -182,6 +186,11 @@ def add(op):
     _OPS[op.name] = op
 
 
+def unavailable(name, reason):
+    """Record that the op `name` exists on another stack, and why it is missing here."""
+    _UNAVAILABLE[name] = reason
+
+
 def load_families(families=None):
     for family in families or FAMILY_MODULES:
         if family not in _loaded:
@@ -197,6 +206,9 @@ def all_ops(family=None):
 
 def get(name, path="op"):
     ops = all_ops()
+    if name in _UNAVAILABLE:
+        raise ConfigError(path, f"{name} {_UNAVAILABLE[name]}",
+                          hint="`augbatch list-ops` lists the ops of this stack")
     if name not in ops:
         raise ConfigError(path, f"unknown op '{name}'" + did_you_mean(name, ops),
                           hint="`augbatch list-ops` lists every op")
