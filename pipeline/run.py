@@ -148,6 +148,14 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
                              beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts)))
 
 
+def _added(counts):
+    """{name: sum} of a list of {name: count} (zeros kept, unlike Counter's +)."""
+    total = collections.Counter()
+    for one in counts:
+        total.update(one)
+    return dict(sorted(total.items()))
+
+
 def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=()):
     """Runs once, after every shard is written: errors.jsonl (sorted) and the counts.
     `discovered` counts what the read step saw: each input read, each input that failed to
@@ -169,8 +177,7 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_c
                                     for (stage, reason), n in sorted(
                                         by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
                "errored": len({e.key for e in errors}),
-               "targets": dict(sum((collections.Counter(c) for c in target_counts),
-                                   collections.Counter()))}
+               "targets": _added(target_counts)}
     with FileSystems.create(FileSystems.join(tmp_dir, "summary.json")) as f:
         f.write(json.dumps(summary).encode())
 

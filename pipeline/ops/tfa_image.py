@@ -347,9 +347,16 @@ def gaussian_filter2d(filter_shape, sigma, padding, constant_values):
         return lambda images, seeds: lib.gaussian_filter2d(images, shape, sigma[0], padding,
                                                            constant_values)
 
+    def one(pair):  # one example at a time: packed into one conv, a batch's channels
+        # would be vectorised differently, and a pixel's last bit would depend on the batch
+        image, one_sigma = pair
+        return _per_example_gaussian(image[None], one_sigma[None], shape, padding,
+                                     constant_values)[0]
+
     def fn(images, seeds):
-        return _per_example_gaussian(images, draw.uniform(seeds, sigma[0], sigma[1]), shape,
-                                     padding, constant_values)
+        out = draw.each(one, (images, draw.uniform(seeds, sigma[0], sigma[1])),
+                        fn_output_signature=tf.TensorSpec([None, None, None], images.dtype))
+        return tf.ensure_shape(out, [None, None, None, images.shape[-1]])
     return fn
 
 
