@@ -2,6 +2,7 @@
 import errno
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -9,7 +10,8 @@ import warnings
 import click
 
 from pipeline import __version__
-from pipeline.errors import UserError
+from pipeline import errors
+from pipeline.errors import Terminated, UserError
 
 log = logging.getLogger("augbatch")
 
@@ -55,8 +57,9 @@ def first_line(exc, limit=300):
 class AugbatchGroup(click.Group):
     """One clear message when something goes wrong, no traceback unless --debug.
 
-    A user error (config, paths, permissions) prints the message and a hint and exits 2;
-    anything unexpected prints a one-line summary and exits 1.
+    A user error (config, paths, permissions, a full disk) prints the message and a hint and
+    exits 2 (3: the data is at fault); Ctrl-C exits 130 and SIGTERM 143 (128 + the signal),
+    saying what was kept; anything unexpected prints a one-line summary and exits 1.
     """
 
     def invoke(self, ctx):
@@ -64,6 +67,13 @@ class AugbatchGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click prints these itself (usage errors exit 2)
+        except KeyboardInterrupt as e:
+            if ctx.meta.get("augbatch.debug"):
+                traceback.print_exc()
+            terminated = isinstance(e, Terminated)
+            click.echo(f"error: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}"
+                       + (f": {first_line(e)}" if str(e) else ""), err=True)
+            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except Exception as e:  # noqa: BLE001 - the one place every failure is reported
             debug = ctx.meta.get("augbatch.debug")
             if debug:
@@ -137,6 +147,10 @@ def main(ctx, debug, quiet):
     """
     ctx.meta["augbatch.debug"] = debug
     ctx.meta["augbatch.quiet"] = quiet
+    # SIGTERM (a scheduler stopping the job) ends a run as Ctrl-C does: cleaned up, said so.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, errors.stop)
+        ctx.call_on_close(lambda signum=signum, previous=previous: signal.signal(signum, previous))
     if not debug:
         quiet_startup()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO

@@ -42,8 +42,13 @@ setup(
     extras_require={
         # scipy: the idg tests compare against Keras's ImageDataGenerator, which needs it.
         "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "scipy>=1.11"],
-        # Beam's DaskRunner needs 2024.4.2+; tested with 2026.8.0.
-        "dask": ["dask[distributed]>=2024.4.2"],
+        # Tested with 2026.8.0 on both stacks (tests/test_dask.py); pipeline/dask_runner.py
+        # leans on Beam's and dask's internals, so other versions wait until they are tested.
+        "dask": ["dask[distributed]>=2026.8.0,<2026.9"],
+        # Submitting to Dataflow (and gs:// paths): apache-beam[gcp] needs protobuf >= 6, which
+        # TensorFlow 2.15 (the pinned stack) refuses; so the modern stack only. On the pinned
+        # stack this extra installs nothing and `--runner dataflow` says what to do.
+        "dataflow": [f"apache-beam[gcp]==2.77.0; {MODERN}"],
     },
     entry_points={"console_scripts": ["augbatch = cli:main"]},
     classifiers=[

@@ -13,12 +13,16 @@ function of (seed, key, copy, op) whatever the batch holds.
 import hashlib
 import numbers
 
-from pipeline.errors import ConfigError, did_you_mean
+from pipeline.errors import ConfigError, did_you_mean, quote
 from pipeline.ops import registry
 
 GROUPS = ("one_of", "some_of", "sequence")
 # Tags folded into a step's seed for the draws the chain itself makes.
 _COIN, _PICK = 1_000_001, 1_000_002
+# Groups inside groups, and ops in all: a chain builds one graph holding every branch, so a
+# deep or huge chain costs memory and tracing time far beyond any real use.
+MAX_DEPTH = 8
+MAX_OPS = 200
 
 
 def example_seed(global_seed, key, copy_index):
@@ -36,24 +40,37 @@ def normalize(steps, path="augment.chain", allow_python_ops=False):
 
     `python` ops run user code, so they are refused unless the run allows them explicitly.
     """
+    out = _normalize(steps, path, allow_python_ops, 0)
+    count = sum(1 for _ in op_paths(out, path))
+    if count > MAX_OPS:
+        raise ConfigError(path, f"the chain has {count} ops; at most {MAX_OPS}")
+    return out
+
+
+def _normalize(steps, path, allow_python_ops, depth):
     if not isinstance(steps, list):
         raise ConfigError(path, f"expected a list of steps, got {type(steps).__name__}")
-    return [_normalize_step(step, f"{path}[{i}]", allow_python_ops)
+    if depth > MAX_DEPTH:
+        raise ConfigError(path, f"groups (one_of, some_of, sequence) nested more than "
+                          f"{MAX_DEPTH} levels deep")
+    if len(steps) > MAX_OPS:
+        raise ConfigError(path, f"{len(steps)} steps; a chain has at most {MAX_OPS} ops")
+    return [_normalize_step(step, f"{path}[{i}]", allow_python_ops, depth)
             for i, step in enumerate(steps)]
 
 
 def _probability(step, path):
     p = step.get("probability", 1.0)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
-        raise ConfigError(f"{path}.probability", f"expected a number in [0, 1], got {p!r}")
+        raise ConfigError(f"{path}.probability", f"expected a number in [0, 1], got {quote(p)}")
     return float(p)
 
 
-def _normalize_step(step, path, allow_python_ops):
+def _normalize_step(step, path, allow_python_ops, depth):
     if isinstance(step, str):
         step = {"op": step}
     if not isinstance(step, dict):
-        raise ConfigError(path, f"expected a mapping like {{op: NAME, ...}}, got {step!r}")
+        raise ConfigError(path, f"expected a mapping like {{op: NAME, ...}}, got {quote(step)}")
     kinds = [k for k in ("op",) + GROUPS if k in step]
     if len(kinds) != 1:
         raise ConfigError(path, "a step needs exactly one of 'op', 'one_of', 'some_of', "
@@ -63,7 +80,7 @@ def _normalize_step(step, path, allow_python_ops):
     if kind == "op":
         name = step["op"]
         if not isinstance(name, str):
-            raise ConfigError(f"{path}.op", f"expected an op name, got {name!r}")
+            raise ConfigError(f"{path}.op", f"expected an op name, got {quote(name)}")
         op = registry.get(name, f"{path}.op")
         if op.family == "python" and not allow_python_ops:
             raise ConfigError(f"{path}.op", f"{name} runs Python code named in the config; "
@@ -80,7 +97,7 @@ def _normalize_step(step, path, allow_python_ops):
         if key not in allowed | {kind, "probability"}:
             raise ConfigError(f"{path}.{key}", f"unknown key in a {kind} step"
                               + did_you_mean(key, allowed | {kind, "probability"}))
-    children = normalize(step[kind], f"{path}.{kind}", allow_python_ops)
+    children = _normalize(step[kind], f"{path}.{kind}", allow_python_ops, depth + 1)
     if not children:
         raise ConfigError(f"{path}.{kind}", "needs at least one step")
     out = {kind: children, "probability": probability}
@@ -95,7 +112,7 @@ def _normalize_step(step, path, allow_python_ops):
                 or any(isinstance(w, bool) or not isinstance(w, numbers.Real) or w < 0
                        for w in weights) or sum(weights) <= 0):
             raise ConfigError(f"{path}.weights", f"expected {len(children)} non-negative "
-                              f"numbers, not all zero, got {weights!r}")
+                              f"numbers, not all zero, got {quote(weights)}")
         out["weights"] = [float(w) for w in weights]
     if kind == "some_of":
         n = step.get("n", [1, len(children)])
@@ -104,7 +121,7 @@ def _normalize_step(step, path, allow_python_ops):
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in n)
                 or not 0 <= n[0] <= n[1] <= len(children)):
             raise ConfigError(f"{path}.n", f"expected a count or [min, max] within 0.."
-                              f"{len(children)}, got {step.get('n')!r}")
+                              f"{len(children)}, got {quote(step.get('n'))}")
         out["n"] = n
     return out
 

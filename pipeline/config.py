@@ -6,6 +6,7 @@ Configs are data: YAML is read with `yaml.safe_load` only.
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import os
 from typing import Optional
@@ -14,13 +15,18 @@ import yaml
 
 from pipeline import chain as chain_mod
 from pipeline import targets
-from pipeline.errors import ConfigError, did_you_mean
+from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
 INPUT_KINDS = ("auto", "folder", "tfrecord")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
+# A config is a page of text: these bound what reading one may cost (a YAML alias "bomb"
+# of a few hundred bytes can stand for billions of values).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Job:
     allow_python_ops: bool = False
     config_path: str = ""
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
+    label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
 
     @property
     def config_hash(self):
@@ -61,6 +68,7 @@ class Job:
         out = dataclasses.asdict(self)
         out["input"], out["chain"] = list(self.input), _plain(self.chain)
         out["target_rules"] = _plain(out["target_rules"])
+        out["label_map"] = dict(self.label_map) if self.label_map else None
         return out
 
 
@@ -72,6 +80,8 @@ def config_hash(job):
         decisive["xla"] = True
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
+    if job.label_map:  # the labels written
+        decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -90,30 +100,76 @@ def _plain(value):
 def read_file(path):
     """The config file as a dict. YAML through safe_load only; `.json` through json."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {path}",
                           hint=f"check the path (relative paths start at {os.getcwd()}); "
                                "sample_configs/ has examples to copy") from None
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"{path} is over {MAX_CONFIG_BYTES} bytes: not a config")
     try:
-        if path.endswith(".json"):
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"{path} is not a text file (not UTF-8 at byte {e.start}): not "
+                          "a YAML or JSON config") from None
+    if "\0" in text:
+        raise ConfigError("", f"{path} holds NUL bytes: not a YAML or JSON config")
+    kind = "JSON" if path.endswith(".json") else "YAML"
+    try:
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except yaml.constructor.ConstructorError as e:
         raise ConfigError("", f"{path}: YAML tag {e.problem.split()[-1] if e.problem else ''} "
                           "is not allowed: configs are data, not code") from None
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError("", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}"
-                          f": {e}") from None
+        raise ConfigError("", f"{path} is not valid {kind}: {str(e)[:500]}") from None
+    except RecursionError:
+        raise ConfigError("", f"{path} is nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("", f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    check_data(data)
     return data
+
+
+def check_data(data):
+    """Refuse a config that expands (through YAML aliases) to more than MAX_CONFIG_VALUES
+    values or MAX_CONFIG_DEPTH levels, refers to itself, or holds a number that is not finite
+    (.nan, .inf: bounds checks pass NaN, and it would turn every image black) - before
+    anything else reads it. A value shared through an alias is measured once."""
+    sizes, open_ids = {}, set()
+
+    def size(value, path, depth):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(path, f"{value} is not a finite number")
+        if not isinstance(value, (dict, list)):
+            return 1
+        if id(value) in sizes:
+            return sizes[id(value)]
+        if id(value) in open_ids:
+            raise ConfigError(path, "the value contains itself (a YAML alias inside its "
+                                    "own anchor)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(path, f"nested more than {MAX_CONFIG_DEPTH} levels deep")
+        open_ids.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        total = 1
+        for key, item in items:
+            total += size(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]",
+                          depth + 1)
+            if total > MAX_CONFIG_VALUES:
+                raise ConfigError(path.lstrip(".") or "", f"the config expands to more than "
+                                  f"{MAX_CONFIG_VALUES} values (YAML aliases repeating a "
+                                  "value?); a config is far smaller")
+        open_ids.discard(id(value))
+        sizes[id(value)] = total
+        return total
+
+    for key, value in data.items():
+        size(value, str(key), 1)
 
 
 # --- the schema --------------------------------------------------------------------------------
@@ -122,7 +178,7 @@ def read_file(path):
 def _int(low=None, high=None):
     def check(value, path):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
+            raise ConfigError(path, f"expected an integer, got {quote(value)}")
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
             raise ConfigError(path, f"must be {bounds}, got {value}")
@@ -134,26 +190,26 @@ def _choice(*choices):
     def check(value, path):
         if value not in choices:
             raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}, got "
-                              f"{value!r}" + did_you_mean(value, choices))
+                              f"{quote(value)}" + did_you_mean(value, choices))
         return value
     return check
 
 
 def _bool(value, path):
     if not isinstance(value, bool):
-        raise ConfigError(path, f"expected true or false, got {value!r}")
+        raise ConfigError(path, f"expected true or false, got {quote(value)}")
     return value
 
 
 def _fraction(value, path):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ConfigError(path, f"expected a number between 0 and 1, got {value!r}")
+        raise ConfigError(path, f"expected a number between 0 and 1, got {quote(value)}")
     return float(value)
 
 
 def _str(value, path):
     if not isinstance(value, str) or not value:
-        raise ConfigError(path, f"expected a non-empty string, got {value!r}")
+        raise ConfigError(path, f"expected a non-empty string, got {quote(value)}")
     return value
 
 
@@ -162,15 +218,40 @@ def _paths(value, path):
         return (value,)
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
         return tuple(value)
-    raise ConfigError(path, f"expected a path, a glob or a list of them, got {value!r}")
+    raise ConfigError(path, f"expected a path, a glob or a list of them, got {quote(value)}")
 
 
 def _prefix(value, path):
     value = _str(value, path)
     if "/" in value or "\\" in value or value.startswith("."):
         raise ConfigError(path, f"a file name prefix cannot contain '/' or start with '.': "
-                          f"{value!r}")
+                          f"{quote(value)}")
+    if len(value.encode("utf-8", "replace")) > MAX_PREFIX or any(
+            ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(path, f"a file name prefix has at most {MAX_PREFIX} bytes and no "
+                          f"control characters (NUL, newline...): {quote(value)}")
     return value
+
+
+MAX_PREFIX = 200  # + '-00000-of-00000.tfrecord.gz' stays within a file name's 255 bytes
+
+
+def _label_map(value, path):
+    """input.labels: class folder names in label order, or a mapping name -> label."""
+    if isinstance(value, list):
+        value = {name: i for i, name in enumerate(value)} if all(
+            isinstance(n, str) for n in value) and len(set(value)) == len(value) else None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, "expected a list of class folder names (label = position) "
+                          "or a mapping name: label")
+    for name, label in value.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(path, f"a class folder name is a non-empty string without '/', "
+                              f"got {quote(name)}")
+        _int(0, 2**63 - 1)(label, f"{path}.{name}")
+    if len(set(value.values())) != len(value):
+        raise ConfigError(path, "two class folders have the same label")
+    return tuple(sorted(value.items(), key=lambda kv: kv[1]))
 
 
 SCHEMA = {
@@ -178,13 +259,14 @@ SCHEMA = {
               "channels": ("channels", _choice(1, 3)),
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
-              "max_pixels": ("max_pixels", _int(1))},
+              "max_pixels": ("max_pixels", _int(1, 10**12)),
+              "labels": ("label_map", _label_map)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
                "prefix": ("prefix", _prefix)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
-                "keep_original": ("keep_original", _bool), "seed": ("seed", _int()),
+                "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
                 "chain": ("chain", None)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
@@ -246,7 +328,7 @@ def _fields_from(data):
         if section in ("input", "output") and not isinstance(value, dict):
             value = {"path": value}  # `input: some/dir` is short for `input: {path: some/dir}`
         if not isinstance(value, dict):
-            raise ConfigError(section, f"expected a mapping, got {value!r}")
+            raise ConfigError(section, f"expected a mapping, got {quote(value)}")
         for key, item in value.items():
             if key not in keys:
                 raise ConfigError(f"{section}.{key}", "unknown key" + did_you_mean(key, keys),
@@ -262,9 +344,14 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
     accepts a config without input or output."""
     data = read_file(config_path) if config_path else {}
     fields = _fields_from(data)
+    checks = {field: check for keys in SCHEMA.values() for field, check in keys.values()}
     for field, value in (overrides or {}).items():
         if value is not None:
-            fields[field] = tuple(value) if field == "input" else value
+            if field == "input":
+                value = list(value)
+            check = checks.get(field)
+            # A flag is checked as its config key is (an unset shell variable gives '').
+            fields[field] = check(value, "--" + field.replace("_", "-")) if check else value
     if not require_paths:
         fields.setdefault("input", ("-",))
         fields.setdefault("output", "-")

@@ -15,25 +15,48 @@ its tagged output, side inputs are ordinary graph dependencies (computed once) a
 computed. It takes the same options (--dask_client_address, --dask_npartitions, ...) and closes
 its client when the run ends.
 """
+import concurrent.futures
 import dataclasses
 import functools
+import logging
+import time
 
 import dask
 import dask.distributed
 import apache_beam as beam
 from apache_beam import DoFn, pvalue
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import transform_evaluator as evaluator
 from apache_beam.runners.dask.overrides import dask_overrides
+from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.sideinputs import SideInputMap
 
+from pipeline import __version__
 from pipeline.errors import UserError
+
+log = logging.getLogger("augbatch")
 
 # Partitions per worker thread when the options name no partitioning (Beam's default puts up
 # to 128 elements in one partition: a small job would run on one worker).
 PARTITIONS_PER_THREAD = 2
+# A run fails when no task of it has finished for this long (workers gone, or every worker
+# stuck); --dask_no_progress_timeout changes it.
+NO_PROGRESS_TIMEOUT_S = 600.0
+POLL_S = 1.0
+
+
+class WatchOptions(PipelineOptions):
+    """augbatch's own option for the Dask runner (beside Beam's --dask_* options)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--dask_no_progress_timeout", type=float, default=NO_PROGRESS_TIMEOUT_S,
+            help="Fail the run when no task has finished on the Dask cluster for this many "
+                 "seconds (all workers gone, or every worker stuck).")
 
 
 class _Collect(evaluator.OneReceiver):
@@ -133,23 +156,115 @@ class _Visitor(PipelineVisitor):
         side_specs, side_values = [], []
         for side in node.side_inputs:
             side_specs.append((type(side), side._view_options(), side._window_mapping_fn))
-            side_values.append(self.bag_of(side.pvalue).reduction(list, _concat))
+            # A Delayed, not the Item: since dask 2025.4 map_partitions gives an Item argument
+            # a renamed copy of its whole graph (everything upstream would run twice).
+            side_values.append(self.bag_of(side.pvalue).reduction(list, _concat)
+                               .to_delayed(optimize_graph=False))
         return input_bag.map_partitions(_run_bundle, node.transform, window_fn, side_specs,
-                                        *side_values)
+                                        *side_values, token=node.full_label)
 
     def leaves(self):
         return [bag for node, bag in self.bags.items() if node not in self.consumed]
 
 
+def _scheduler_state(dask_scheduler):
+    """(transitions so far, workers connected): runs on the scheduler."""
+    return dask_scheduler.transition_counter, len(dask_scheduler.workers)
+
+
+def check_cluster(client):
+    """The scheduler and every worker connected import augbatch, this version (a worker that
+    cannot unpickle augbatch's tasks drops out of the cluster without a word)."""
+    probe = "__import__('pipeline').__version__"  # eval: a builtin, no augbatch code to send
+    try:
+        found = {"the scheduler": client.run_on_scheduler(eval, probe), **client.run(eval, probe)}
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"a Dask worker or the scheduler cannot import augbatch's code ({e})",
+                        hint=f"install augbatch {__version__}, the version here, on every worker "
+                             "and on the scheduler") from None
+    other = {where: version for where, version in found.items() if version != __version__}
+    if other:
+        where, version = sorted(other.items())[0]
+        raise UserError(f"{where} runs augbatch {version}, this is {__version__} "
+                        f"({len(other)} of {len(found)} differ)",
+                        hint="install the same augbatch version on the workers, the scheduler "
+                             "and here")
+
+
+def _step_of(key):
+    """The Beam step a task key belongs to (its map_partitions token is the step's label)."""
+    return dask.utils.key_split(key)
+
+
 @dataclasses.dataclass
 class DaskRunnerResult(beam_dask.DaskRunnerResult):
-    """Closes the client (and so its connection to the cluster) once the run has ended."""
+    """Waits for the run, failing loudly when it cannot end: the scheduler lost, no progress
+    for `no_progress_timeout` seconds, workers dying on a task, workers without augbatch. The
+    client (and so its connection to the cluster) is closed once the run has ended."""
+
+    no_progress_timeout: float = NO_PROGRESS_TIMEOUT_S
 
     def wait_until_finish(self, duration=None):
         try:
-            return super().wait_until_finish(duration)
+            self._watch()
+            self._state = PipelineState.DONE
+            return self._state
+        except BaseException:
+            self._state = PipelineState.FAILED
+            if self.client.status == "running":  # stop what has not started
+                self.client.cancel(self.futures, force=True)
+            raise
         finally:
-            self.client.close()
+            self.client.close(timeout=10)
+
+    def _watch(self):
+        address = self.client.scheduler.address
+        seen, since = None, time.monotonic()
+        while True:
+            try:
+                dask.distributed.wait(self.futures, timeout=POLL_S)
+            except (TimeoutError, concurrent.futures.CancelledError):
+                pass
+            statuses = {future.status for future in self.futures}
+            if "error" in statuses:
+                raise self._failure(next(f for f in self.futures if f.status == "error"))
+            if statuses == {"finished"}:
+                return
+            if statuses & {"cancelled", "lost"} or self.client.status != "running":
+                raise UserError(f"lost the Dask scheduler at {address} in the middle of the run "
+                                "(it stopped, or the network to it failed)",
+                                hint="nothing was finished; run again once the scheduler is up")
+            try:
+                transitions, workers = self.client.run_on_scheduler(_scheduler_state)
+            except OSError:  # the scheduler went away since the wait above
+                continue
+            if transitions != seen:
+                seen, since = transitions, time.monotonic()
+            elif time.monotonic() - since > self.no_progress_timeout:
+                what = (f"no Dask worker is connected to {address}" if not workers else
+                        f"none of the {workers} Dask workers has finished a task")
+                raise UserError(f"{what} for {self.no_progress_timeout:g} s: the run stopped",
+                                hint="start workers (`dask worker ...`), or raise "
+                                     "-- --dask_no_progress_timeout=SECONDS for steps that "
+                                     "run longer")
+
+    @staticmethod
+    def _failure(future):
+        """The exception a failed task ends the run with: a user error for what the cluster
+        did, the task's own exception otherwise."""
+        exc = future.exception()
+        if isinstance(exc, dask.distributed.KilledWorker):
+            return UserError(
+                f"Dask workers died while running step {_step_of(exc.task)}: "
+                f"{exc.allowed_failures + 1} workers in a row died on the same part of it "
+                f"(the last one: {exc.last_worker.address})",
+                hint="see the workers' logs; a worker that runs out of memory is killed (give "
+                     "workers more memory, or more partitions: -- --dask_npartitions=N)")
+        if isinstance(exc, ImportError):
+            return UserError(f"a Dask worker cannot import what augbatch needs ({exc})",
+                             hint="install augbatch with its dependencies, the same versions "
+                                  "as here, on every worker")
+        return exc
 
 
 class DaskRunner(beam_dask.DaskRunner):
@@ -175,6 +290,9 @@ class DaskRunner(beam_dask.DaskRunner):
             raise UserError(f"cannot reach the Dask scheduler: {e}", hint="check --dask-address "
                             "(`dask scheduler` listens on tcp://HOST:8786)") from None
         try:
+            if not log.isEnabledFor(logging.DEBUG):  # its failures become augbatch's messages
+                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+            check_cluster(client)
             view = options.view_as(beam_dask.DaskOptions)
             if view.npartitions is None and view.partition_size is None:
                 threads = sum(client.nthreads().values())
@@ -184,4 +302,5 @@ class DaskRunner(beam_dask.DaskRunner):
         except BaseException:
             client.close()
             raise
-        return DaskRunnerResult(client, futures)
+        return DaskRunnerResult(client, futures, options.view_as(WatchOptions)
+                                .dask_no_progress_timeout)

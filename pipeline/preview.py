@@ -46,7 +46,7 @@ def sample(job, n):
     rng = _rng(job.seed)
     if discovery.kind == "folder":
         refs = rng.sample(discovery.refs, min(n, len(discovery.refs)))
-        read = T.ReadImageFile(discovery.label_names)
+        read = T.ReadImageFile({label: name for name, label in discovery.label_map.items()})
     else:
         # A TFRecord's records are only known by reading it: read whole files in a random
         # order until there is enough to pick from.

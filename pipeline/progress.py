@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 
 NAMESPACE = "augbatch"
 READ, DONE, OUTPUTS = "inputs_read", "inputs_done", "outputs_made"
+DECODED = "inputs_decoded"  # a Beam metric only (the Dask tests count work done once)
 INTERVAL_ENV = "AUGBATCH_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 10.0
 

@@ -3,12 +3,21 @@
 `run_expand` is the one entry the CLI, the tests and the benchmark call.
 """
 import collections
+import contextlib
+import datetime
+import errno
 import json
 import logging
 import math
 import os
 import platform
+import re
+import shutil
+import signal
+import socket
+import tempfile
 import time
+import uuid
 from importlib import metadata
 
 import apache_beam as beam
@@ -17,26 +26,166 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import __version__, progress, sinks, sources, targets
 from pipeline import transforms as T
+from pipeline import errors as stops
 from pipeline.errors import UserError
 from pipeline.example import FEATURE_KEYS
 
 log = logging.getLogger("augbatch")
 SHARD_TARGET_BYTES = 128 << 20
-OWN_FILES = ("manifest.json", "errors.jsonl")
 
 
 # --- the output directory ----------------------------------------------------------------------
+# What --overwrite may delete is decided by what an earlier run recorded, never by names alone:
+# the files its manifest.json lists; and for a run that died (its lock file is still there,
+# naming its shard pattern) that run's exact shard names and our temporary files. Anything
+# else in the folder is someone else's: --overwrite then refuses, naming it.
 
-def _own_files(output, prefix):
-    """Files in `output` that an earlier run of ours wrote (only these --overwrite deletes)."""
+LOCK_FILE = ".augbatch.lock"
+_TMP_NAMES = re.compile(r"(bucket-\d{5}-\d+-[0-9a-f]{32}|errors\.jsonl|summary\.json|manifest\.json"
+                        r"|.+-\d{5}-of-\d{5}\.tfrecord(\.gz)?)")
+
+
+class OutputLock:
+    """One run at a time per (local) output folder: an flock on OUTPUT/.augbatch.lock, which
+    names the run holding it. The kernel drops the lock when its process dies, so the lock
+    file of a crashed run is stale: the next run takes it over and reads from it which files
+    that run may have left. Object stores have no locks: there, runs are not locked."""
+
+    def __init__(self, output):
+        self.path = os.path.join(output, LOCK_FILE)
+        self.fd = self.stale = None
+
+    def acquire(self):
+        """Take the lock. Returns the record of a run that held it and died without
+        finishing (its files may still be here), or None."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): not locked
+            return None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = _read_record(fd)
+                os.close(fd)
+                raise UserError(f"another augbatch run is writing to {os.path.dirname(self.path)}"
+                                f": {_describe_run(other)}", hint="wait for it to finish, or "
+                                "choose another --output") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else its holder deleted it as we opened it: take the new one
+                break
+            os.close(fd)
+        self.fd, self.stale = fd, _read_record(fd)
+        return self.stale
+
+    def write(self, record):
+        """Name this run in the lock file (once the output folder is ours to write)."""
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(record, sort_keys=True).encode(), 0)
+        self.stale = None
+
+    def release(self):
+        """Unlock; the file goes unless it still names a dead run whose files are here."""
+        if self.fd is not None:
+            if self.stale is None:
+                os.unlink(self.path)  # while still held: no one locks a file being removed
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_record(fd):
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        return json.loads(data) if data else None
+    except ValueError:
+        return {}
+
+
+def _describe_run(record):
+    if not record:
+        return "a run whose lock file says nothing more"
+    return (f"run {record.get('run_id', '?')} (process {record.get('pid', '?')} on "
+            f"{record.get('host', '?')}, started {record.get('started', '?')})")
+
+
+def _run_record(job, num_shards):
+    return {"run_id": uuid.uuid4().hex[:12], "pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "prefix": job.prefix, "num_shards": num_shards, "compression": job.compression}
+
+
+def _listing(output):
+    """Every file under `output` (relative names), except our lock file."""
     listing = FileSystems.match([FileSystems.join(output, "**")])[0].metadata_list
-    ours = []
-    for m in listing:
-        name = m.path[len(output.rstrip("/")) + 1:]
-        if (name in OWN_FILES or name.startswith(sinks.TMP_DIR + "/")
-                or (name.startswith(prefix + "-") and ".tfrecord" in name and "/" not in name)):
-            ours.append(m.path)
-    return [m.path for m in listing], ours
+    names = (m.path[len(output.rstrip("/")) + 1:] for m in listing)
+    return sorted(n for n in names if n and n != LOCK_FILE)
+
+
+def _earlier_manifest(output, names):
+    """The manifest.json of an earlier augbatch run in `output`, or None."""
+    if "manifest.json" not in names:
+        return None
+    try:
+        with FileSystems.open(FileSystems.join(output, "manifest.json")) as f:
+            manifest = json.loads(f.read(1 << 26))
+        shards = manifest["output"]["shards"]
+        if "augbatch_version" in manifest and all(isinstance(n, str) for n in shards):
+            return manifest
+    except Exception:  # noqa: BLE001 - not ours (not JSON, another shape): foreign
+        pass
+    return None
+
+
+def _ours(output, names, stale):
+    """The names in `output` an earlier augbatch run wrote."""
+    ours = set()
+    manifest = _earlier_manifest(output, names)
+    if manifest:
+        ours |= {"manifest.json", "errors.jsonl"}
+        ours |= {n for n in manifest["output"]["shards"] if "/" not in n}
+    if stale:  # a run that died: its exact shard names, maybe committed before it died
+        try:
+            ours |= {sinks.shard_name(stale["prefix"], i, stale["num_shards"],
+                                      stale["compression"])
+                     for i in range(int(stale["num_shards"]))} | {"errors.jsonl"}
+        except (KeyError, TypeError, ValueError):
+            pass
+    tmp = sinks.TMP_DIR + "/"
+    ours |= {n for n in names if n.startswith(tmp) and _TMP_NAMES.fullmatch(n[len(tmp):])}
+    return ours & set(names)
+
+
+def prepare_output(output, overwrite, stale=None):
+    """Refuse a non-empty output dir unless `overwrite`; then delete only an earlier run's
+    files, refusing (naming them) if anything else is there. `stale`: the lock record of a run
+    that died in this folder."""
+    present = _listing(output)
+    if present and not overwrite:
+        raise UserError(f"output directory {output} is not empty ({len(present)} files)",
+                        hint="pass --overwrite to replace an earlier run's output, or choose "
+                             "another --output")
+    ours = _ours(output, present, stale)
+    foreign = [n for n in present if n not in ours]
+    if foreign:
+        shown = ", ".join(sources.printable(n) for n in foreign[:5])
+        raise UserError(f"--overwrite refused: {output} holds {len(foreign)} file"
+                        f"{'s' if len(foreign) > 1 else ''} augbatch did not write: {shown}"
+                        + (", ..." if len(foreign) > 5 else ""),
+                        hint="--overwrite deletes only what an earlier augbatch run wrote (the "
+                             "files its manifest.json lists); move the other files away or "
+                             "choose another --output")
+    if ours:
+        FileSystems.delete([FileSystems.join(output, n) for n in sorted(ours)])
+    tmp_dir = FileSystems.join(output, sinks.TMP_DIR)
+    if FileSystems.exists(tmp_dir):  # left (emptied above) by a run that was killed
+        _delete_tree(tmp_dir)
 
 
 def _delete_tree(path):
@@ -45,28 +194,14 @@ def _delete_tree(path):
     inside = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
     if inside:
         FileSystems.delete(inside)
-    if FileSystems.exists(path):
+    if is_local_dir(path):
+        shutil.rmtree(path)  # and the empty folders below it
+    elif FileSystems.exists(path):
         FileSystems.delete([path])
 
 
-def prepare_output(output, prefix, overwrite):
-    """Refuse a non-empty output dir unless `overwrite`; then delete only our own files."""
-    present, ours = _own_files(output, prefix)
-    if present and not overwrite:
-        raise UserError(f"output directory {output} is not empty ({len(present)} files)",
-                        hint="pass --overwrite to replace an earlier run's output, or choose "
-                             "another --output")
-    if ours:
-        FileSystems.delete(ours)
-    tmp_dir = FileSystems.join(output, sinks.TMP_DIR)
-    if FileSystems.exists(tmp_dir):  # left (emptied above) by a run that was killed
-        FileSystems.delete([tmp_dir])
-    foreign = sorted(set(present) - set(ours))
-    if foreign:
-        log.warning("--overwrite keeps %d files augbatch did not write in %s, e.g. %s",
-                    len(foreign), output, foreign[0])
-    if not FileSystems.exists(output):
-        FileSystems.mkdirs(output)
+def is_local_dir(path):
+    return sources.is_local(path) and os.path.isdir(path)
 
 
 def pick_num_shards(job, discovery):
@@ -109,12 +244,15 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow)."""
     refs = p | "Inputs" >> beam.Create(discovery.refs) | "Spread" >> beam.Reshuffle()
     if discovery.kind == "folder":
-        read = refs | "Read" >> beam.ParDo(T.ReadImageFile(discovery.label_names)).with_outputs(
-            T.ERRORS, main="inputs")
+        names = {label: name for name, label in discovery.label_map.items()}
+        read = refs | "Read" >> beam.ParDo(T.ReadImageFile(
+            names, sources.max_file_bytes(job.max_pixels))).with_outputs(T.ERRORS, main="inputs")
     else:
         read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
-            job.image_feature, job.label_feature)).with_outputs(T.ERRORS, main="inputs")
-    # What discovery found but cannot use (images beside the class folders, symlink loops).
+            job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels))
+        ).with_outputs(T.ERRORS, main="inputs")
+    # What discovery found but cannot use (images beside the class folders, symlink loops,
+    # files of other formats).
     outside = p | "Rejected" >> beam.Create([T.ErrorRecord(
         ref.key, ref.path, None, "read", error_type, message, reason)
         for ref, error_type, reason, message in discovery.rejected])
@@ -157,7 +295,8 @@ def _added(counts):
 
 
 def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=()):
-    """Runs once, after every shard is written: errors.jsonl (sorted) and the counts.
+    """Runs once, after every shard is written: errors.jsonl (sorted) and the counts, in the
+    temporary folder (run_expand commits them with the shards).
     `discovered` counts what the read step saw: each input read, each input that failed to
     read (a damaged TFRecord's unreadable rest counts as one) and each rejected path."""
     errors = sorted(errors, key=lambda e: (e.key, e.stage))
@@ -165,10 +304,6 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_c
     with FileSystems.create(staging) as f:
         for e in errors:
             f.write((json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n").encode())
-    final = FileSystems.join(output, "errors.jsonl")
-    if FileSystems.exists(final):
-        FileSystems.delete([final])
-    FileSystems.rename([staging], [final])
     by_reason = collections.Counter((e.stage, e.reason) for e in errors)
     summary = {"discovered": discovered, "shards": sorted(shard_stats, key=lambda s: s["shard"]),
                "errors_by_stage": dict(sorted(collections.Counter(e.stage for e in errors)
@@ -208,45 +343,107 @@ def dry_run(job, beam_args=(), accelerator=None):
     anything (not even the output directory): the --dry-run report."""
     from pipeline import runners
     job = runners.on_any_worker(job)
-    discovery = sources.discover(job)
-    targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
-    num_shards = pick_num_shards(job, discovery)
     options = beam_options(beam_args)
+    notes = runners.check_submission(job, options, dry_run=True)
+    if all(sources.is_local(path) for path in job.input):
+        discovery = sources.discover(job)
+        targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
+        num_shards = pick_num_shards(job, discovery)
+        inputs = f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}"
+        shards = f"{num_shards} shard(s)"
+    else:  # listing an object store needs the network (and credentials): a dry run stays off
+        kind = "folder" if job.input_kind == "auto" else job.input_kind
+        discovery = sources.Discovery(kind, [], {}, [], [])
+        num_shards = job.num_shards or 1
+        inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
+        shards = (f"{num_shards} shard(s)" if job.num_shards else
+                  "shards as the inputs' size asks (decided at run time)")
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
                    job.config_hash, accelerator)
-    return runners.render(p, options, {
-        "inputs": f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}",
-        "output": f"{num_shards} shard(s) in {job.output}"})
+    return runners.render(p, options, {"inputs": inputs, "output": f"{shards} in {job.output}"},
+                          notes)
 
 
 def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None):
     """Run `job`; return the manifest (also written to OUTPUT/manifest.json).
     `show_progress`: a live progress display on stderr while the pipeline runs.
-    `accelerator`: a resource hint for the augment step (see build_pipeline)."""
+    `accelerator`: a resource hint for the augment step (see build_pipeline).
+
+    Everything is written in OUTPUT/.augbatch-tmp and moved to its final name only when the
+    whole run is done (the manifest last); a run that fails or is interrupted deletes its
+    temporary files and leaves nothing of its own (a killed one leaves them for --overwrite)."""
     started = time.time()
     check_crc()
     if job.copies == 0 and not job.keep_original:
         raise UserError("nothing to write: copies is 0 and keep_original is false")
     from pipeline import augment, runners
     job = runners.on_any_worker(job)
-    job = augment.for_workers(job, beam_options(beam_args))  # before the output is touched
+    runners.check_submission(job, beam_options(beam_args))  # before the output is touched
+    job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
     # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
     targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
-    prepare_output(job.output, job.prefix, overwrite)
+    _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
-    tmp_dir = FileSystems.join(job.output, sinks.TMP_DIR)
-    FileSystems.mkdirs(tmp_dir)
+    created = not FileSystems.exists(job.output)
+    if created:
+        FileSystems.mkdirs(job.output)
+    lock = OutputLock(job.output) if is_local_dir(job.output) else None
+    tmp_dir, tmp_made = FileSystems.join(job.output, sinks.TMP_DIR), False
+    try:
+        stale = lock.acquire() if lock else None
+        if stale is not None:
+            log.warning("%s did not finish in %s (its process is gone); its lock is taken over",
+                        _describe_run(stale), job.output)
+        prepare_output(job.output, overwrite, stale)
+        if lock:
+            lock.write(_run_record(job, num_shards))
+        FileSystems.mkdirs(tmp_dir)
+        tmp_made = True
+        with own_tempdir():
+            manifest = _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress,
+                            accelerator, started)
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # the run's own error is the one to tell
+            if tmp_made:
+                _delete_tree(tmp_dir)
+            if lock:
+                lock.release()
+            if created and is_local_dir(job.output) and not os.listdir(job.output):
+                os.rmdir(job.output)
+        if isinstance(e, KeyboardInterrupt) or stops.stopped_by:
+            stop = stops.Terminated if stops.stopped_by == signal.SIGTERM else KeyboardInterrupt
+            raise stop(f"nothing of this run was kept in {job.output} (its temporary files "
+                          "were deleted); run the same command again to start over") from None
+        full = _no_space(e)
+        if full is not None:
+            raise UserError(f"no space left on the device while writing {job.output}"
+                            f"{f' ({full})' if full and full != job.output else ''}; the run's "
+                            "temporary files were deleted and nothing of it was kept",
+                            hint="free some space or choose another --output") from e
+        raise
+    if lock:
+        lock.release()
+    if manifest["error_limit"]["exceeded"]:
+        raise TooManyErrors(manifest)
+    if manifest["counts"]["written"] == 0:
+        raise NothingWritten(manifest)
+    return manifest
+
+
+def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelerator, started):
+    """The pipeline, then the commit: the manifest of the finished run."""
     options = beam_options(beam_args)
     log.info("%d %s inputs -> %d shards in %s (runner %s)", len(discovery.refs),
              discovery.kind, num_shards, job.output, options.view_as(StandardOptions).runner)
     discovered_at = time.time()
+    from pipeline import runners
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
     total = len(discovery.refs) if discovery.kind == "folder" else None  # records: unknown
     with progress.Shown(total, enabled=show_progress):
-        p.run().wait_until_finish()
+        p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
 
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:
@@ -255,18 +452,55 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
                          {"discover_s": discovered_at - started,
                           "pipeline_s": finished - discovered_at,
                           "total_s": time.time() - started})
-    staging = FileSystems.join(tmp_dir, "manifest.json")
-    with FileSystems.create(staging) as f:
+    with FileSystems.create(FileSystems.join(tmp_dir, "manifest.json")) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    final = FileSystems.join(job.output, "manifest.json")
-    if FileSystems.exists(final):
-        FileSystems.delete([final])
-    FileSystems.rename([staging], [final])
-    _delete_tree(tmp_dir)
     check_accounting(manifest, discovery)
-    if manifest["error_limit"]["exceeded"]:
-        raise TooManyErrors(manifest)
+    names = [shard["shard"] for shard in summary["shards"]] + ["errors.jsonl", "manifest.json"]
+    FileSystems.rename([FileSystems.join(tmp_dir, n) for n in names],
+                       [FileSystems.join(job.output, n) for n in names])  # the manifest last
+    _delete_tree(tmp_dir)
     return manifest
+
+
+@contextlib.contextmanager
+def own_tempdir():
+    """Beam's runners (and TensorFlow's autograph) make temporary folders and files in the
+    system's temp folder and leave them there: during a run they go in a folder of ours,
+    removed after it."""
+    folder, previous = tempfile.mkdtemp(prefix="augbatch-"), tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _no_space(exc):
+    """The path (or '') of a full disk somewhere in `exc`'s chain (Beam wraps a worker's
+    OSError in its own exceptions), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return exc.filename or ""
+        if "No space left on device" in str(exc):
+            return ""
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _warn_about(discovery):
+    """What a user should hear of before a long run."""
+    if discovery.duplicates:
+        extra = sum(len(keys) - 1 for keys in discovery.duplicates)
+        log.warning("%d inputs are the same file as another input (reached through links or "
+                    "overlapping inputs), e.g. %s; each is written under each key (manifest: "
+                    "input.same_file_under_several_keys)", extra,
+                    " and ".join(discovery.duplicates[0]))
+    if discovery.skipped:
+        log.warning("%d files are not images of a supported format, e.g. %s: each is an error "
+                    "record", len(discovery.skipped), discovery.skipped[0].key)
 
 
 # --- accounting --------------------------------------------------------------------------------
@@ -322,6 +556,21 @@ class TooManyErrors(UserError):
         self.manifest = manifest
 
 
+class NothingWritten(UserError):
+    """The run finished but wrote no input: every one failed. Exit code 3, as for too many
+    errors: an empty result is never a quiet success."""
+
+    exit_code = 3
+
+    def __init__(self, manifest):
+        counts = manifest["counts"]
+        lines = [f"nothing was written: all {counts['discovered']} inputs failed"]
+        lines += progress.error_lines(manifest)
+        super().__init__("\n".join(lines), hint=f"see {manifest['output']['directory']}/"
+                         "errors.jsonl for each input's error")
+        self.manifest = manifest
+
+
 def _manifest(job, discovery, num_shards, summary, beam_args, timings):
     first_copy = "0" if job.keep_original else "1"
     labels, copies, per_shard = collections.Counter(), collections.Counter(), {}
@@ -329,12 +578,10 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
         labels.update(shard["labels"])
         copies.update(shard["copies"])
         per_shard[shard["shard"]] = shard["records"]
-    names = discovery.label_names
+    names = {str(label): name for name, label in discovery.label_map.items()}
 
-    def label_name(label):
-        if label == "None":
-            return "(none)"
-        return names[int(label)] if names and int(label) < len(names) else label
+    def label_name(label):  # a label without a class folder (TFRecord inputs) as itself
+        return "(none)" if label == "None" else names.get(label, label)
 
     counts = {"discovered": summary["discovered"], "written": copies.get(first_copy, 0),
               "errored": summary["errored"], "outputs": sum(per_shard.values()),
@@ -346,9 +593,11 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
         "config": job.to_dict(),
         "config_hash": job.config_hash,
         "seed": job.seed,
-        "input": {"kind": discovery.kind, "paths": list(job.input), "label_names": names,
-                  "skipped_non_images": discovery.skipped,
-                  "skipped_hidden": discovery.hidden},
+        "input": {"kind": discovery.kind, "paths": list(job.input),
+                  "label_names": discovery.label_names, "label_map": discovery.label_map,
+                  "skipped_non_images": [ref.key for ref in discovery.skipped],
+                  "skipped_hidden": discovery.hidden,
+                  "same_file_under_several_keys": discovery.duplicates},
         "output": {"directory": job.output, "num_shards": num_shards,
                    "shards": sorted(per_shard), "compression": job.compression,
                    "format": job.format},

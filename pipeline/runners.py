@@ -8,7 +8,8 @@ import dataclasses
 import logging
 import os
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (PipelineOptions, PortableOptions,
+                                                  SetupOptions, StandardOptions)
 
 from pipeline.errors import UserError
 
@@ -144,6 +145,48 @@ def on_any_worker(job):
                                output=absolute(job.output))
 
 
+# Dataflow submits with apache-beam[gcp], which installs on the modern stack only (its
+# google-cloud libraries need protobuf >= 6, TensorFlow 2.15 needs protobuf < 5).
+DATAFLOW_INSTALL = ('pip install "augbatch[dataflow]" (Python 3.12, the modern stack: '
+                    'apache-beam[gcp] cannot install beside TensorFlow 2.15)')
+
+
+def dataflow_installed():
+    try:
+        from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_submission(job, options, dry_run=False):
+    """Refuse, offline and before any work, what the runner's submission would refuse or
+    could never run. Returns notes for the --dry-run report (what only a dry run lets pass)."""
+    runner = options.view_as(StandardOptions).runner
+    notes = []
+    if runner == RUNNERS["dataflow"]:
+        local = [path for path in (*job.input, job.output) if "://" not in path]
+        if local:
+            raise UserError(f"Dataflow workers cannot reach the local path {local[0]}",
+                            hint="put the inputs and the output in Cloud Storage "
+                                 "(gs://bucket/...)")
+        setup_file = options.view_as(SetupOptions).setup_file
+        if setup_file and not os.path.isfile(setup_file):
+            raise UserError(f"--setup_file {setup_file}: no such file",
+                            hint="run from the augbatch checkout with --setup_file=./setup.py")
+        if not dataflow_installed():
+            if not dry_run:
+                raise UserError("submitting to Dataflow needs apache-beam[gcp], which is not "
+                                "installed here", hint=DATAFLOW_INSTALL)
+            notes.append("not submittable from here: apache-beam[gcp] is not installed ("
+                         + DATAFLOW_INSTALL + ")")
+    if runner == RUNNERS["portable"] and not options.view_as(PortableOptions).job_endpoint:
+        raise UserError("--runner portable needs the Beam job server to submit to",
+                        hint="add -- --job_endpoint=HOST:PORT (a Flink or Spark job server), or "
+                             "use --runner flink / spark")
+    return notes
+
+
 def new_pipeline(options):
     """beam.Pipeline(options), with the runner's option check as a user error (Dataflow checks
     project, region and gs:// locations here)."""
@@ -177,12 +220,13 @@ def _hints_below(node):
     return hints
 
 
-def render(pipeline, options, summary):
+def render(pipeline, options, summary, notes=()):
     """The --dry-run report: what would run, where, with which options (nothing has run)."""
     runner = options.view_as(StandardOptions).runner
     proto = pipeline.to_runner_api()
     lines = ["dry run: nothing was run and nothing was written",
              f"runner: {runner}"]
+    lines += [f"note: {note}" for note in notes]
     lines += [f"{key}: {value}" for key, value in summary.items()]
     lines.append("options:")
     for key, value in sorted(options.get_all_options(drop_default=True).items()):

@@ -4,9 +4,10 @@ A record's shard and its place in the shard are a pure function of (key, copy in
 hash picks the shard, records sit in hash order (a shuffle a model can train on directly).
 Workers append records to per-bundle bucket files in a temporary folder, one per shard and
 slice of the hash order; one step per shard gathers the buckets Beam committed, sorts them a
-slice at a time, writes the shard under a temporary name and renames it. So the bytes do not
-depend on bundles, batches, workers, runners or retries, and a crash never leaves a
-half-written shard under a final name.
+slice at a time, and writes the shard in the temporary folder (a retry writes it again); the
+run moves the shards to their final names once it is done. So the bytes do not depend on
+bundles, batches, workers, runners or retries, and a crash never leaves a shard under a final
+name.
 """
 import collections
 import concurrent.futures
@@ -33,7 +34,8 @@ SLICES = 4
 # Shards a worker writes at once, at most (file reads and writes and CRCs release the GIL);
 # together they hold about SORT_BYTES of records.
 PARALLEL_SHARDS = 4
-_HEADER = struct.Struct("<8sqiI")  # order hash, label (-1: none), copy index, key length
+# Order hash, has a label, label, copy index, key length.
+_HEADER = struct.Struct("<8s?qiI")
 
 
 def order_hash(key, copy_index):
@@ -59,16 +61,15 @@ def shard_name(prefix, index, num_shards, compression):
 
 def _bucket_entry(record):
     key = record.key.encode()
-    label = -1 if record.label is None else record.label
-    return (_HEADER.pack(order_hash(record.key, record.copy_index), label, record.copy_index,
-                         len(key)) + key + record.payload)
+    return (_HEADER.pack(order_hash(record.key, record.copy_index), record.label is not None,
+                         record.label or 0, record.copy_index, len(key)) + key + record.payload)
 
 
 def _parse_entry(entry):
-    order, label, copy_index, key_length = _HEADER.unpack_from(entry)
+    order, has_label, label, copy_index, key_length = _HEADER.unpack_from(entry)
     start = _HEADER.size
     key = entry[start:start + key_length].decode()
-    return (order, key, copy_index), (None if label < 0 else label), entry[start + key_length:]
+    return (order, key, copy_index), (label if has_label else None), entry[start + key_length:]
 
 
 class WriteBuckets(beam.DoFn):
@@ -147,10 +148,6 @@ class WriteShard(beam.DoFn):
                     copies[str(copy_index)] += 1
                 f.write(buffer.getvalue())
                 records += len(entries)
-        final = FileSystems.join(self.output_dir, name)
-        if FileSystems.exists(final):  # a retried step: replace what the first try wrote
-            FileSystems.delete([final])
-        FileSystems.rename([staging], [final])
         return {"shard": name, "records": records, "labels": dict(labels),
                 "copies": dict(copies)}
 
@@ -183,7 +180,8 @@ class WriteShard(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """PCollection of OutputRecord -> shard files in output_dir; output: one dict per shard."""
+    """PCollection of OutputRecord -> shard files in tmp_dir, named for output_dir (the run
+    moves them there when it is done); output: one dict per shard."""
 
     def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression):
         super().__init__()

@@ -9,6 +9,13 @@ listing skips broken symbolic links and symlinked folders without a word: symlin
 are followed (a dataset is often assembled from links), a link back to a folder above it (a
 loop) is not followed and becomes an error record, and a broken link named like an image is an
 input that fails to read. Hidden files (.DS_Store, ._photo.jpg) are left out and counted.
+
+Class folders are the non-hidden folders directly inside an input folder, empty or not, as in
+Keras' image_dataset_from_directory (so the labels match Keras'), unless the config gives a
+label map. The output folder is never an input, even inside an input folder. A file name that
+is not valid UTF-8 keeps its bytes in its key, escaped (caf\\xe9.jpg). Only regular files are
+read (a FIFO or a device named .jpg is an error record, never opened), at most a size derived
+from the pixel limit.
 """
 import dataclasses
 import errno
@@ -16,6 +23,7 @@ import glob as globlib
 import io
 import os
 import posixpath
+import stat
 import struct
 from typing import Optional
 
@@ -25,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TFRECORD_HINTS = (".tfrecord", ".tfrecords", ".tfr", ".record")
 
 
@@ -37,15 +45,24 @@ class InputRef:
     label: Optional[int] = None
 
 
+SUPPORTED = "JPEG, PNG, GIF, BMP, WebP and TIFF"
+
+
 @dataclasses.dataclass
 class Discovery:
     kind: str  # "folder" (image files) or "tfrecord"
     refs: list  # InputRef per image file, or per TFRecord file
-    label_names: list
-    skipped: list  # files that are not images (by extension), relative paths
+    label_map: dict  # class folder name -> label ({} without class folders)
+    skipped: list  # InputRefs of files that are not images (by extension): errors
     outside_classes: list  # InputRefs of images beside the class folders (become errors)
     loops: list = dataclasses.field(default_factory=list)  # InputRefs of symlink loops (errors)
     hidden: list = dataclasses.field(default_factory=list)  # hidden files left out, relative
+    duplicates: list = dataclasses.field(default_factory=list)  # [keys of one real file]
+
+    @property
+    def label_names(self):
+        """The class names in label order."""
+        return sorted(self.label_map, key=self.label_map.get)
 
     @property
     def rejected(self):
@@ -54,9 +71,24 @@ class Discovery:
         return ([(ref, "ValueError", "image beside the class folders", "image is beside the "
                   "class folders, not inside one; it has no label")
                  for ref in self.outside_classes]
-                + [(ref, "OSError", "symbolic link loop", f"symbolic link loop: {ref.path} "
-                    f"points to {os.path.realpath(ref.path)}, a folder above it; not followed")
-                   for ref in self.loops])
+                + [(ref, "OSError", "symbolic link loop", f"symbolic link loop: "
+                    f"{printable(ref.path)} points to {printable(os.path.realpath(ref.path))}, "
+                    "a folder above it; not followed")
+                   for ref in self.loops]
+                + [(ref, "ValueError", "unsupported format", f"unsupported format: "
+                    f"{printable(ref.path)} (augbatch reads {SUPPORTED} files)")
+                   for ref in self.skipped])
+
+
+def printable(text):
+    """`text`, with the bytes of a file name that is not valid UTF-8 (which Python holds as
+    lone surrogates) escaped as \\xNN: such a key or path can be written to records and JSON
+    and still says which bytes the name has. Valid names are unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_glob(path):
@@ -99,53 +131,86 @@ def is_local(path):
     return "://" not in path
 
 
-def _walk_local(folder):
-    """(files, loops) under a local folder, sorted: symlinked folders are followed, except a
-    link to a folder above it (a loop), which is listed in `loops` instead. Broken links are
-    files (reading them tells why they fail)."""
-    files, loops = [], []
+def _inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
-    def visit(directory, above):
+
+@dataclasses.dataclass
+class _Found:
+    """What one --input path or glob lists."""
+    base: str  # the folder keys are relative to
+    files: list
+    is_folder: bool
+    loops: list = dataclasses.field(default_factory=list)
+    classes: Optional[list] = None  # the class folders of a local folder (None: from files)
+    linked: set = dataclasses.field(default_factory=set)  # files reached through a link
+
+
+def _walk_local(folder, output):
+    """A local folder's files, sorted: symlinked folders are followed, except a link to a
+    folder above it (a loop), listed in `loops` instead, and the output folder (`output`, a
+    real path), never read. Broken links are files (reading them tells why they fail)."""
+    found = _Found(folder, [], True, [], [])
+
+    def visit(directory, above, top, linked):
         with os.scandir(directory) as entries:
             for entry in entries:
+                through_link = linked or entry.is_symlink()
                 if not os.path.isdir(entry.path):  # follows links; False for broken ones
-                    files.append(entry.path)
+                    found.files.append(entry.path)
+                    if through_link:
+                        found.linked.add(entry.path)
                     continue
                 real = os.path.realpath(entry.path)
+                if real == output:
+                    continue  # an output folder inside the input: never our own input
                 if real in above:
-                    loops.append(entry.path)
-                else:
-                    visit(entry.path, above | {real})
+                    found.loops.append(entry.path)
+                    continue
+                if top and not entry.name.startswith("."):
+                    found.classes.append(entry.name)
+                visit(entry.path, above | {real}, False, through_link)
 
-    visit(folder, {os.path.realpath(folder)})
-    return sorted(files), sorted(loops)
+    visit(folder, {os.path.realpath(folder)}, True, False)
+    found.files.sort()
+    found.loops.sort()
+    found.classes.sort()
+    return found
 
 
 def _expand_inputs(job):
-    """[(base dir, [files], is a folder, [symlink loops])] for every --input path or glob; a
-    folder lists recursively."""
+    """A _Found for every --input path or glob; a folder lists recursively. Nothing in the
+    output folder is listed."""
+    output = job.output.rstrip("/") or job.output
+    local_output = os.path.realpath(output) if is_local(output) else None
     found = []
     for pattern in job.input:
+        folder = pattern.rstrip("/") or pattern
+        if is_local(folder) and local_output and not _is_glob(folder) and _inside(
+                os.path.realpath(folder), local_output):
+            raise UserError(f"--input {pattern} is the output folder {output} or inside it",
+                            hint="write the output somewhere else")
         if _is_glob(pattern):
-            files = _match(pattern)
+            files = [f for f in _match(pattern) if not _inside(
+                os.path.realpath(f) if local_output and is_local(f) else f,
+                local_output or output)]
             if not files:
                 raise UserError(f"--input {pattern}: the pattern matches no file",
                                 hint="check the pattern; quote it so the shell does not "
                                      "expand it")
-            found.append((_base_dir(pattern), files, False, []))
+            found.append(_Found(_base_dir(pattern), files, False))
             continue
-        folder = pattern.rstrip("/")
-        if folder and is_local(folder) and os.path.isdir(folder):
-            files, loops = _walk_local(folder)
-            if not files and not loops:
+        if is_local(folder) and os.path.isdir(folder):
+            listed = _walk_local(folder, local_output)
+            if not listed.files and not listed.loops:
                 raise UserError(f"--input {pattern}: the folder holds no file")
-            found.append((folder, files, True, loops))
+            found.append(listed)
             continue
-        files = _match(folder + "/**") if folder else []
+        files = [f for f in _match(folder + "/**") if not _inside(f, output)]
         if files:
-            found.append((folder, files, True, []))
+            found.append(_Found(folder, files, True))
         elif FileSystems.exists(pattern):
-            found.append((posixpath.dirname(_slashes(pattern)), [pattern], False, []))
+            found.append(_Found(posixpath.dirname(_slashes(pattern)), [pattern], False))
         else:
             raise UserError(f"--input {pattern}: no such file or folder",
                             hint="give a folder of images (class subfolders become labels), "
@@ -153,78 +218,142 @@ def _expand_inputs(job):
     return found
 
 
+def _ref(path, base, label=None):
+    return InputRef(key=printable(_relative(path, base)), path=path, label=label)
+
+
 def discover(job):
     """List the inputs of `job` (deterministic order) and decide their kind and labels."""
     found = _expand_inputs(job)
-    all_files = [f for _, files, _, _ in found for f in files]
-    loops = [InputRef(key=_relative(link, base), path=link)
-             for base, _, _, links in found for link in links]
-    hidden = sorted(_relative(f, base) for base, files, is_folder, _ in found if is_folder
-                    for f in files if _hidden(_relative(f, base)))
+    all_files = [f for item in found for f in item.files]
+    loops = [_ref(link, item.base) for item in found for link in item.loops]
+    hidden = sorted(printable(_relative(f, item.base)) for item in found if item.is_folder
+                    for f in item.files if _hidden(_relative(f, item.base)))
     kind = job.input_kind
     if kind == "auto":
         images = [f for f in all_files if _is_image(f)]
         records = [f for f in all_files if any(h in f.lower() for h in TFRECORD_HINTS)]
         kind = "tfrecord" if records and not images else "folder"
     if kind == "tfrecord":
-        refs = [InputRef(key=_relative(f, base), path=f)
-                for base, files, is_folder, _ in found for f in files
-                if not (is_folder and _hidden(_relative(f, base)))]
+        refs = [_ref(f, item.base) for item in found for f in item.files
+                if not (item.is_folder and _hidden(_relative(f, item.base)))]
         _check_unique(refs + loops)
-        return Discovery("tfrecord", refs, [], [], [], loops, hidden)
+        return Discovery("tfrecord", refs, {}, [], [], loops, hidden)
 
-    refs, skipped, outside, names = [], [], [], set()
-    for base, files, is_folder, _ in found:
-        relative = [(f, _relative(f, base)) for f in files]
-        if is_folder:
-            relative = [(f, r) for f, r in relative if not _hidden(r)]
-            names |= {r.split("/")[0] for f, r in relative if "/" in r and _is_image(f)}
-        for f, r in relative:
-            if _is_image(f):
-                refs.append((f, r))
-            else:
-                skipped.append(r)
-    label_names = sorted(names)
-    label_of = {name: i for i, name in enumerate(label_names)}
-    image_refs = []
-    for f, r in refs:
-        if label_names and "/" not in r:
-            outside.append(InputRef(key=r, path=f))
-            continue
-        image_refs.append(InputRef(key=r, path=f,
-                                   label=label_of[r.split("/")[0]] if label_names else None))
-    _check_unique(image_refs + outside + loops)
-    return Discovery("folder", image_refs, label_names, sorted(skipped), outside, loops, hidden)
+    visible, classes = [], set()
+    for item in found:
+        files = [(f, _relative(f, item.base)) for f in item.files]
+        if item.is_folder:
+            files = [(f, r) for f, r in files if not _hidden(r)]
+            # Every class folder counts, empty or not, as for Keras' image_dataset_from_directory.
+            classes |= (set(item.classes) if item.classes is not None
+                        else {r.split("/")[0] for _, r in files if "/" in r})
+        visible += [(f, r, item) for f, r in files]
+    label_map = _labels(job, classes)
+    refs, skipped, outside = [], [], []
+    for f, r, item in visible:
+        if not _is_image(f):
+            skipped.append(_ref(f, item.base))
+        elif label_map and ("/" not in r or r.split("/")[0] not in label_map):
+            outside.append(_ref(f, item.base))
+        else:
+            refs.append(_ref(f, item.base, label_map[r.split("/")[0]] if label_map else None))
+    _check_unique(refs + outside + loops + skipped)
+    return Discovery("folder", refs, label_map, skipped, outside, loops, hidden,
+                     _duplicates(refs, found))
+
+
+def _labels(job, classes):
+    """Class folder name -> label: the config's label map, else the sorted names."""
+    names = {printable(name) for name in classes}
+    if not job.label_map:
+        return {name: i for i, name in enumerate(sorted(names))}
+    label_map = dict(job.label_map)
+    unknown = sorted(names - set(label_map))
+    if unknown:
+        raise UserError(f"class folder{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(repr(n) for n in unknown[:10])} not in the config's "
+                        "input.labels", hint="add them to input.labels, or remove the folders")
+    return label_map
+
+
+def _duplicates(refs, found):
+    """Keys of the same file reached twice (a folder linked twice, overlapping inputs):
+    [[key, key, ...]] by real path."""
+    linked = set().union(*(item.linked for item in found)) if found else set()
+    by_file = {}
+    for ref in refs:
+        if is_local(ref.path):
+            real = os.path.realpath(ref.path) if ref.path in linked else os.path.abspath(ref.path)
+            by_file.setdefault(real, []).append(ref.key)
+    return sorted(keys for keys in by_file.values() if len(keys) > 1)
 
 
 def _check_unique(refs):
     seen = {}
     for ref in refs:
         if ref.key in seen:
-            raise UserError(f"two inputs have the same key '{ref.key}': {seen[ref.key]} and "
-                            f"{ref.path}", hint="pass inputs whose paths relative to their "
-                            "folders differ")
+            raise UserError(f"two inputs have the same key '{ref.key}': "
+                            f"{printable(seen[ref.key])} and {printable(ref.path)}",
+                            hint="pass inputs whose paths relative to their folders differ")
         seen[ref.key] = ref.path
 
 
 # --- reading -----------------------------------------------------------------------------------
 
-def read_bytes(path):
+class Refused(OSError):
+    """A file that is not read at all: not a regular file, or larger than the limit."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+def max_file_bytes(max_pixels):
+    """The largest image file read: 8 bytes per allowed pixel (RGBA at 16 bits, stored raw) and
+    1 MB of headers and metadata. A larger file cannot hold an allowed image."""
+    return 8 * max_pixels + (1 << 20)
+
+
+def _check_regular(path):
+    """Refuse a local path that is not a regular file before opening it: opening a FIFO
+    blocks forever, a device (a link to /dev/zero) never ends."""
+    if is_local(path):
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device"
+                    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                    if stat.S_ISSOCK(mode) else "not a file")
+            raise Refused("not a regular file", f"{printable(path)} is {kind}, not a regular "
+                          "file; not read")
+
+
+def read_bytes(path, limit=None):
+    """The bytes of a regular file, refused unread past `limit` bytes."""
+    _check_regular(path)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+        data = f.read(limit + 1) if limit else f.read()
+    if limit and len(data) > limit:
+        raise Refused("file too large", f"{printable(path)} is over {limit} bytes, more than "
+                      "an image within max_pixels can take; not read")
+    return data
 
 
 def read_failure(path, exc):
     """(reason, message) for a file that could not be read: names a broken or looping symbolic
     link, which the OS reports only as 'no such file' / 'too many levels of symbolic links'."""
+    if isinstance(exc, Refused):
+        return exc.reason, str(exc)
+    shown = printable(path)
     if is_local(path) and os.path.islink(path):
         if getattr(exc, "errno", None) == errno.ELOOP:
-            return "symbolic link loop", f"symbolic link loop: {path} points back to itself"
+            return "symbolic link loop", f"symbolic link loop: {shown} points back to itself"
         if not os.path.exists(path):
-            return "broken symbolic link", (f"broken symbolic link: {path} points to "
-                                            f"{os.readlink(path)}, which does not exist")
+            return "broken symbolic link", (f"broken symbolic link: {shown} points to "
+                                            f"{printable(os.readlink(path))}, which does not "
+                                            "exist")
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return "cannot read the file", f"cannot read {path}: {text}"
+    return "cannot read the file", f"cannot read {shown}: {printable(text)}"
 
 
 class RecordError(Exception):
@@ -242,15 +371,16 @@ def _masked_crc(data):
 
 def open_records(path):
     """A binary stream of the TFRecord file, gunzipped when it is GZIP (detected by magic)."""
+    _check_regular(path)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     return FileSystems.open(path, compression_type=(
         CompressionTypes.GZIP if gzipped else CompressionTypes.UNCOMPRESSED))
 
 
-def iter_records(stream):
+def iter_records(stream, max_length=None):
     """Yield each record's bytes, checking both CRCs; raise RecordError where the file is
-    damaged (the records before it have been yielded)."""
+    damaged (the records before it have been yielded) or a record is over `max_length`."""
     offset = 0
     while True:
         header = stream.read(12)
@@ -262,6 +392,9 @@ def iter_records(stream):
         if _masked_crc(length_bytes) != length_crc:
             raise RecordError("corrupt record length (CRC mismatch)", offset)
         length = struct.unpack("<Q", length_bytes)[0]
+        if max_length is not None and length > max_length:
+            raise RecordError(f"record of {length} bytes, over the limit of {max_length}",
+                              offset)
         body = stream.read(length + 4)
         if len(body) < length + 4:
             raise RecordError(f"truncated record (expected {length} bytes)", offset)

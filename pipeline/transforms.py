@@ -53,7 +53,10 @@ class ErrorRecord:
     reason: str = ""  # a short fixed phrase, for counting errors by reason
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["source"], out["message"] = (sources.printable(out["source"]),
+                                         sources.printable(out["message"]))
+        return out
 
 
 @dataclasses.dataclass
@@ -98,20 +101,23 @@ def error(stage, exc, key, source, record_index=None, reason=None, message=None)
 # --- read --------------------------------------------------------------------------------------
 
 class ReadImageFile(beam.DoFn):
-    """InputRef of an image file -> Input."""
+    """InputRef of an image file -> Input. `label_names`: label -> class name (a dict, or a
+    list indexed by label); `max_bytes`: larger files are refused unread."""
 
-    def __init__(self, label_names):
-        self.label_names = list(label_names)
+    def __init__(self, label_names, max_bytes=None):
+        self.label_names = (dict(label_names) if isinstance(label_names, dict)
+                            else dict(enumerate(label_names)))
+        self.max_bytes = max_bytes
 
     def process(self, ref):
         progress.count(progress.READ)
         try:
-            data = sources.read_bytes(ref.path)
+            data = sources.read_bytes(ref.path, self.max_bytes)
         except Exception as e:  # noqa: BLE001 - any read failure is this input's error
             reason, message = sources.read_failure(ref.path, e)
             yield error("read", e, ref.key, ref.path, reason=reason, message=message)
             return
-        text = self.label_names[ref.label] if ref.label is not None else None
+        text = self.label_names.get(ref.label) if ref.label is not None else None
         yield Input(key=ref.key, source=ref.path, record_index=None, data=data,
                     label=ref.label, label_text=text)
 
@@ -121,11 +127,13 @@ class ReadTFRecordFile(beam.DoFn):
 
     Where the file is damaged (a CRC mismatch, a truncated tail) the records before the damage
     are kept and the rest of the file, which cannot be framed any more, becomes one error
-    record keyed `file:index` of the first record lost, naming the byte offset.
+    record keyed `file:index` of the first record lost, naming the byte offset. A file holding
+    no record at all is an error too (`file:0`). A record over `max_bytes` is damage.
     """
 
-    def __init__(self, image_feature, label_feature):
+    def __init__(self, image_feature, label_feature, max_bytes=None):
         self.image_feature, self.label_feature = image_feature, label_feature
+        self.max_bytes = max_bytes
 
     def process(self, ref):
         try:
@@ -138,10 +146,16 @@ class ReadTFRecordFile(beam.DoFn):
         index = 0
         try:
             with stream:
-                for record in sources.iter_records(stream):
+                for record in sources.iter_records(stream, self.max_bytes):
                     progress.count(progress.READ)
                     yield self._parse(ref, index, record)
                     index += 1
+            if index == 0:
+                progress.count(progress.READ)
+                yield error("read", ValueError("no record"), f"{ref.key}:0", ref.path, 0,
+                            reason="empty TFRecord file",
+                            message=f"{sources.printable(ref.path)} holds no record (an empty "
+                                    "file)")
         except Exception as e:  # noqa: BLE001 - damage: the records before it are kept
             progress.count(progress.READ)
             kept = ("no record before it" if index == 0 else "record 0 before it was read"
@@ -216,7 +230,11 @@ def _describe(feature):
 
 # --- decode and validate -----------------------------------------------------------------------
 
-PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp"}
+PIL_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp",
+               "WEBP": "webp", "TIFF": "tiff"}
+# Decoded by Pillow: TensorFlow reads a palette BMP's indices as gray values, and reads no
+# WebP (before 2.18) or TIFF.
+PILLOW_DECODES = ("bmp", "webp", "tiff")
 
 
 class UnsupportedFormat(ValueError):
@@ -230,7 +248,7 @@ def sniff(data):
         fmt = PIL_FORMATS.get(im.format)
         if fmt is None:
             raise UnsupportedFormat(f"unsupported image format {im.format} (augbatch reads "
-                                    "JPEG, PNG, GIF and BMP)")
+                                    f"{sources.SUPPORTED})")
         return fmt, im.width, im.height
 
 
@@ -258,7 +276,7 @@ def decode_with_pillow(data):
 
 class DecodeImage(beam.DoFn):
     """Input -> Decoded: the header is checked against max_pixels before any pixel is decoded,
-    then TensorFlow decodes JPEG, PNG and GIF, Pillow BMP.
+    then TensorFlow decodes JPEG, PNG and GIF, Pillow BMP, WebP and TIFF.
 
     What arrives how: grayscale, 16-bit (scaled to 8 bits), palette and CMYK images are
     converted to the configured channels; alpha is dropped; an animated GIF gives its first
@@ -286,7 +304,7 @@ class DecodeImage(beam.DoFn):
             return
         except Exception:  # noqa: BLE001 - Pillow knows no such header
             yield error("decode", ValueError(
-                f"not an image: the data starts with {item.data[:12]!r} (JPEG, PNG, GIF or BMP "
+                f"not an image: the data starts with {item.data[:12]!r} ({sources.SUPPORTED} "
                 "expected)"), *where, reason="not an image")
             return
         if width * height > self.max_pixels:
@@ -300,6 +318,7 @@ class DecodeImage(beam.DoFn):
             yield error("decode", e, *where, reason=f"corrupt or truncated {fmt.upper()}",
                         message=self._why(item.data, fmt, e))
             return
+        progress.count(progress.DECODED)
         if item.targets is not None:
             try:
                 targets_mod.decode(item.targets, image.shape[0], image.shape[1])
@@ -311,7 +330,7 @@ class DecodeImage(beam.DoFn):
 
     @staticmethod
     def _decode(data, fmt):
-        if fmt == "bmp":  # TensorFlow reads a palette BMP's indices as gray values
+        if fmt in PILLOW_DECODES:
             return decode_with_pillow(data)
         import tensorflow as tf
         return tf.io.decode_image(data, channels=0, expand_animations=False).numpy()

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import sources
+from pipeline import run, sources
 from tests.conftest import SAMPLE_IMAGES, assert_accounted, read_outputs, run_job
 
 CHAIN = [{"op": "tf.image.random_flip_left_right"},
@@ -202,7 +202,9 @@ def test_max_pixels_is_checked_from_the_header(tmp_path):
     os.makedirs(images)
     (images / "huge.png").write_bytes(png_header_only(60000, 60000))
     shutil.copy(sample_photo("coffee_01.jpg"), images / "coffee_01.jpg")
-    manifest = run_job(str(images), tmp_path / "out", copies=0, max_pixels=100)
+    with pytest.raises(run.NothingWritten) as failed:  # nothing written: a failed run
+        run_job(str(images), tmp_path / "out", copies=0, max_pixels=100)
+    manifest = failed.value.manifest
     errors = [json.loads(line) for line in open(tmp_path / "out" / "errors.jsonl")]
     assert [(e["key"], e["stage"], e["reason"]) for e in errors] == [
         ("coffee_01.jpg", "validate", "too many pixels"),

@@ -164,16 +164,15 @@ def test_non_empty_output_is_refused_without_overwrite(small_folder, tmp_path):
     os.makedirs(out)
     (out / "notes.txt").write_text("mine")
     (out / "augmented-00000-of-00007.tfrecord").write_bytes(b"stale shard of an older run")
-    result = CliRunner().invoke(main, ["expand", "-i", small_folder, "-o", str(out),
-                                       "--copies", "0", "-q"])
+    args = ["expand", "-i", small_folder, "-o", str(out), "--copies", "0", "-q"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert f"error: output directory {out} is not empty (2 files)" in result.stderr
     assert "hint: pass --overwrite" in result.stderr and "Traceback" not in result.output
-    assert sorted(os.listdir(out)) == ["augmented-00000-of-00007.tfrecord", "notes.txt"]
 
-    result = CliRunner().invoke(main, ["expand", "-i", small_folder, "-o", str(out),
-                                       "--copies", "0", "-q", "--overwrite"])
-    assert result.exit_code == 0, result.output
-    # Our stale shard is replaced; a file augbatch did not write is kept.
-    assert sorted(os.listdir(out)) == ["augmented-00000-of-00001.tfrecord", "errors.jsonl",
-                                       "manifest.json", "notes.txt"]
+    # No manifest of an earlier run lists them: --overwrite deletes nothing and says why.
+    result = CliRunner().invoke(main, args + ["--overwrite"])
+    assert result.exit_code == 2
+    assert (f"error: --overwrite refused: {out} holds 2 files augbatch did not write: "
+            "augmented-00000-of-00007.tfrecord, notes.txt") in result.stderr
+    assert sorted(os.listdir(out)) == ["augmented-00000-of-00007.tfrecord", "notes.txt"]

@@ -184,8 +184,13 @@ def test_cli_expand_refuses_non_empty_output_unless_overwrite(small_folder, tmp_
     args = ["expand", "-c", config, "-o", str(out), "--num-shards", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "is not empty" in result.output
+    # --overwrite deletes only what an earlier run wrote: a file of the user's is refused.
+    result = CliRunner().invoke(main, args + ["--overwrite"])
+    assert result.exit_code == 2 and "augbatch did not write: notes.txt" in result.output
+    assert os.listdir(out) == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    assert CliRunner().invoke(main, args).exit_code == 0
     result = CliRunner().invoke(main, args + ["--overwrite"])
     assert result.exit_code == 0, result.output
     assert "written: 9" in result.output
-    assert (out / "notes.txt").read_text() == "mine"  # --overwrite deletes only our files
     assert len(read_outputs(str(out))) == 18

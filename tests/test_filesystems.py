@@ -166,15 +166,20 @@ def test_folder_in_and_out_on_an_object_store(small_folder, tmp_path, memory):
         assert written["errors.jsonl"] == f.read().replace(
             str(small_folder).encode(), b"mem://bucket/in")
 
-    # A second run into the same place: refused, then --overwrite replaces our files only.
-    MemoryFileSystem.objects["mem://bucket/out/notes.txt"] = b"not ours"
+    # A second run into the same place: refused, then --overwrite replaces our files, and
+    # refuses while a file augbatch did not write is there.
     with pytest.raises(UserError, match="not empty"):
         run_job("mem://bucket/in", "mem://bucket/out", CHAIN, copies=2, num_shards=3)
+    MemoryFileSystem.objects["mem://bucket/out/notes.txt"] = b"not ours"
+    with pytest.raises(UserError, match="augbatch did not write: notes.txt"):
+        run.run_expand(make_job("mem://bucket/in", "mem://bucket/out", CHAIN, copies=2,
+                                num_shards=3), overwrite=True)
+    assert MemoryFileSystem.objects.pop("mem://bucket/out/notes.txt") == b"not ours"
+    assert sorted(objects_under("mem://bucket/out")) == sorted(written)
     again = run.run_expand(make_job("mem://bucket/in", "mem://bucket/out", CHAIN, copies=2,
                                     num_shards=3), overwrite=True)
     assert again["counts"] == local["counts"]
     now = objects_under("mem://bucket/out")
-    assert now.pop("notes.txt") == b"not ours"
     assert sorted(now) == sorted(written)  # manifest.json differs in its timings
     assert {n: d for n, d in now.items() if n != "manifest.json"} == \
         {n: d for n, d in written.items() if n != "manifest.json"}

@@ -1,8 +1,9 @@
-"""Beyond one machine: the same job writes the same bytes on a Dask cluster, in the DirectRunner's
-multi-processing mode and through Beam's portable job API (the one Flink and Spark job servers
-serve). Dataflow, Flink and Spark cannot run here (no network): their pipelines are built and
-checked offline (--dry-run, the pipeline proto with the GPU hint), and the package that
---setup_file ships is built, installed apart and runs every DoFn in a fresh process."""
+"""Beyond one machine: the same job writes the same bytes in the DirectRunner's multi-processing
+mode and through Beam's portable job API (the one Flink and Spark job servers serve), and on a
+Dask cluster (tests/test_dask.py). Dataflow, Flink and Spark cannot run here (no network):
+their pipelines are built and checked offline (--dry-run, the pipeline proto with the GPU
+hint), and the package that --setup_file ships is built, installed apart and runs every DoFn
+in a fresh process."""
 import json
 import os
 import pickle
@@ -22,6 +23,7 @@ import cli
 from pipeline import run, runners, sources
 from pipeline.errors import UserError
 from tests.conftest import ROOT, SAMPLE_IMAGES, make_job, shard_bytes
+from tests.test_filesystems import MemoryFileSystem  # registers mem://, an object store
 
 CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.random_brightness", "max_delta": 0.2},
@@ -80,33 +82,6 @@ def expand(*args):
     return result
 
 
-# --- Dask ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def dask_address():
-    """One local 2-worker cluster for every Dask test (started with the code --dask-workers
-    uses)."""
-    with runners.dask_cluster(2) as address:
-        yield address
-
-
-def tasks_per_worker(address):
-    from dask.distributed import Client
-    with Client(address) as client:
-        return client.run(lambda dask_worker: dask_worker.state.executed_count)
-
-
-def test_dask_cluster_writes_the_same_bytes_as_the_direct_runner(reference, dask_address,
-                                                                   tmp_path):
-    photos, config, reference_out, _ = reference
-    before = tasks_per_worker(dask_address)
-    expand("-c", config, "-i", photos, "-o", str(tmp_path / "dask"), "--num-shards", "3",
-           "--runner", "dask", "--dask-address", dask_address)
-    same_output(tmp_path / "dask", reference_out)
-    after = tasks_per_worker(dask_address)
-    assert len(after) == 2 and all(after[w] > before[w] for w in after), (before, after)
-
-
 # --- other runners that run here --------------------------------------------------------------
 
 @pytest.mark.parametrize("beam_args", [
@@ -153,13 +128,17 @@ def files_under(path):
 
 def test_dry_run_for_dataflow_with_gpus_builds_everything_and_writes_nothing(reference,
                                                                             tmp_path):
-    photos, config, _, _ = reference
-    out = tmp_path / "never"
+    _, config, _, _ = reference
     before = files_under(tmp_path)
-    result = expand("-c", config, "-i", photos, "-o", str(out), "--runner", "dataflow",
-                    "--accelerator", GPU, "--dry-run", "--", *DATAFLOW)
+    # An object store (mem://, as gs:// would be): a dry run builds the pipeline without
+    # listing it (no network), and writes nothing.
+    result = expand("-c", config, "-i", "mem://bucket/photos", "-o", "mem://bucket/never",
+                    "--runner", "dataflow", "--accelerator", GPU, "--dry-run", "--", *DATAFLOW)
     text = result.output
-    assert not out.exists() and files_under(tmp_path) == before
+    assert files_under(tmp_path) == before and not MemoryFileSystem.objects
+    assert "inputs: mem://bucket/photos (not listed: a dry run stays offline)\n" in text
+    assert ("note: not submittable from here: apache-beam[gcp] is not installed" in text) == (
+        not runners.dataflow_installed())
     assert "runner: DataflowRunner" in text
     for option in ("project: my-project", "region: us-central1", "setup_file: ./setup.py",
                    "temp_location: gs://my-bucket/tmp"):
@@ -197,10 +176,49 @@ def test_the_gpu_hint_is_on_the_augment_step_in_the_pipeline_proto(reference, tm
 def test_dry_run_names_bad_dataflow_options(reference, tmp_path):
     photos, config, _, _ = reference
     result = CliRunner().invoke(cli.main, [
-        "expand", "-c", config, "-i", photos, "-o", str(tmp_path / "out"), "--runner",
-        "dataflow", "--dry-run", "--", "--region=us-central1"])
+        "expand", "-c", config, "-i", "mem://bucket/photos", "-o", "mem://bucket/out",
+        "--runner", "dataflow", "--dry-run", "--", "--region=us-central1"])
     assert result.exit_code == 2, result.output
     assert "project" in result.output.lower() and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry_run", "run"])
+@pytest.mark.parametrize("runner,paths,options,message", [
+    ("dataflow", ("local", "mem://bucket/out"), DATAFLOW,
+     "Dataflow workers cannot reach the local path {photos}"),
+    ("dataflow", ("mem://bucket/photos", "local"), DATAFLOW,
+     "Dataflow workers cannot reach the local path {out}"),
+    ("dataflow", ("mem://bucket/photos", "mem://bucket/out"),
+     DATAFLOW[:-1] + ["--setup_file=/nowhere/setup.py"], "--setup_file /nowhere/setup.py"),
+    ("portable", ("local", "local"), ["--environment_type=LOOPBACK"],
+     "--runner portable needs the Beam job server"),
+], ids=["dataflow_local_input", "dataflow_local_output", "dataflow_no_setup_file",
+        "portable_no_endpoint"])
+def test_what_a_submission_refuses_is_refused_offline_before_anything_is_written(
+        reference, tmp_path, runner, paths, options, message, dry_run):
+    photos, config, _, _ = reference
+    out = str(tmp_path / "out")
+    given = [photos if paths[0] == "local" else paths[0], out if paths[1] == "local"
+             else paths[1]]
+    result = CliRunner().invoke(cli.main, [
+        "expand", "-q", "-c", config, "-i", given[0], "-o", given[1], "--runner", runner,
+        *(["--dry-run"] if dry_run else []), "--", *options])
+    assert result.exit_code == 2, result.output
+    assert message.format(photos=photos, out=out) in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not os.path.exists(out) and not MemoryFileSystem.objects
+
+
+def test_a_dataflow_submission_needs_apache_beam_gcp(reference, tmp_path):
+    job = make_job("mem://bucket/photos", "mem://bucket/out", CHAIN)
+    options = PipelineOptions(["--runner=DataflowRunner", *DATAFLOW])
+    if runners.dataflow_installed():
+        assert runners.check_submission(job, options) == []
+    else:
+        with pytest.raises(UserError, match=r"needs apache-beam\[gcp\]") as refused:
+            runners.check_submission(job, options)
+        assert "augbatch[dataflow]" in refused.value.hint and "3.12" in refused.value.hint
+        assert "apache-beam[gcp]" in runners.check_submission(job, options, dry_run=True)[0]
 
 
 @pytest.mark.parametrize("runner,options", [
@@ -339,9 +357,10 @@ def test_a_fresh_worker_runs_every_dofn_from_the_setup_py_package(reference, tmp
             "WriteShard"} <= set(report["loaded"])
     assert len(payloads) > 10
 
-    # What the worker wrote is what the pipeline writes, byte for byte.
-    assert shard_bytes(tmp_path / "worker-out") == shard_bytes(reference_out)
-    with open(tmp_path / "worker-out" / "errors.jsonl") as a, \
+    # What the worker wrote is what the pipeline writes, byte for byte (in the temporary
+    # folder: the driver moves the files to their final names once the run is done).
+    assert shard_bytes(tmp_dir) == shard_bytes(reference_out)
+    with open(os.path.join(tmp_dir, "errors.jsonl")) as a, \
             open(reference_out / "errors.jsonl") as b:
         assert a.read() == b.read()
 

@@ -11,10 +11,11 @@ Adding an op = one builder function in its family module, decorated with ``@regi
 """
 import dataclasses
 import importlib
+import math
 import numbers
 from typing import Any, Callable, Optional
 
-from pipeline.errors import ConfigError, did_you_mean
+from pipeline.errors import ConfigError, did_you_mean, quote
 
 REQUIRED = object()
 # Op.targets: what an op does to an input's boxes, masks and keypoints.
@@ -62,28 +63,30 @@ class Param:
             return None
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ConfigError(path, f"expected a number, got {value!r}")
+                raise ConfigError(path, f"expected a number, got {quote(value)}")
             value = float(value)
         elif self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ConfigError(path, f"expected an integer, got {value!r}")
+                raise ConfigError(path, f"expected an integer, got {quote(value)}")
             value = int(value)
         elif self.kind == "bool":
             if not isinstance(value, bool):
-                raise ConfigError(path, f"expected true or false, got {value!r}")
+                raise ConfigError(path, f"expected true or false, got {quote(value)}")
         elif self.kind == "str":
             if not isinstance(value, str):
-                raise ConfigError(path, f"expected a string, got {value!r}")
+                raise ConfigError(path, f"expected a string, got {quote(value)}")
         elif self.kind == "range":
             value = _as_range(value, path)
         elif self.kind == "list":
             if not isinstance(value, (list, tuple)):
-                raise ConfigError(path, f"expected a list, got {value!r}")
+                raise ConfigError(path, f"expected a list, got {quote(value)}")
             value = list(value)
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(path, f"expected one of {list(self.choices)}, got {value!r}")
+            raise ConfigError(path, f"expected one of {list(self.choices)}, got {quote(value)}")
         for number in value if self.kind == "range" else [value]:
             if isinstance(number, numbers.Real) and not isinstance(number, bool):
+                if not math.isfinite(number):  # NaN passes every bounds check
+                    raise ConfigError(path, f"{number} is not a finite number")
                 if self.low is not None and number < self.low:
                     raise ConfigError(path, f"must be >= {self.low}, got {number}")
                 if self.high is not None and number > self.high:
@@ -112,7 +115,7 @@ def _as_range(value, path):
         if low > high:
             raise ConfigError(path, f"range low {low} is above high {high}")
         return [low, high]
-    raise ConfigError(path, f"expected a number or a [low, high] pair, got {value!r}")
+    raise ConfigError(path, f"expected a number or a [low, high] pair, got {quote(value)}")
 
 
 @dataclasses.dataclass(frozen=True)

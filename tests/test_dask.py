@@ -1,0 +1,210 @@
+"""Dask on a real cluster: `dask scheduler` and `dask worker` processes on 127.0.0.1, started
+here as they would be by hand. The same bytes as the DirectRunner, each input read, decoded and
+augmented once, and runs that cannot end (scheduler killed, every worker killed, workers
+without augbatch) ending loudly, in bounded time, with no temp files left."""
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from pipeline import progress, sinks
+from tests.conftest import ROOT, copy_sample_photos
+from tests.test_runners import reference, same_output  # noqa: F401 - the reference run fixture
+
+BIN = os.path.dirname(sys.executable)  # the environment's `dask` and `augbatch` scripts
+# A worker "without augbatch": this environment with augbatch's code hidden from imports (the
+# repository off the path, the editable install's import hook removed).
+NO_AUGBATCH = f"""
+import sys
+sys.path[:] = [p for p in sys.path if p not in ("", {ROOT!r})]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+from distributed.cli.dask_worker import main
+sys.argv[0] = "dask-worker"
+main()
+"""
+
+
+def environment(augbatch=True):
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if augbatch:
+        env["PYTHONPATH"] = ROOT
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
+class Cluster:
+    """A scheduler and worker processes (one thread each, no nanny: a killed worker stays
+    dead), each logging to a file in `folder`."""
+
+    def __init__(self, folder):
+        self.folder, self.workers, self.scheduler = folder, [], None
+        self.folder.mkdir(exist_ok=True)
+        scheduler_file = folder / "scheduler.json"
+        self.scheduler = self._start("scheduler", ["dask", "scheduler", "--host", "127.0.0.1",
+                                                   "--port", "0", "--no-dashboard",
+                                                   "--scheduler-file", str(scheduler_file)])
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert time.monotonic() < deadline and self.scheduler.poll() is None, self.logs()
+            time.sleep(0.1)
+        self.address = json.loads(scheduler_file.read_text())["address"]
+
+    def _start(self, name, command, augbatch=True):
+        log = open(self.folder / f"{name}.log", "ab")
+        return subprocess.Popen(command, cwd=self.folder, env=environment(augbatch),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def add_workers(self, n, augbatch=True):
+        worker = ["--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
+                  "--death-timeout", "60", self.address]
+        for _ in range(n):
+            name = f"worker-{len(self.workers)}"
+            command = (["dask", "worker", *worker] if augbatch else
+                       [sys.executable, "-c", NO_AUGBATCH, *worker])
+            self.workers.append(self._start(name, command, augbatch))
+        with self.client() as client:
+            client.wait_for_workers(len([w for w in self.workers if w.poll() is None]),
+                                    timeout=60)
+        return self
+
+    def client(self):
+        from dask.distributed import Client
+        return Client(self.address, timeout=30)
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}"
+                         for p in sorted(self.folder.glob("*.log")))
+
+    def close(self):
+        for process in [self.scheduler] + self.workers:
+            if process.poll() is None:
+                process.kill()
+            process.wait(30)
+
+
+@contextlib.contextmanager
+def cluster(folder, workers=0, augbatch=True):
+    c = Cluster(folder)
+    try:
+        if workers:
+            c.add_workers(workers, augbatch)
+        yield c
+    finally:
+        c.close()
+
+
+def per_worker(c, function):
+    with c.client() as client:
+        return client.run(function)
+
+
+def total(counts, name):
+    return sum(c.get(name, 0) for c in counts.values())
+
+
+# --- the work: same bytes, each input once ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    with cluster(tmp_path_factory.mktemp("cluster"), workers=2) as c:
+        yield c
+
+
+def test_a_two_worker_cluster_writes_the_direct_runners_bytes_doing_each_input_once(
+        reference, two_workers, tmp_path):  # noqa: F811
+    photos, config, reference_out, manifest = reference
+    before = per_worker(two_workers, progress.counts)
+    result = CliRunner().invoke(cli.main, [
+        "expand", "-q", "-c", config, "-i", photos, "-o", str(tmp_path / "dask"),
+        "--num-shards", "3", "--dask-address", two_workers.address])
+    assert result.exit_code == 0, result.output + two_workers.logs()
+    same_output(tmp_path / "dask", reference_out)
+    after = per_worker(two_workers, progress.counts)
+    done = {name: total(after, name) - total(before, name)
+            for name in (progress.READ, progress.DECODED, progress.DONE, progress.OUTPUTS)}
+    inputs = manifest["counts"]["discovered"]  # 9 photos and one broken file
+    # Read once each; decoded once each (the broken file does not decode); augmented once each
+    # (the broken file is "done" as an error); every output made once.
+    assert done == {progress.READ: inputs, progress.DECODED: inputs - 1,
+                    progress.DONE: inputs, progress.OUTPUTS: manifest["counts"]["outputs"]}
+    # Both workers did part of it.
+    assert all(after[w] != before.get(w) for w in after) and len(after) == 2, (before, after)
+
+
+# --- runs that cannot end, ending loudly ------------------------------------------------------
+
+TIMEOUT = 5  # --dask_no_progress_timeout for these runs, seconds
+
+
+def expand_with_fault(c, photos, out, fault=None):
+    """`augbatch expand` on cluster `c`; `fault` runs once workers are running its tasks. Returns (exit code, output, seconds from the fault to the exit)."""
+    faulted = []
+
+    def watch():
+        with c.client() as client:
+            deadline = time.monotonic() + 120
+            while not any(client.processing().values()):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.2)
+        fault()
+        faulted.append(time.monotonic())
+    watcher = threading.Thread(target=watch, daemon=True)
+    if fault:
+        watcher.start()
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.main, [
+        "expand", "-q", "-i", photos, "-o", str(out), "--copies", "3",
+        "--dask-address", c.address, "--", f"--dask_no_progress_timeout={TIMEOUT}"])
+    if fault:
+        watcher.join(30)
+        assert faulted, "the fault never happened: " + result.output + c.logs()
+    return result.exit_code, result.output, time.monotonic() - (faulted or [started])[0]
+
+
+def temp_files(out):
+    return [str(p) for p in pathlib.Path(out).rglob("*") if sinks.TMP_DIR in str(p)]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return copy_sample_photos(tmp_path / "photos", per_class=4)
+
+
+def test_killing_the_scheduler_mid_run_ends_the_run_loudly(photos, tmp_path):
+    with cluster(tmp_path / "cluster", workers=2) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out", c.scheduler.kill)
+    assert code == 2 and took < 30, (code, took, output)
+    assert "lost the Dask scheduler" in output and c.address in output, output
+    assert "Traceback" not in output and not temp_files(tmp_path / "out"), output
+
+
+def test_losing_every_worker_ends_the_run_after_the_no_progress_timeout(photos, tmp_path):
+    def kill_workers():
+        for worker in c.workers:
+            worker.kill()
+    with cluster(tmp_path / "cluster", workers=2) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out", kill_workers)
+    assert code == 2 and took < TIMEOUT + 30, (code, took, output)
+    assert f"no Dask worker is connected to {c.address} for {TIMEOUT} s" in output, output
+    assert "Traceback" not in output and not temp_files(tmp_path / "out"), output
+
+
+def test_workers_without_augbatch_are_named_before_the_run_starts(photos, tmp_path):
+    with cluster(tmp_path / "cluster", workers=1, augbatch=False) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out")
+        assert all(w.poll() is None for w in c.workers)  # refused before a task reached them
+    assert code == 2 and took < 60, (code, took, output)
+    assert "cannot import augbatch's code (No module named 'pipeline')" in output, output
+    assert "install augbatch 0.1.0" in output and "Traceback" not in output, output
+    assert not temp_files(tmp_path / "out"), output
