@@ -119,6 +119,17 @@ def test_every_geometric_op_moves_boxes_and_masks_with_the_pixels(name):
             assert iou >= 0.9, (name, iou)
 
 
+COMPILED = sorted(name for name in GEOMETRIC
+                  if augment.plan(chain.normalize(geometric_steps(name)), xla=True)[-1][0] == "xla")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_geometric_ops_compiled_by_xla_move_boxes_with_their_pixels(name):
+    # XLA draws its own random numbers: the geometry of a compiled stage is compiled alike.
+    out, moves = augment_scene(geometric_steps(name), xla=True)
+    check_boxes(out, carry_each(with_mask(), moves), 2 if name in BILINEAR else 1)
+
+
 @pytest.mark.parametrize("xla", [False, True])
 def test_fused_runs_probability_and_groups_carry_boxes(xla):
     steps = [{"op": "tf.image.random_flip_left_right"},
@@ -134,10 +145,10 @@ def test_fused_runs_probability_and_groups_carry_boxes(xla):
              {"some_of": [{"op": "tf.image.random_rot90"},
                           {"op": "tf.image.flip_left_right"}], "n": [0, 2]},
              {"op": "tf.image.random_contrast", "lower": 0.9, "upper": 1.1}]
-    out, carried = run(steps, with_mask(), xla=xla, seeds=16)
+    out, carried = run(steps, with_mask(), xla=xla, seeds=12)
     check_boxes(out, carried, 2)
     boxes = {tuple(np.round(found.boxes[0], 2)) for found in carried if found.count}
-    assert len(boxes) > 10  # each copy drew its own geometry
+    assert len(boxes) > 8  # each copy drew its own geometry
 
 
 def test_colour_and_occluding_ops_leave_targets_alone():
@@ -221,3 +232,28 @@ def test_rules_drop_objects_with_every_parallel_list():
     assert dropped is None
     empty, _ = targets.carry(found, out, targets.Rules(), H, W)
     assert empty.count == 0 and all(values == [] for _, values in empty.objects.values())
+
+
+def test_dense_float_masks_and_areas_are_read_moved_and_recomputed():
+    example = tf.train.Example()
+    feature = example.features.feature
+    for key, value in zip(targets.BOX_KEYS, (TOP / H, LEFT / W, BOTTOM / H, RIGHT / W)):
+        feature[key].float_list.value.append(value)
+    feature["image/object/area"].float_list.value.append(999.0)
+    feature["image/object/class/label"].int64_list.value.append(3)
+    feature[targets.MASK_KEY].float_list.value.extend(scene()[1].ravel().astype(float))
+    found = targets.decode(targets.from_features(feature), H, W)
+    np.testing.assert_array_equal(found.masks, scene()[1])
+    crop = [(np.array([1, 0, 30, 0, 1, 0, 0, 0], np.float32), H, 30)]  # columns 30..59
+    moved, _ = targets.carry(found, crop, targets.Rules(), H, W)
+    assert moved.objects["image/object/area"][1] == [(BOTTOM - TOP) * (RIGHT - 30)]
+    np.testing.assert_allclose(moved.boxes[0] * [H, 30, H, 30], [TOP, 0, BOTTOM, RIGHT - 30])
+    out = tf.train.Example()
+    targets.put(out.features.feature, moved)
+    again = targets.decode(targets.from_features(out.features.feature), H, 30)
+    np.testing.assert_array_equal(again.masks, moved.masks)
+    bad = tf.train.Example()
+    bad.CopyFrom(example)
+    del bad.features.feature["image/object/bbox/xmax"]
+    with pytest.raises(targets.TargetError, match="missing image/object/bbox/xmax"):
+        targets.from_features(bad.features.feature)
