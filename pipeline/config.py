@@ -22,6 +22,7 @@ INPUT_KINDS = ("auto", "folder", "tfrecord")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
+KERNELS = ("opencv", "tensorflow")  # geometry.KERNELS (not imported here: no TensorFlow)
 # A config is a page of text: these bound what reading one may cost (a YAML alias "bomb"
 # of a few hundred bytes can stand for billions of values).
 MAX_CONFIG_BYTES = 1 << 20
@@ -52,12 +53,14 @@ class Job:
     device: str = "auto"
     tf_threads: int = 0  # TensorFlow ops at once, each on one thread; 0 = one per core
     xla: bool = False  # compile runs of colour steps with XLA (changes the draws: hashed)
+    kernel: str = "opencv"  # geometric ops' resample on the CPU without XLA (pixels: hashed)
     max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
     config_path: str = ""
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
     @property
     def config_hash(self):
@@ -78,6 +81,8 @@ def config_hash(job):
                 "format": job.format, "quality": job.quality}
     if job.xla:  # XLA draws other random numbers than TensorFlow's kernels
         decisive["xla"] = True
+    elif job.kernel != "tensorflow":  # its pixels differ a little from TensorFlow's kernel
+        decisive["kernel"] = job.kernel
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
     if job.label_map:  # the labels written
@@ -270,7 +275,7 @@ SCHEMA = {
                 "chain": ("chain", None)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
-                "xla": ("xla", _bool)},
+                "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},
     # Bad inputs are always reported in errors.jsonl; past these limits the run also fails.
     "errors": {"max_errors": ("max_errors", _int(0)),
                "max_error_rate": ("max_error_rate", _fraction)},
@@ -352,6 +357,8 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
             check = checks.get(field)
             # A flag is checked as its config key is (an unset shell variable gives '').
             fields[field] = check(value, "--" + field.replace("_", "-")) if check else value
+    if fields.get("input") and (overrides or {}).get("input") is None:
+        fields["input_from"] = "input.path"  # a missing input blames the config, not --input
     if not require_paths:
         fields.setdefault("input", ("-",))
         fields.setdefault("output", "-")

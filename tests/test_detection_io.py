@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
@@ -103,9 +104,10 @@ CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.adjust_jpeg_quality", "jpeg_quality": 100}]  # (a pixels-only op)
 
 
-def test_od_api_records_come_out_with_boxes_on_their_objects(tmp_path):
+@pytest.mark.parametrize("kernel", ["tensorflow", "opencv"])
+def test_od_api_records_come_out_with_boxes_on_their_objects(tmp_path, kernel):
     records = write_records(tmp_path / "in.tfrecord", [od_api_record(), od_api_record(b"43")])
-    manifest = run_job(records, tmp_path / "out", CHAIN, copies=6, format="png")
+    manifest = run_job(records, tmp_path / "out", CHAIN, copies=6, format="png", kernel=kernel)
     assert_accounted(manifest)
     assert manifest["counts"]["written"] == 2 and manifest["counts"]["outputs"] == 14
     rows = read_od_api(tmp_path / "out")
