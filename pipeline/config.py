@@ -18,7 +18,7 @@ from pipeline import targets
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
-INPUT_KINDS = ("auto", "folder", "tfrecord")
+INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "manifest")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
@@ -60,6 +60,7 @@ class Job:
     config_path: str = ""
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    images_dir: str = ""  # input.images: where a COCO JSON's images are, if not beside it
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
     @property
@@ -265,7 +266,7 @@ SCHEMA = {
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
               "max_pixels": ("max_pixels", _int(1, 10**12)),
-              "labels": ("label_map", _label_map)},
+              "labels": ("label_map", _label_map), "images": ("images_dir", _str)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),

@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import __version__, progress, sinks, sources, targets
+from pipeline import __version__, formats, progress, sinks, sources, targets
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
@@ -247,6 +247,10 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
         names = {label: name for name, label in discovery.label_map.items()}
         read = refs | "Read" >> beam.ParDo(T.ReadImageFile(
             names, sources.max_file_bytes(job.max_pixels))).with_outputs(T.ERRORS, main="inputs")
+    elif discovery.kind != "tfrecord":  # a labelled dataset: images and their annotations
+        read = refs | "Read" >> beam.ParDo(formats.ReadAnnotated(
+            discovery.kind, sources.max_file_bytes(job.max_pixels))).with_outputs(
+                T.ERRORS, main="inputs")
     else:
         read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
             job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels))
@@ -452,7 +456,7 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
     # Records in TFRecord files: unknown until read. Rejected inputs count as done from the start.
     rejected = len(discovery.rejected)
-    total = len(discovery.refs) + rejected if discovery.kind == "folder" else None
+    total = len(discovery.refs) + rejected if discovery.kind != "tfrecord" else None
     with progress.Shown(total, enabled=show_progress, done=rejected):
         p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
@@ -526,7 +530,7 @@ def check_accounting(manifest, discovery):
                         f"written + {counts['errored']} errored + {dropped} dropped by the "
                         "target rules")
     found = len(discovery.refs) + len(discovery.rejected)
-    if discovery.kind == "folder" and counts["discovered"] != found:
+    if discovery.kind != "tfrecord" and counts["discovered"] != found:
         problems.append(f"{found} inputs listed but {counts['discovered']} read")
     if problems:
         raise RuntimeError("accounting failed: " + "; ".join(problems) + " (a bug in augbatch: "
