@@ -136,24 +136,32 @@ def pixel_boxes(boxes, height, width):
 
 
 def polygon_mask(polygons, height, width):
-    """uint8 [H, W]: polygons (flat x0, y0, x1, y1 ... in pixels, continuous coordinates)
-    filled; a pixel is in when its centre is (within Pillow's rounding)."""
-    from PIL import Image, ImageDraw
-    image = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(image)
+    """uint8 [H, W]: the pixels whose centre lies inside any of the polygons (flat x0, y0, x1,
+    y1 ... in continuous pixel coordinates; even-odd rule), so a polygon along pixel edges
+    covers exactly the pixels it encloses."""
+    mask = np.zeros((height, width), np.uint8)
+    centres = np.arange(height)[:, None] + 0.5
     for polygon in polygons:
-        points = np.asarray(polygon, np.float64).reshape(-1, 2) - 0.5
-        if len(points) >= 3:
-            draw.polygon([tuple(p) for p in points], fill=1)
-    return np.asarray(image, np.uint8)
+        points = np.asarray(polygon, np.float64).reshape(-1, 2)
+        if len(points) < 3:
+            continue
+        (x0, y0), (x1, y1) = points.T, np.roll(points, -1, 0).T
+        crossing = (y0 <= centres) != (y1 <= centres)  # [H, edges], each edge half-open
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xs = np.where(crossing, x0 + (centres - y0) * (x1 - x0) / (y1 - y0), np.inf)
+        xs.sort(1)
+        for row in np.flatnonzero(crossing.any(1)):
+            cuts = xs[row][np.isfinite(xs[row])]
+            for left, right in zip(cuts[0::2], cuts[1::2]):  # centres x + 0.5 in [left, right)
+                first, stop = (int(np.clip(np.ceil(v - 0.5), 0, width)) for v in (left, right))
+                mask[row, first:stop] = 1
+    return mask
 
 
 def box_mask(box, height, width):
     """A filled box (x0, y0, x1, y1 pixels): the mask of an object annotated by its box only."""
-    mask = np.zeros((height, width), np.uint8)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1
-    return mask
+    x0, y0, x1, y1 = box
+    return polygon_mask([[x0, y0, x1, y0, x1, y1, x0, y1]], height, width)
 
 
 # --- reading, in the workers -------------------------------------------------------------------

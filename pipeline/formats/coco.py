@@ -98,8 +98,10 @@ def discover(job, found):
         for image in data["images"]:
             image_path = formats.join(folder, image["file_name"])
             referenced.add(os.path.normpath(image_path))
-            key = (formats.key_of(image_path, base)
-                   if formats.relative(image_path, base) != image_path else image["file_name"])
+            if formats.relative(image_path, base) == image_path and sources.is_local(path):
+                # (images outside the input's folder: keys relative to a folder holding both)
+                base = os.path.commonpath([os.path.dirname(path), os.path.dirname(image_path)])
+            key = formats.key_of(image_path, base)
             objects = [{
                 "id": a.get("id"), "bbox": a.get("bbox"), "label": a.get("category_id"),
                 "name": categories.get(a.get("category_id"), {}).get("name"),

@@ -116,8 +116,10 @@ def read(ref, height, width):
         cls, rest = values[0], np.array(values[1:])
         if cls != int(cls) or cls < 0:
             raise formats.AnnotationError(f"{where}: class {values[0]} is not a class id")
-        if not np.all(np.isfinite(rest)) or rest.min(initial=0) < -0.01 or \
-                rest.max(initial=0) > 1.01:
+        coords = rest if info["mode"] != "pose" or dims == 2 else np.delete(
+            rest, np.arange(6, len(rest), 3))  # (not the visibility flags)
+        if not np.all(np.isfinite(rest)) or coords.min(initial=0) < -0.01 or \
+                coords.max(initial=0) > 1.01:
             raise formats.AnnotationError(f"{where}: coordinates must be normalised to [0, 1]")
         if info["mode"] == "pose":
             if len(rest) != 4 + k * dims:
