@@ -369,10 +369,14 @@ def validate(config_path, allow_python_ops):
     Example:
       augbatch validate sample_configs/heavy_classification.yaml
     """
-    from pipeline import chain, config
+    from pipeline import chain, config, sources
     job = config.load(config_path, allow_python_ops=allow_python_ops, require_paths=False)
     ops = [name for _, name in chain.op_paths(job.chain)]
     click.echo(f"{config_path}: valid ({len(ops)} ops, config hash {job.config_hash})")
+    if job.input_from == "input.path":  # the config names its inputs: do they exist?
+        for pattern in sources.missing(job.input):
+            click.echo(f"warning: input.path {pattern}: no such file or folder (expand would "
+                       "refuse it; --input can name another)", err=True)
 
 
 @main.command("list-ops")

@@ -56,6 +56,7 @@ class Job:
     allow_python_ops: bool = False
     config_path: str = ""
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
     @property
     def config_hash(self):
@@ -315,6 +316,8 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
             check = checks.get(field)
             # A flag is checked as its config key is (an unset shell variable gives '').
             fields[field] = check(value, "--" + field.replace("_", "-")) if check else value
+    if fields.get("input") and (overrides or {}).get("input") is None:
+        fields["input_from"] = "input.path"  # a missing input blames the config, not --input
     if not require_paths:
         fields.setdefault("input", ("-",))
         fields.setdefault("output", "-")

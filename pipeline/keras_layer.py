@@ -27,29 +27,58 @@ from pipeline.errors import ConfigError
 
 
 def _steps(chain_config_or_path, allow_python_ops):
-    """The normalized chain from a config file path, a config dict or a list of steps."""
+    """The chain from a config file path, a config dict or a list of steps, as config steps."""
     source = chain_config_or_path
     if isinstance(source, (str, os.PathLike)):
         job = config.load(os.fspath(source), allow_python_ops=allow_python_ops,
                           require_paths=False)
-        return list(job.chain)
+        return [_config_step(step) for step in job.chain]
     if isinstance(source, dict):
         augment = source.get("augment", source)
         if not isinstance(augment, dict) or "chain" not in augment:
             raise ConfigError("augment.chain", "a config dict needs augment.chain (or chain)")
-        return chain_mod.normalize(augment["chain"], allow_python_ops=allow_python_ops)
-    return chain_mod.normalize(source, allow_python_ops=allow_python_ops)
+        return augment["chain"]
+    return source
 
 
+def _config_step(step):
+    """A normalized step written back as a config writes it (so normalize reads it again)."""
+    if "op" in step:
+        return {"op": step["op"], **step["params"], "probability": step["probability"]}
+    return {key: [_config_step(child) for child in value] if key in chain_mod.GROUPS else value
+            for key, value in step.items()}
+
+
+def _plain(value):
+    """Plain dicts and lists: Keras 2 wraps a layer's attributes in proxies JSON cannot write."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+# Registered, so a saved model holding the layer loads back without custom_objects.
+@tf.keras.utils.register_keras_serializable(package="augbatch")
 class ChainAugmentation(tf.keras.layers.Layer):
-    """Applies a normalized chain in training, per-example seeded; identity in inference."""
+    """Applies a chain in training, per-example seeded; identity in inference.
 
-    def __init__(self, steps, seed=None, value_range=(0.0, 255.0), **kwargs):
+    `steps` are config steps (as in augment.chain); get_config gives them back with every
+    parameter resolved, so a saved model rebuilds the same chain with the same draws.
+    """
+
+    def __init__(self, steps, seed=None, value_range=(0.0, 255.0), allow_python_ops=False,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.steps = steps
+        self.steps = chain_mod.normalize(_plain(steps), allow_python_ops=allow_python_ops)
+        for i, step in enumerate(self.steps):
+            if not chain_mod.keeps_shape(step):
+                raise ConfigError(f"augment.chain[{i}]", "changes the image size; an augmentation "
+                                  "layer must keep it, so training and inference see one shape")
+        self.allow_python_ops = bool(allow_python_ops)
         self.seed = seed
         self.value_range = tuple(float(v) for v in value_range)
-        self._chain = chain_mod.build(steps)
+        self._chain = chain_mod.build(self.steps)
         self._rng = (tf.random.Generator.from_seed(seed) if seed is not None
                      else tf.random.Generator.from_non_deterministic_state())
 
@@ -72,8 +101,9 @@ class ChainAugmentation(tf.keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "steps": self.steps, "seed": self.seed,
-                "value_range": list(self.value_range)}
+        return {**super().get_config(), "seed": self.seed, "value_range": list(self.value_range),
+                "allow_python_ops": self.allow_python_ops,
+                "steps": [_config_step(step) for step in _plain(self.steps)]}
 
 
 def augmentation_layer(chain_config_or_path, seed=None, value_range=(0, 255),
@@ -81,11 +111,11 @@ def augmentation_layer(chain_config_or_path, seed=None, value_range=(0, 255),
     """A Keras layer applying the chain of a config (path or dict) or a list of steps.
 
     The chain must keep the image size, so training and inference see the same shape.
-    `python` ops need allow_python_ops=True, as on the command line.
+    `python` ops need allow_python_ops=True, as on the command line; the saved layer keeps that
+    permission, so loading a model that holds it imports the functions it names.
+    A model holding the layer saves and loads back like any Keras model (`model.save`,
+    `tf.keras.models.load_model`, no custom_objects), once `pipeline.keras_layer` is imported.
     """
-    steps = _steps(chain_config_or_path, allow_python_ops)
-    for i, step in enumerate(steps):
-        if not chain_mod.keeps_shape(step):
-            raise ConfigError(f"augment.chain[{i}]", "changes the image size; an augmentation "
-                              "layer must keep it, so training and inference see one shape")
-    return ChainAugmentation(steps, seed=seed, value_range=value_range, name=name)
+    return ChainAugmentation(_steps(chain_config_or_path, allow_python_ops), seed=seed,
+                             value_range=value_range, allow_python_ops=allow_python_ops,
+                             name=name)

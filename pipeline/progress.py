@@ -48,6 +48,11 @@ def reset():
         _counts.clear()
 
 
+def plural(n, word):
+    """'1 shard', '3 shards'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def duration(seconds):
     if seconds < 10:
         return f"{seconds:.1f}s"
@@ -101,13 +106,18 @@ class _Lines:
 
 
 class _Bar:
-    """A terminal: a live tqdm bar (rate and ETA by tqdm), removed when the run ends."""
+    """A terminal: a live tqdm bar (rate and ETA by tqdm), removed when the run ends. Log lines
+    meanwhile are written above it (through tqdm), not into it. Until the first batch is done,
+    the inputs read so far show that the run moves."""
 
     def __init__(self, total, stream, interval):
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
         self.total = total
         self.bar = tqdm(total=total, file=stream, unit="input", desc="augmenting",
                         dynamic_ncols=True, leave=False, mininterval=0.2)
+        self.logs_above = logging_redirect_tqdm(tqdm_class=tqdm)
+        self.logs_above.__enter__()
 
     def update(self, now):
         values = counts()
@@ -116,22 +126,25 @@ class _Bar:
         done = values.get(DONE, 0)
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(f"{values.get(OUTPUTS, 0)} outputs", refresh=False)
+        self.bar.set_postfix_str(f"{values.get(READ, 0)} read, {values.get(OUTPUTS, 0)} outputs",
+                                 refresh=False)
         self.bar.refresh()
 
     def close(self):
         self.bar.close()
+        self.logs_above.__exit__(None, None, None)
 
 
 class Shown:
     """Context manager: show the progress of the inputs on `stream` while the body runs.
 
     `total` is the number of inputs (None when it is only known once they are read, as for
-    TFRecords). Not `enabled`: nothing is shown (--quiet).
+    TFRecords); `done` of them are finished before the body starts (rejected at discovery).
+    Not `enabled`: nothing is shown (--quiet).
     """
 
-    def __init__(self, total, enabled=True, stream=None, interval=None):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total, enabled=True, stream=None, interval=None, done=0):
+        self.total, self.enabled, self.done = total, enabled, done
         self.stream = stream or sys.stderr
         self.interval = interval if interval is not None else float(
             os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
@@ -139,6 +152,8 @@ class Shown:
 
     def __enter__(self):
         reset()
+        with _lock:
+            _counts[DONE] = self.done
         if not self.enabled:
             return self
         is_terminal = getattr(self.stream, "isatty", lambda: False)()
@@ -168,7 +183,7 @@ def summary(manifest):
     rate = f", {counts_['discovered'] / seconds:.1f} inputs/s" if seconds else ""
     shards = output["num_shards"]
     lines = [f"done in {duration(seconds)}: {counts_['discovered']} inputs -> "
-             f"{counts_['outputs']} records in {shards} shard{'s' if shards != 1 else ''}"
+             f"{counts_['outputs']} records in {plural(shards, 'shard')}"
              f"{rate}",
              f"  written: {counts_['written']} inputs, errored: {counts_['errored']}"]
     lines += error_lines(manifest)

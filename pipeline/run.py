@@ -343,20 +343,28 @@ def dry_run(job, beam_args=(), accelerator=None):
     if all(sources.is_local(path) for path in job.input):
         discovery = sources.discover(job)
         num_shards = pick_num_shards(job, discovery)
-        inputs = f"{len(discovery.refs)} {discovery.kind} input(s) from {', '.join(job.input)}"
-        shards = f"{num_shards} shard(s)"
+        inputs = f"{inputs_found(discovery)} from {', '.join(job.input)}"
+        shards = progress.plural(num_shards, "shard")
     else:  # listing an object store needs the network (and credentials): a dry run stays off
         kind = "folder" if job.input_kind == "auto" else job.input_kind
         discovery = sources.Discovery(kind, [], {}, [], [])
         num_shards = job.num_shards or 1
         inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
-        shards = (f"{num_shards} shard(s)" if job.num_shards else
+        shards = (progress.plural(num_shards, "shard") if job.num_shards else
                   "shards as the inputs' size asks (decided at run time)")
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
                    job.config_hash, accelerator)
     return runners.render(p, options, {"inputs": inputs, "output": f"{shards} in {job.output}"},
                           notes)
+
+
+def inputs_found(discovery):
+    """'41 inputs' (the rejected ones included: each is an error record, counted as an input),
+    or '3 TFRecord files' (their records are counted as they are read)."""
+    if discovery.kind == "tfrecord":
+        return progress.plural(len(discovery.refs), "TFRecord file")
+    return progress.plural(len(discovery.refs) + len(discovery.rejected), "input")
 
 
 def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None,
@@ -484,15 +492,19 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     """The pipeline, then the commit: the manifest of the finished run."""
     done, resumed_buckets = resumed
     options = beam_options(beam_args)
-    log.info("%d %s inputs -> %d shards in %s (runner %s)", len(discovery.refs),
-             discovery.kind, num_shards, job.output, options.view_as(StandardOptions).runner)
+    log.info("%s -> %s in %s (runner %s)", inputs_found(discovery),
+             progress.plural(num_shards, "shard"), job.output,
+             options.view_as(StandardOptions).runner)
     discovered_at = time.time()
     from pipeline import runners
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator,
                    done, resumed_buckets)
-    total = len(discovery.refs) - len(done) if discovery.kind == "folder" else None
-    with progress.Shown(total, enabled=show_progress):
+    # Records in TFRecord files: unknown until read. Rejected inputs (and those a resumed run
+    # reuses) count as done from the start.
+    finished_before = len(discovery.rejected) + (len(done) if discovery.kind == "folder" else 0)
+    total = len(discovery.refs) + len(discovery.rejected) if discovery.kind == "folder" else None
+    with progress.Shown(total, enabled=show_progress, done=finished_before):
         p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
 

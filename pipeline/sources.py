@@ -188,14 +188,15 @@ def _expand_inputs(job):
         folder = pattern.rstrip("/") or pattern
         if is_local(folder) and local_output and not _is_glob(folder) and _inside(
                 os.path.realpath(folder), local_output):
-            raise UserError(f"--input {pattern} is the output folder {output} or inside it",
+            raise UserError(f"{job.input_from} {pattern} is the output folder {output} or "
+                            "inside it",
                             hint="write the output somewhere else")
         if _is_glob(pattern):
             files = [f for f in _match(pattern) if not _inside(
                 os.path.realpath(f) if local_output and is_local(f) else f,
                 local_output or output)]
             if not files:
-                raise UserError(f"--input {pattern}: the pattern matches no file",
+                raise UserError(f"{job.input_from} {pattern}: the pattern matches no file",
                                 hint="check the pattern; quote it so the shell does not "
                                      "expand it")
             found.append(_Found(_base_dir(pattern), files, False))
@@ -203,7 +204,7 @@ def _expand_inputs(job):
         if is_local(folder) and os.path.isdir(folder):
             listed = _walk_local(folder, local_output)
             if not listed.files and not listed.loops:
-                raise UserError(f"--input {pattern}: the folder holds no file")
+                raise UserError(f"{job.input_from} {pattern}: the folder holds no file")
             found.append(listed)
             continue
         files = [f for f in _match(folder + "/**") if not _inside(f, output)]
@@ -212,10 +213,17 @@ def _expand_inputs(job):
         elif FileSystems.exists(pattern):
             found.append(_Found(posixpath.dirname(_slashes(pattern)), [pattern], False))
         else:
-            raise UserError(f"--input {pattern}: no such file or folder",
+            raise UserError(f"{job.input_from} {pattern}: no such file or folder",
                             hint="give a folder of images (class subfolders become labels), "
                                  "TFRecord files, or a quoted glob like 'data/*.tfrecord'")
     return found
+
+
+def missing(patterns):
+    """The paths and globs among `patterns` that name nothing (validate warns of them; expand
+    refuses them)."""
+    return [p for p in patterns
+            if not (_match(p) if _is_glob(p) else FileSystems.exists(p.rstrip("/") or p))]
 
 
 def _ref(path, base, label=None):

@@ -129,7 +129,7 @@ def test_expand_as_a_user_runs_it(small_folder, tmp_path, xla):
     assert done.stdout.startswith("done in ") and "9 inputs -> 18 records" in done.stdout
     assert "progress: 9/9 inputs (100%)" in done.stderr
     for noise in ("Traceback", "apitools", "tensorflow/", "cuda", "oneDNN", "WARNING",
-                  "UserWarning", "RankWarning", "XLA", "I0000"):
+                  "UserWarning", "RankWarning", "XLA", "I0000", "tensorflow_addons"):
         assert noise not in done.stderr, done.stderr
     assert len(read_outputs(str(out))) == 18
     result = invoke("inspect", out, "--verify")

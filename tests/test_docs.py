@@ -18,7 +18,12 @@ def test_every_op_is_in_the_reference():
 import os  # noqa: E402
 import re  # noqa: E402
 
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline import config  # noqa: E402
@@ -44,9 +49,10 @@ def test_readme_config_example_is_valid(tmp_path):
     assert yaml.safe_load(block)["augment"]["seed"] == 42
 
 
-def test_readme_reading_snippet_reads_our_output(small_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_readme_reading_snippet_reads_our_output(small_folder, tmp_path, monkeypatch, compression):
     run_job(small_folder, tmp_path / "out" / "sample", [{"op": "tf.image.random_flip_left_right"}],
-            copies=1, num_shards=2)
+            copies=1, num_shards=2, compression=compression)
     monkeypatch.chdir(tmp_path)
     scope = {}
     exec(snippet("read-output"), scope)
@@ -63,3 +69,38 @@ def test_readme_keras_layer_snippet_builds_a_working_model(monkeypatch):
     batch = np.random.default_rng(0).uniform(0, 255, (2, 128, 128, 3)).astype("float32")
     assert model(batch, training=True).shape == (2, 3)
     assert np.isfinite(model(batch, training=False).numpy()).all()
+
+
+def shell_lines(text):
+    """The commands of the ```bash blocks in `text`, comments dropped, each split into words."""
+    blocks = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
+    return [shlex.split(line, comments=True) for block in blocks
+            for line in block.splitlines() if shlex.split(line, comments=True)]
+
+
+def test_readme_quickstart_steps_are_the_scripts():
+    quickstart = README[README.index("## Quickstart"):README.index("## Look, write, check")]
+    lines = shell_lines(quickstart)
+    # The script, then activation (the bare `augbatch` commands below need it), then the
+    # command the script runs, word for word (with --overwrite: the script filled out/sample).
+    assert lines[:2] == [["bash", "scripts/quickstart.sh"], ["source", ".venv/bin/activate"]]
+    script = open(os.path.join(ROOT, "scripts", "quickstart.sh"), encoding="utf-8").read()
+    ran = next(shlex.split(line) for line in script.splitlines() if "/augbatch\" expand " in line)
+    ran = [{"$VENV/bin/augbatch": "augbatch", "$OUT": "out/sample"}.get(w, w) for w in ran]
+    assert ran in lines and "--overwrite" in ran
+    for words in shell_lines(README):  # every script the README names exists
+        assert not words[-1].startswith("scripts/") or os.path.exists(os.path.join(ROOT, words[-1]))
+
+
+def test_venv_script_finds_a_pyenv_python_that_is_not_on_the_path(tmp_path):
+    """The README's setup steps go through scripts/venv.sh, which finds python3.12 under pyenv
+    when it is not the global version (its shim then fails) nor on the PATH."""
+    installed = tmp_path / "pyenv" / "versions" / "3.12.1" / "bin"
+    installed.mkdir(parents=True)
+    (installed / "python3.12").symlink_to(sys.executable)
+    env = {"PATH": "/usr/bin:/bin", "PYENV_ROOT": str(tmp_path / "pyenv"), "STACK": "modern"}
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "venv.sh"), "--which-python"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(installed / "python3.12")
+    assert "STACK=modern EXTRAS=dev,dask bash scripts/venv.sh" in README

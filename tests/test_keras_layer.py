@@ -2,6 +2,7 @@
 import glob
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,3 +68,34 @@ def test_builds_from_a_sample_config_and_refuses_size_changes(batch):
         augmentation_layer([{"op": "tf.image.random_crop", "height": 16, "width": 16}])
     with pytest.raises(ConfigError, match="--allow-python-ops"):
         augmentation_layer(CHAIN)
+
+
+# Keras 2 writes .keras, .h5 and a SavedModel folder; Keras 3 .keras (and .h5 only as legacy).
+SAVE_FORMATS = (["model.keras"] if keras.__version__.startswith("3.")
+                else ["model.keras", "model.h5", "saved_model"])
+
+
+@pytest.mark.parametrize("filename", SAVE_FORMATS)
+def test_a_model_holding_the_layer_saves_and_loads_back_augmenting_the_same(
+        batch, tmp_path, filename):
+    images, _ = batch
+    steps = CHAIN[:3] + [{"one_of": [{"op": "tf.image.random_hue", "max_delta": 0.05},
+                                     {"op": "python", "function": "tests.user_ops:random_gamma"}],
+                          "weights": [1, 2]}]
+    model = tf.keras.Sequential([tf.keras.Input((32, 32, 3)),
+                                 augmentation_layer(steps, seed=9, allow_python_ops=True),
+                                 tf.keras.layers.Dense(2)])
+    path = str(tmp_path / filename)
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)  # no custom_objects: the layer is registered
+
+    original, restored = model.layers[0], loaded.layers[0]
+    assert type(restored) is type(original)
+    assert restored.get_config() == original.get_config()
+    assert restored.get_config()["steps"][1] == {
+        "op": "keras.layers.RandomRotation", "factor": 0.05, "fill_mode": "reflect",
+        "interpolation": "bilinear", "fill_value": 0.0, "probability": 1.0}
+    for _ in range(2):  # the same seed draws the same sequence: the same pixels, call after call
+        np.testing.assert_array_equal(restored(images, training=True).numpy(),
+                                      original(images, training=True).numpy())
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())

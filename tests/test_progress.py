@@ -1,6 +1,8 @@
 """Progress of an expand run: the display on its own, then through the real CLI and pipeline."""
 import io
+import logging
 import re
+import sys
 import threading
 import time
 
@@ -113,3 +115,24 @@ def test_quiet_silences_progress_and_summary(small_folder, tmp_path):
         assert result.stdout == "" and result.stderr == "", result.output
     for out in ("a", "b"):
         assert (tmp_path / out / "manifest.json").exists()
+
+
+def test_on_a_terminal_log_lines_go_above_the_bar_and_reading_shows(monkeypatch):
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)  # the console, as `augbatch` logs to it
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        with progress.Shown(4, stream=stream):
+            progress.count(progress.READ, 3)  # read, no batch done yet
+            time.sleep(0.5)
+            logging.getLogger("augbatch").warning("a log line")
+            bump_in_thread(4).join()
+            time.sleep(0.3)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = stream.getvalue()
+    assert "0/4" in text and "3 read, 0 outputs" in text  # something moves before a batch ends
+    # The log line is on a line of its own: the bar was cleared first (not "...]a log line").
+    assert "a log line" in [line.split("\r")[-1] for line in text.split("\n")]
+    assert "4/4" in text

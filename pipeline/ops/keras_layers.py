@@ -22,11 +22,12 @@ import dataclasses
 import functools
 import inspect
 
+import keras
 import tensorflow as tf
 
 from pipeline.errors import ConfigError
 from pipeline.ops import draw
-from pipeline.ops.registry import Op, Param, add
+from pipeline.ops.registry import Op, Param, add, unavailable
 
 F = "keras.layers"
 
@@ -49,6 +50,14 @@ EXCLUDED = {
     "Pipeline": "takes layer objects (list the steps in the chain)",
     "MaxNumBoundingBoxes": "works on bounding boxes only",
 }
+
+# Image layers Keras 3 added (TensorFlow 2.16+); on Keras 2 a config naming one is told so.
+KERAS_3_LAYERS = (
+    "AugMix", "AutoContrast", "ContrastLimitedAdaptiveHistogramEqualization", "Equalization",
+    "RandAugment", "RandomColorDegeneration", "RandomColorJitter", "RandomElasticTransform",
+    "RandomErasing", "RandomGaussianBlur", "RandomGrayscale", "RandomHue", "RandomInvert",
+    "RandomPerspective", "RandomPosterization", "RandomSaturation", "RandomSharpness",
+    "RandomShear", "Solarization")
 
 # Values of string parameters that some Keras versions do not check (Keras 3's RandomFlip takes
 # any `mode`, then flips nothing).
@@ -292,6 +301,10 @@ def register_discovered():
                     builder=functools.partial(build_layer_op, cls),
                     params=tuple(params), random=random, doc=_doc(cls),
                     keeps_shape=name not in CHANGES_SIZE, test_params=test_params))
+    for name in KERAS_3_LAYERS:
+        if not hasattr(tf.keras.layers, name):
+            unavailable(f"keras.layers.{name}", "needs Keras 3 (the modern stack: Python 3.12, "
+                        f"TensorFlow 2.16+); this stack has Keras {keras.__version__}")
 
 
 register_discovered()

@@ -164,6 +164,7 @@ class Op:
 
 
 _OPS = {}
+_UNAVAILABLE = {}  # op name -> why this stack lacks it (another stack has it)
 _loaded = set()
 
 
@@ -185,6 +186,11 @@ def add(op):
     _OPS[op.name] = op
 
 
+def unavailable(name, reason):
+    """Record that the op `name` exists on another stack, and why it is missing here."""
+    _UNAVAILABLE[name] = reason
+
+
 def load_families(families=None):
     for family in families or FAMILY_MODULES:
         if family not in _loaded:
@@ -200,6 +206,9 @@ def all_ops(family=None):
 
 def get(name, path="op"):
     ops = all_ops()
+    if name in _UNAVAILABLE:
+        raise ConfigError(path, f"{name} {_UNAVAILABLE[name]}",
+                          hint="`augbatch list-ops` lists the ops of this stack")
     if name not in ops:
         raise ConfigError(path, f"unknown op '{name}'" + did_you_mean(name, ops),
                           hint="`augbatch list-ops` lists every op")

@@ -58,8 +58,9 @@ def load_backend(choice=None):
         except Exception as error:  # noqa: BLE001
             if wanted == TFA:
                 raise UserError(f"{ENV}=tfa but tensorflow_addons does not import: {error}")
-            log.info("tensorflow_addons does not import (%s); tfa.image ops run on core TF",
-                     error)
+            # Expected on the modern stack (README): not said on every command.
+            log.debug("tensorflow_addons does not import (%s); tfa.image ops run on core TF",
+                      error)
     from pipeline.ops import tfa_core
     return tfa_core, CORE
 
@@ -347,9 +348,14 @@ def gaussian_filter2d(filter_shape, sigma, padding, constant_values):
         return lambda images, seeds: lib.gaussian_filter2d(images, shape, sigma[0], padding,
                                                            constant_values)
 
+    def one(args):  # one image alone: the conv's channel count (and so its rounding) is fixed
+        image, image_sigma = args
+        return _per_example_gaussian(image[None], image_sigma[None], shape, padding,
+                                     constant_values)[0]
+
     def fn(images, seeds):
-        return _per_example_gaussian(images, draw.uniform(seeds, sigma[0], sigma[1]), shape,
-                                     padding, constant_values)
+        return tf.map_fn(one, (images, draw.uniform(seeds, sigma[0], sigma[1])),
+                         fn_output_signature=tf.float32)
     return fn
 
 
