@@ -185,6 +185,9 @@ def main(ctx, debug, quiet):
 @click.option("--xla/--no-xla", default=None,
               help="Compile the chain's colour and geometric steps with XLA: faster for "
                    "inputs of a few sizes (one compilation each); other random draws.")
+@click.option("--kernel", type=click.Choice(["opencv", "tensorflow"]),
+              help="How geometric ops resample on the CPU without XLA: opencv (the default, "
+                   "several times faster) or tensorflow (TensorFlow's kernel, as on a GPU).")
 @click.option("--allow-python-ops", is_flag=True,
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,
@@ -213,7 +216,7 @@ def main(ctx, debug, quiet):
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
-           allow_python_ops, overwrite, resume,
+           kernel, allow_python_ops, overwrite, resume,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
            accelerator, dry_run, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
@@ -243,7 +246,8 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
         "device": device, "tf_threads": tf_threads, "xla": xla,
-        "max_pixels": max_pixels, "max_errors": max_errors, "max_error_rate": max_error_rate,
+        "kernel": kernel, "max_pixels": max_pixels, "max_errors": max_errors,
+        "max_error_rate": max_error_rate,
     }, allow_python_ops=allow_python_ops)
     quiet = quiet or click.get_current_context().meta.get("augbatch.quiet")
     if quiet:

@@ -17,7 +17,11 @@ INSTALL_REQUIRES = [
     f"tensorflow==2.15.1; {PINNED}",
     f"tensorflow-addons==0.23.0; {PINNED}",
     f"numpy<2; {PINNED}",
+    # The CPU resample kernel (runtime.kernel: opencv). 4.11+ is built for numpy 2, which
+    # breaks TF 2.15's numpy<2.
+    f"opencv-python-headless>=4.8,<4.11; {PINNED}",
     f"tensorflow>=2.16,<2.22; {MODERN}",
+    f"opencv-python-headless>=4.11,<5; {MODERN}",
     "apache-beam[tfrecord]==2.77.0",
     "google-crc32c>=1.5",
     "click>=8.1",

@@ -51,12 +51,30 @@ def rows(folder, records):
          augbatch(folder, "colour", True)),
         ("augbatch colour", "augbatch expand, colour-only chain, default (no XLA)",
          augbatch(folder, "colour", False)),
+        ("P0", "OpenCV decode + re-encode only, 2-process pool: the peer's floor",
+         ["P0", "--inputs", folder]),
+        ("P1", "albumentations (OpenCV), 2-process pool, standard chain",
+         ["P1", "--inputs", folder]),
+        ("P1 colour", "albumentations (OpenCV), 2-process pool, colour-only chain",
+         ["P1", "--inputs", folder, "--chain", "colour"]),
     ]
 
 
-def run_variant(args, out, copies, warmup):
+# The peer's rows run in a Python that has albumentations (--peer-python); skipped without one.
+PEER_ROWS = ("P1", "P1 colour")
+
+
+def peer_missing(python):
+    """Why `python` cannot run the peer's rows, or None if it can."""
+    done = subprocess.run([python, "-c", "import albumentations, cv2, psutil, tensorflow"],
+                          capture_output=True, text=True,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    return done.stderr.strip().splitlines()[-1] if done.returncode else None
+
+
+def run_variant(args, out, copies, warmup, python=None):
     """One row, one run, in its own process: the variants' RESULT line as a dict."""
-    command = [sys.executable, "-m", "bench.variants", *args[:1], "--out", out,
+    command = [python or sys.executable, "-m", "bench.variants", *args[:1], "--out", out,
                "--copies", str(copies), *(["--warmup", warmup] if warmup else []), *args[1:]]
     load = os.getloadavg()[0]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
@@ -112,19 +130,28 @@ def rss_scaling(out, small_inputs, copies):
 
 def table(results, reference):
     """Medians; 'best' is each row's fastest run (the least disturbed by other load), and
-    'B1 best' compares best with best."""
+    'B1 best' compares best with best. 'vs P1' / 'P1 CPU': speed over the peer's
+    (albumentations, same chain) in wall time and per CPU-second, when it ran."""
     lines = [f"{'row':38s} {'img/s':>7s} {'best':>6s} {'img/CPU-s':>9s} {'RSS MB':>7s} "
-             f"{'vs B1':>6s} {'B1 best':>7s} {'vs F0':>6s}"]
+             f"{'vs B1':>6s} {'B1 best':>7s} {'vs F0':>6s} {'vs P1':>6s} {'P1 CPU':>6s}"]
     by_name = {r["row"]: r for r in results}
     for r in results:
         b1 = by_name.get(reference.get(r["row"], "B1"))
         f0 = by_name.get("F0")
+        peer = by_name.get(peer_of(r["row"]))
+        def ratio(key, other, width=6):  # '-' where that row did not run
+            return f"{r[key] / other[key]:{width}.2f}" if other else f"{'-':>{width}s}"
         lines.append(f"{r['row']:38s} {r['img_per_s']:7.0f} {r['img_per_s_best']:6.0f} "
                      f"{r['img_per_cpu_s']:9.0f} {r['peak_rss_mb']:7.0f} "
-                     f"{r['img_per_s'] / b1['img_per_s']:6.2f} "
-                     f"{r['img_per_s_best'] / b1['img_per_s_best']:7.2f} "
-                     f"{r['img_per_s'] / f0['img_per_s']:6.2f}")
+                     f"{ratio('img_per_s', b1)} {ratio('img_per_s_best', b1, 7)} "
+                     f"{ratio('img_per_s', f0)} {ratio('img_per_s', peer)} "
+                     f"{ratio('img_per_cpu_s', peer)}")
     return "\n".join(lines)
+
+
+def peer_of(row):
+    """The peer row a row compares with: the same chain in albumentations."""
+    return "P1 colour" if row.endswith("colour") else "P1"
 
 
 def main(argv=None):
@@ -140,6 +167,11 @@ def main(argv=None):
                         help="skip each row's warm-up run (quick looks, the smoke test)")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once (quick looks "
                         "and the smoke test only: timings then share the CPUs)")
+    parser.add_argument("--peer-python", default=os.environ.get("AUGBATCH_BENCH_PEER_PYTHON",
+                                                               sys.executable),
+                        help="a Python with albumentations (and TensorFlow, psutil) for the "
+                             "peer's rows P1 (default: this one; env "
+                             "AUGBATCH_BENCH_PEER_PYTHON)")
     args = parser.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
@@ -155,13 +187,20 @@ def main(argv=None):
         parser.error(f"--only: no row named {', '.join(map(repr, unknown))}; the rows: "
                      + ", ".join(repr(name) for name, _, _ in every))
     chosen = [r for r in every if not args.only or r[0] in args.only]
+    missing = peer_missing(args.peer_python) if any(r[0] in PEER_ROWS for r in chosen) else None
+    if missing:
+        print(f"note: rows {', '.join(PEER_ROWS)} (albumentations) skipped: {missing} in "
+              f"{args.peer_python}; pip install albumentations there or pass --peer-python",
+              flush=True)
+        chosen = [r for r in chosen if r[0] not in PEER_ROWS]
     runs = {name: [] for name, _, _ in chosen}
     loads = [os.getloadavg()[0]]
 
     def one(repeat, index, name, variant_args):
         print(f"[{repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr, flush=True)
         result = run_variant(variant_args, os.path.join(args.out, f"run-{index}"),
-                             args.copies, warm)
+                             args.copies, warm,
+                             python=args.peer_python if name in PEER_ROWS else None)
         loads.append(os.getloadavg()[0])
         return result
 
@@ -177,9 +216,13 @@ def main(argv=None):
             runs[name].append(future.result())
     results = [summarize(name, what, runs[name]) for name, what, _ in chosen]
     reference = {"B1 colour": "B1 colour", "augbatch --xla colour": "B1 colour",
-                 "augbatch colour": "B1 colour"}
+                 "augbatch colour": "B1 colour", "P1 colour": "B1 colour"}
 
-    report = {"results": results,
+    by_name = {r["row"]: r for r in results}
+    vs_peer = {r["row"]: {"wall": r["img_per_s"] / peer["img_per_s"],
+                          "cpu": r["img_per_cpu_s"] / peer["img_per_cpu_s"]}
+               for r in results for peer in [by_name.get(peer_of(r["row"]))] if peer}
+    report = {"results": results, "vs_peer": vs_peer,
               "startup_s": startup.result(),
               "rss_scaling": rss.result(),
               "load_average": {"min": min(loads), "max": max(loads),

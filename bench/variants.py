@@ -5,6 +5,8 @@ peak memory is its own, and prints one JSON line: outputs, wall and CPU seconds,
   B1        the chain written plainly in tf.data (map with AUTOTUNE -> TFRecordWriter)
   B2        Keras ImageDataGenerator with the equivalent parameters, one image at a time
   augbatch  pipeline.run.run_expand (Beam), the thing being measured
+  P0        OpenCV decode + re-encode only in a 2-process pool: the peer's floor
+  P1        the peer a CPU user would pick: albumentations (OpenCV) in a 2-process pool
 
 Every contender reads the same inputs, writes `copies` augmented JPEGs (quality 95) per input
 as tf.train.Example records, and is timed after a warm-up run on a few other images (imports
@@ -23,6 +25,7 @@ import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 
 QUALITY = 95
 BRIGHTNESS, CONTRAST, DEGREES = 0.2, (0.7, 1.3), 20.0
@@ -144,6 +147,67 @@ def run_idg(folder, out_dir, copies, chain):
     return count
 
 
+# --- P0 and P1: OpenCV and albumentations in a process pool ------------------------------------
+# Written as an albumentations user would: a Pool of 2 processes over the files, each decoding
+# with OpenCV, augmenting and encoding the copies; the parent writes the TFRecords.
+
+POOL_PROCESSES = 2
+_pool_state = {}
+
+
+def _albumentations_chain(name):
+    """The benchmark's chain in albumentations: flip, brightness and contrast (one transform
+    there), then for "standard" a bilinear rotation with a constant (black) fill."""
+    import albumentations as A
+    import cv2
+    steps = [A.HorizontalFlip(p=0.5),
+             A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS,
+                                        contrast_limit=CONTRAST[1] - 1.0, p=1.0)]
+    if name == "standard":
+        steps.append(A.Rotate(limit=DEGREES, interpolation=cv2.INTER_LINEAR,
+                              border_mode=cv2.BORDER_CONSTANT, p=1.0))
+    return A.Compose(steps)
+
+
+def _pool_setup(chain, copies):
+    import cv2
+    cv2.setNumThreads(1)  # the pool fills the cores
+    _pool_state.update(chain=_albumentations_chain(chain) if chain else None, copies=copies)
+
+
+def _pool_one(item):
+    """One input -> (its `copies` encoded JPEGs, label)."""
+    import cv2
+    import numpy as np
+    path, label = item
+    with open(path, "rb") as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    augment, encoded = _pool_state["chain"], []
+    for _ in range(_pool_state["copies"]):
+        out = augment(image=image)["image"] if augment else image
+        _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+        encoded.append(jpeg.tobytes())
+    return encoded, label
+
+
+def run_pool(folder, out_dir, copies, chain):
+    """P0 (chain None) or P1: files -> Pool(decode, augment, encode) -> TFRecordWriter."""
+    import multiprocessing
+    import tensorflow as tf
+    count = 0
+    pool = multiprocessing.Pool(POOL_PROCESSES, _pool_setup, (chain, copies))
+    with tf.io.TFRecordWriter(os.path.join(out_dir, "out.tfrecord")) as writer:
+        for encoded, label in pool.imap(_pool_one, list_inputs(folder), chunksize=8):
+            for data in encoded:
+                writer.write(_example(data, label))
+                count += 1
+    pool.close()
+    pool.join()  # (the workers' CPU time counts once they are reaped)
+    return count
+
+
 # --- augbatch ---------------------------------------------------------------------------------
 
 def run_augbatch(inputs, out_dir, copies, chain, beam_args=(), **runtime):
@@ -158,6 +222,8 @@ def run_augbatch(inputs, out_dir, copies, chain, beam_args=(), **runtime):
 VARIANTS = {"F0": lambda a: run_tf_data(a.inputs, a.out, a.copies, None),
             "B1": lambda a: run_tf_data(a.inputs, a.out, a.copies, a.chain),
             "B2": lambda a: run_idg(a.inputs, a.out, a.copies, a.chain),
+            "P0": lambda a: run_pool(a.inputs, a.out, a.copies, None),
+            "P1": lambda a: run_pool(a.inputs, a.out, a.copies, a.chain),
             "augbatch": lambda a: run_augbatch(a.inputs, a.out, a.copies, a.chain,
                                                a.beam_args, **json.loads(a.runtime))}
 

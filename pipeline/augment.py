@@ -252,11 +252,19 @@ class _Compiled:
         return tf.reshape(out, [-1, out_shape[2], out_shape[3], out_shape[4]])[:count]
 
 
-def build_chain(steps, xla=False, on_cpu=True, parallel=None):
+def resample_kernel(kernel, xla=False, on_cpu=True):
+    """The kernel geometric ops resample with: OpenCV's only on the CPU without XLA (compiled
+    segments resample with gathers; a GPU runs TensorFlow's)."""
+    return "opencv" if kernel == "opencv" and on_cpu and not xla else "tensorflow"
+
+
+def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow"):
     """fn(images uint8 [B, H, W, C], seeds int32 [B, 2], rows) -> uint8 images, built from the
     plan: the same draws as chain.build (every step keeps its seed index), faster. Compiled
     segments run on chunks of `rows` images (chunk_rows), for the CPU or else a GPU.
-    `parallel`: how many images plain steps take at once when they go one at a time."""
+    `parallel`: how many images plain steps take at once when they go one at a time.
+    `kernel`: runtime.kernel, the resample kernel of geometric ops (resample_kernel)."""
+    kernel = resample_kernel(kernel, xla, on_cpu)
     stages = plan(steps, xla)
     parts = []  # (compiled?, fn(images, seeds) -> images)
     converted = False
@@ -277,8 +285,10 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None):
             for index, (compiled, fn) in enumerate(runs)]
 
     def run(images, seeds, rows=1):
-        for fn in runs:
-            images = fn(images, seeds, rows) if isinstance(fn, _Compiled) else fn(images, seeds)
+        with geometry.kernel(kernel):  # (traced now: the kernel is chosen for this graph)
+            for fn in runs:
+                images = (fn(images, seeds, rows) if isinstance(fn, _Compiled)
+                          else fn(images, seeds))
         return images
     run.compiled = [fn for fn in runs if isinstance(fn, _Compiled)]
     return run
@@ -326,10 +336,13 @@ def _compose(fns):
 
 
 def _calls_python(concrete):
-    """Whether a traced function runs Python somewhere (in its graph or a function it calls)."""
+    """Whether a traced function runs Python somewhere (in its graph or a function it calls)
+    that may call TensorFlow back: the OpenCV resample kernel never does."""
     graph = concrete.graph.as_graph_def()
     nodes = list(graph.node) + [node for f in graph.library.function for node in f.node_def]
-    return any(node.op in PYTHON_OPS for node in nodes)
+    return any(node.op in PYTHON_OPS
+               and node.attr["token"].s.decode() not in geometry.OPENCV_TOKENS
+               for node in nodes)
 
 
 def _trace(fn, signature):
@@ -373,7 +386,7 @@ class ChainRunner:
     def _build(self, parallel):
         job = self.job
         self.chain = build_chain(job.chain, xla=job.xla, on_cpu="CPU" in self.device,
-                                 parallel=parallel)
+                                 parallel=parallel, kernel=job.kernel)
         images_spec = tf.TensorSpec([None, None, None, job.channels], tf.uint8)
         seeds_spec = tf.TensorSpec([None, 2], tf.int32)
         png_spec = tf.TensorSpec([None], tf.bool)

@@ -21,6 +21,7 @@ INPUT_KINDS = ("auto", "folder", "tfrecord")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
+KERNELS = ("opencv", "tensorflow")  # geometry.KERNELS (not imported here: no TensorFlow)
 # A config is a page of text: these bound what reading one may cost (a YAML alias "bomb"
 # of a few hundred bytes can stand for billions of values).
 MAX_CONFIG_BYTES = 1 << 20
@@ -51,6 +52,7 @@ class Job:
     device: str = "auto"
     tf_threads: int = 0  # TensorFlow ops at once, each on one thread; 0 = one per core
     xla: bool = False  # compile runs of colour steps with XLA (changes the draws: hashed)
+    kernel: str = "opencv"  # geometric ops' resample on the CPU without XLA (pixels: hashed)
     max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
@@ -76,6 +78,8 @@ def config_hash(job):
                 "format": job.format, "quality": job.quality}
     if job.xla:  # XLA draws other random numbers than TensorFlow's kernels
         decisive["xla"] = True
+    elif job.kernel != "tensorflow":  # its pixels differ a little from TensorFlow's kernel
+        decisive["kernel"] = job.kernel
     if job.label_map:  # the labels written
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
@@ -266,7 +270,7 @@ SCHEMA = {
                 "chain": ("chain", None)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
-                "xla": ("xla", _bool)},
+                "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},
     # Bad inputs are always reported in errors.jsonl; past these limits the run also fails.
     "errors": {"max_errors": ("max_errors", _int(0)),
                "max_error_rate": ("max_error_rate", _fraction)},

@@ -14,9 +14,11 @@ k = c0 x + c1 y + 1; x is the column, y the row.
 """
 import contextlib
 import dataclasses
+import functools
 import threading
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline.ops import draw
@@ -24,20 +26,93 @@ from pipeline.ops import draw
 INTERPOLATIONS = ("nearest", "bilinear")
 FILL_MODES = ("constant", "reflect", "wrap", "nearest")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+# The resample kernels a run can choose (runtime.kernel): OpenCV's on the CPU, or TensorFlow's.
+KERNELS = ("opencv", "tensorflow")
 
 
 def transform(images, transforms, interpolation="nearest", fill_mode="constant", fill_value=0.0):
     """Resample images [B, H, W, C] with one flat transform per example ([B, 8]), in one call.
 
     The kernel tfa.image.transform calls, with the same arguments (inside `for_xla()`: the
-    same sampling written with gathers, which XLA compiles).
+    same sampling written with gathers, which XLA compiles; inside `kernel("opencv")`:
+    OpenCV's warp).
     """
     if getattr(_tracing, "for_xla", False):
         return transform_with_gathers(images, transforms, interpolation, fill_mode, fill_value)
+    if getattr(_tracing, "kernel", "tensorflow") == "opencv":
+        return transform_with_opencv(images, transforms, interpolation, fill_mode, fill_value)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=tf.cast(transforms, tf.float32),
         output_shape=tf.shape(images)[1:3], fill_value=tf.constant(fill_value, tf.float32),
         interpolation=interpolation.upper(), fill_mode=fill_mode.upper())
+
+
+# --- the same sampling with OpenCV, on the CPU ------------------------------------------------
+# TensorFlow's kernel takes ~2.8 ms for a 256 x 256 RGB image on one thread; OpenCV's warp
+# ~0.5 ms. Same conventions (output -> input matrix, pixel centres at integer coordinates, the
+# same fill modes), but OpenCV rounds sample points to 1/32 pixel and TensorFlow's 'wrap' has
+# its own border: a pixel can differ by a level or two (a few at a 'constant' edge, more along
+# a 'wrap' seam); tests/test_opencv_kernel.py bounds it per op on real photos. The kernel is
+# chosen at tracing time (`kernel(...)`, as for_xla) and is part of the config hash.
+
+# TensorFlow's fill modes as OpenCV borders: reflect is [dcba|abcd|dcba], nearest repeats the edge.
+_BORDERS = {"constant": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT", "wrap": "BORDER_WRAP",
+            "nearest": "BORDER_REPLICATE"}
+# The numpy_function ops of this kernel (their registry tokens): Python in the graph that never
+# calls TensorFlow back, so augment.ChainRunner need not run such a chain one call at a time.
+OPENCV_TOKENS = set()
+
+
+@contextlib.contextmanager
+def kernel(name):
+    """While tracing in here, transform() resamples with kernel `name` (one of KERNELS)."""
+    before = getattr(_tracing, "kernel", "tensorflow")
+    _tracing.kernel = name
+    try:
+        yield
+    finally:
+        _tracing.kernel = before
+
+
+def transform_with_opencv(images, transforms, interpolation="nearest", fill_mode="constant",
+                          fill_value=0.0):
+    """transform() with OpenCV's warpAffine / warpPerspective, called from the graph."""
+    warp = functools.partial(_warp, interpolation=interpolation, fill_mode=fill_mode,
+                             fill_value=float(fill_value))
+    out = tf.numpy_function(warp, [images, tf.cast(transforms, tf.float32)], images.dtype,
+                            stateful=False, name="opencv_warp")
+    OPENCV_TOKENS.add(out.op.get_attr("token").decode())
+    return tf.ensure_shape(out, images.shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _cv2():
+    """OpenCV, each call on the calling thread: the runner already fills the cores with several
+    images at once, as it does TensorFlow's ops (augment.configure_threads)."""
+    import cv2
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _warp(images, transforms, interpolation, fill_mode, fill_value):
+    cv2 = _cv2()
+    flags = cv2.WARP_INVERSE_MAP | (cv2.INTER_LINEAR if interpolation == "bilinear"
+                                    else cv2.INTER_NEAREST)
+    border = getattr(cv2, _BORDERS[fill_mode])
+    height, width, channels = images.shape[1:]
+    out = np.empty_like(images)
+    for index, flat in enumerate(transforms):
+        matrix = np.append(flat.astype(np.float64), 1.0).reshape(3, 3)
+        affine = flat[6] == 0.0 and flat[7] == 0.0
+        for start in range(0, channels, 4):  # OpenCV warps at most 4 channels at once
+            part = np.ascontiguousarray(images[index, :, :, start:start + 4])
+            args = dict(flags=flags, borderMode=border, borderValue=(fill_value,) * 4)
+            if affine:
+                warped = cv2.warpAffine(part, matrix[:2], (width, height), **args)
+            else:
+                warped = cv2.warpPerspective(part, matrix, (width, height), **args)
+            out[index, :, :, start:start + 4] = warped.reshape(part.shape)
+    return out
 
 
 # --- the same sampling, for XLA ----------------------------------------------------------------
