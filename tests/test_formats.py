@@ -305,8 +305,12 @@ def test_yolo_segment_with_splits_and_a_missing_label_file(tmp_path):
     expected = DETECTION.outline_mask("polygon", polygon, (width, height))
     assert within_a_pixel(mask, expected)
     assert len(rows["images/train/b.jpg", 0]["boxes"]) == 0  # no label file: no objects
-    assert np.allclose(pixel_boxes(rows["images/val/c.jpg", 1]),
+    assert np.allclose(pixel_boxes(rows["images/val/c.jpg", 0]),
                        [[0.3 * height, 0.4 * width, 0.7 * height, 0.6 * width]], atol=1)
+    # the splits data.yaml names: val is written untouched, in its own shards
+    assert ("images/val/c.jpg", 1) not in rows and ("images/train/a.jpg", 1) in rows
+    assert manifest["output"]["shards"] == ["augmented-train-00000-of-00001.tfrecord",
+                                            "augmented-val-00000-of-00001.tfrecord"]
 
 
 def test_yolo_pose_keypoints(tmp_path):
@@ -417,3 +421,44 @@ def test_input_kind_overrides_and_a_chain_that_cannot_carry_masks_is_refused(tmp
                                   "-o", str(tmp_path / "out2"), "--input-kind", "coco"])
     assert result.exit_code == 2 and "instance masks" in result.output, result.output
     assert not os.path.exists(tmp_path / "out2")
+
+
+def test_splits_stay_splits_only_train_is_augmented_and_each_has_its_shards(tmp_path):
+    """A manifest's split column: train gets copies, val is written untouched (copy 0 only),
+    each split in its own shards, counted apart; augment.splits chooses."""
+    names = ["objects/coffee_01.jpg", "objects/coffee_02.jpg", "portraits/chelsea_01.jpg"]
+    for name in names:
+        put(os.path.join(tmp_path, "data", name),
+            open(os.path.join(SAMPLE_IMAGES, name), "rb").read())
+    put(str(tmp_path / "data" / "all.jsonl"), "".join(
+        json.dumps({"path": n, "label": n.split("/")[0], "split": s}) + "\n"
+        for n, s in zip(names, ["train", "train", "val"])))
+    out = tmp_path / "out"
+    manifest = run_job(str(tmp_path / "data" / "all.jsonl"), out, FLIP, copies=2,
+                       keep_original=False)
+    assert manifest["output"]["shards"] == ["augmented-train-00000-of-00001.tfrecord",
+                                            "augmented-val-00000-of-00001.tfrecord"]
+    assert manifest["counts"]["per_split"] == {
+        "train": {"augmented": True, "written": 2, "outputs": 4},
+        "val": {"augmented": False, "written": 1, "outputs": 1}}
+    assert manifest["counts"]["written"] == 3
+    assert_accounted(manifest)
+    val = outputs_of(out / "augmented-val-00000-of-00001.tfrecord")
+    assert [(r["key"], r["copy_index"]) for r in val] == [("portraits/chelsea_01.jpg", 0)]
+    assert val[0]["image/encoded"] == open(os.path.join(SAMPLE_IMAGES, names[2]), "rb").read()
+    train = outputs_of(out / "augmented-train-00000-of-00001.tfrecord")
+    assert sorted(r["copy_index"] for r in train) == [1, 1, 2, 2]
+    both = run_job(str(tmp_path / "data" / "all.jsonl"), tmp_path / "both", FLIP, copies=2,
+                   augment_splits=("train", "val"))
+    assert both["counts"]["per_split"]["val"] == {"augmented": True, "written": 1,
+                                                  "outputs": 3}
+
+
+def outputs_of(path):
+    rows = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        f = tf.train.Example.FromString(record.numpy()).features.feature
+        rows.append({"key": f["image/source_id"].bytes_list.value[0].decode(),
+                     "copy_index": f["augment/copy_index"].int64_list.value[0],
+                     "image/encoded": f["image/encoded"].bytes_list.value[0]})
+    return sorted(rows, key=lambda r: (r["key"], r["copy_index"]))

@@ -200,4 +200,5 @@ class ReadAnnotated(beam.DoFn):
                                       f"{T.message_of(e)}")
                 return
         yield T.Input(key=ref.key, source=ref.path, record_index=None, data=data,
-                      label=ref.label, label_text=ref.label_text, targets=found)
+                      label=ref.label, label_text=ref.label_text, targets=found,
+                      split=ref.split)
