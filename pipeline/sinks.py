@@ -109,7 +109,8 @@ class WriteBuckets(beam.DoFn):
     def process(self, record):
         self.keys.add(record.key)
         entry = _bucket_entry(record)
-        first, count = self.groups[record.split if len(self.groups) > 1 else None]
+        first, count = (self.groups[record.split] if len(self.groups) > 1
+                        else next(iter(self.groups.values())))
         bucket = (first + shard_of(entry, count), part_of(entry, SLICES))
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))

@@ -251,7 +251,7 @@ def test_coco_official_layout_masks_rle_keypoints_crowd_and_sizes(tmp_path):
         {"images": images, "annotations": annotations, "categories": categories}))
     out = tmp_path / "out"
     manifest = run_job(str(root / "annotations" / "instances_val2017.json"), out, FLIP,
-                       copies=1, format="png")
+                       copies=1, format="png", augment_splits=("val",))  # (a val split)
     assert manifest["input"]["kind"] == "coco"
     assert manifest["input"]["label_map"] == {"cup": 3, "person": 90}
     assert manifest["counts"]["written"] == 2 and manifest["counts"]["errored"] == 1

@@ -2,7 +2,8 @@
 
 What labelling tools export (a JSON beside its images) and the official layout
 (annotations/instances_train2017.json beside train2017/); `input.images` names the image
-folder when it is elsewhere. Each JSON is a split when its name says so (instances_val2017).
+folder when it is elsewhere. Each JSON is a split when its name or folder says so
+(instances_val2017.json, valid/_annotations.coco.json).
 Labels are the category ids, as the OD API's create_coco_tf_record writes them, ids that need
 not be contiguous; the class text is the category's name.
 """
@@ -94,7 +95,7 @@ def discover(job, found):
         else:
             keypoint_count = 0
         folder = _image_folder(job, path, data)
-        split = _split(path)
+        split = _split(path) or formats.split_of(formats.relative(path, base))
         for image in data["images"]:
             image_path = formats.join(folder, image["file_name"])
             referenced.add(os.path.normpath(image_path))
