@@ -131,9 +131,9 @@ class ReadTFRecordFile(beam.DoFn):
     no record at all is an error too (`file:0`). A record over `max_bytes` is damage.
     """
 
-    def __init__(self, image_feature, label_feature, max_bytes=None):
+    def __init__(self, image_feature, label_feature, max_bytes=None, skip=frozenset()):
         self.image_feature, self.label_feature = image_feature, label_feature
-        self.max_bytes = max_bytes
+        self.max_bytes, self.skip = max_bytes, skip  # skip: keys done (expand --resume)
 
     def process(self, ref):
         try:
@@ -148,7 +148,8 @@ class ReadTFRecordFile(beam.DoFn):
             with stream:
                 for record in sources.iter_records(stream, self.max_bytes):
                     progress.count(progress.READ)
-                    yield self._parse(ref, index, record)
+                    if f"{ref.key}:{index}" not in self.skip:
+                        yield self._parse(ref, index, record)
                     index += 1
             if index == 0:
                 progress.count(progress.READ)
