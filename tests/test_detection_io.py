@@ -217,3 +217,15 @@ def test_the_detection_sample_config_runs_as_the_readme_says(tmp_path, monkeypat
     assert report.exit_code == 0, report.output
     assert "objects (image/object/*)" in report.output and "cup" in report.output
     assert "verify: OK" in report.output
+
+
+def test_preview_draws_the_boxes_and_masks(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    sheet = tmp_path / "look.png"
+    result = CliRunner().invoke(main, ["preview", "-c", "sample_configs/detection.yaml",
+                                       "-n", "2", "--copies", "2", "-o", str(sheet)])
+    assert result.exit_code == 0, result.output
+    pixels = np.asarray(Image.open(sheet).convert("RGB")).reshape(-1, 3)
+    from pipeline.preview import COLOURS
+    outlined = sum(int((pixels == colour).all(1).sum()) for colour in COLOURS)
+    assert outlined > 100  # box outlines in their class colours
