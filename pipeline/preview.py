@@ -96,7 +96,8 @@ def rows(job, n=6, copies=None):
         if isinstance(decoded, T.ErrorRecord):
             out.append(Row(item.key, item.label_text, error=f"{decoded.stage}: {decoded.message}"))
             continue
-        records = [_unwrap(r) for r in augment.process_now([decoded])]
+        records = [r for r in map(_unwrap, augment.process_now([decoded]))
+                   if isinstance(r, (T.OutputRecord, T.ErrorRecord))]  # (not target counts)
         failed = [r for r in records if isinstance(r, T.ErrorRecord)]
         if failed:
             out.append(Row(item.key, item.label_text, error=f"{failed[0].stage}: "
