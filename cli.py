@@ -164,7 +164,9 @@ def main(ctx, debug, quiet):
 @click.option("-i", "--input", "inputs", multiple=True, help="Input folder, file or glob "
               "(repeatable). Overrides the config's input.")
 @click.option("-o", "--output", help="Output directory for the shards and manifest.json.")
-@click.option("--input-kind", type=click.Choice(["auto", "folder", "tfrecord"]))
+@click.option("--input-kind", type=click.Choice(["auto", "folder", "tfrecord", "coco", "yolo",
+                                                 "voc", "masks", "manifest"]),
+              help="What the input is (default auto: told from the files).")
 @click.option("--copies", type=click.IntRange(0), help="Augmented copies per input.")
 @click.option("--keep-original/--no-keep-original", default=None,
               help="Also write the untouched input as copy 0.")
