@@ -154,9 +154,8 @@ def _ours(output, names, stale):
         ours |= {n for n in manifest["output"]["shards"] if "/" not in n}
     if stale:  # a run that died: its exact shard names, maybe committed before it died
         try:
-            ours |= {sinks.shard_name(stale["prefix"], i, stale["num_shards"],
-                                      stale["compression"])
-                     for i in range(int(stale["num_shards"]))} | {"errors.jsonl"}
+            ours |= set(sinks.shard_names(stale["prefix"], stale["num_shards"],
+                                          stale["compression"])) | {"errors.jsonl"}
         except (KeyError, TypeError, ValueError):
             pass
     tmp = sinks.TMP_DIR + "/"

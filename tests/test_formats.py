@@ -460,3 +460,13 @@ def outputs_of(path):
                      "copy_index": f["augment/copy_index"].int64_list.value[0],
                      "image/encoded": f["image/encoded"].bytes_list.value[0]})
     return sorted(rows, key=lambda r: (r["key"], r["copy_index"]))
+
+
+def test_overwrite_knows_the_split_shards_of_a_run_that_died(tmp_path):
+    """A crashed run's lock names its split shards: --overwrite may delete exactly those."""
+    from pipeline import run
+    stale = json.loads(json.dumps({"prefix": "augmented", "compression": "none",
+                                   "num_shards": (("train", 2), ("val", 1))}))
+    names = ["augmented-train-00000-of-00002.tfrecord", "augmented-train-00001-of-00002.tfrecord",
+             "augmented-val-00000-of-00001.tfrecord", "augmented-test-00000-of-00001.tfrecord"]
+    assert run._ours(str(tmp_path), names, stale) == set(names[:3])
