@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import __version__, progress, sinks, sources
+from pipeline import __version__, progress, sinks, sources, targets
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
@@ -274,7 +274,9 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     # few calls into TensorFlow, bounded memory.
     augmented = (decoded.images
                  | "Batch" >> beam.ParDo(T.BatchByShape(job))
-                 | "AugmentEncode" >> augment.with_outputs(T.ERRORS, main="records"))
+                 | "AugmentEncode" >> augment.with_outputs(T.ERRORS, T.TARGET_COUNTS,
+                                                            main="records"))
+    target_counts = augmented[T.TARGET_COUNTS]
     shard_stats = augmented.records | "Write" >> sinks.WriteShards(
         job.output, tmp_dir, num_shards, job.prefix, job.compression, resumed_buckets)
 
@@ -287,10 +289,18 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     (p | "Once" >> beam.Create([None])
      | "Summary" >> beam.Map(_write_summary, job.output, tmp_dir,
                              beam.pvalue.AsList(shard_stats), beam.pvalue.AsList(errors),
-                             beam.pvalue.AsSingleton(count)))
+                             beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts)))
 
 
-def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered):
+def _added(counts):
+    """{name: sum} of a list of {name: count} (zeros kept, unlike Counter's +)."""
+    total = collections.Counter()
+    for one in counts:
+        total.update(one)
+    return dict(sorted(total.items()))
+
+
+def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=()):
     """Runs once, after every shard is written: errors.jsonl (sorted) and the counts, in the
     temporary folder (run_expand commits them with the shards).
     `discovered` counts what the read step saw: each input read, each input that failed to
@@ -307,7 +317,8 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered):
                "errors_by_reason": [{"stage": stage, "reason": reason, "count": n}
                                     for (stage, reason), n in sorted(
                                         by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
-               "errored": len({e.key for e in errors})}
+               "errored": len({e.key for e in errors}),
+               "targets": _added(target_counts)}
     with FileSystems.create(FileSystems.join(tmp_dir, "summary.json")) as f:
         f.write(json.dumps(summary).encode())
 
@@ -342,6 +353,7 @@ def dry_run(job, beam_args=(), accelerator=None):
     notes = runners.check_submission(job, options, dry_run=True)
     if all(sources.is_local(path) for path in job.input):
         discovery = sources.discover(job)
+        targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
         num_shards = pick_num_shards(job, discovery)
         inputs = f"{inputs_found(discovery)} from {', '.join(job.input)}"
         shards = progress.plural(num_shards, "shard")
@@ -386,6 +398,8 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     runners.check_submission(job, beam_options(beam_args))  # before the output is touched
     job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
+    # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
+    targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
     created = not FileSystems.exists(job.output)
@@ -572,9 +586,11 @@ def check_accounting(manifest, discovery):
     """Every input found must be written or in errors.jsonl; anything else is a bug."""
     counts = manifest["counts"]
     problems = []
-    if counts["discovered"] != counts["written"] + counts["errored"]:
+    dropped = manifest.get("targets", {}).get("inputs_all_dropped", 0)  # by the target rules
+    if counts["discovered"] != counts["written"] + counts["errored"] + dropped:
         problems.append(f"{counts['discovered']} inputs discovered but {counts['written']} "
-                        f"written + {counts['errored']} errored")
+                        f"written + {counts['errored']} errored + {dropped} dropped by the "
+                        "target rules")
     found = len(discovery.refs) + len(discovery.rejected)
     if discovery.kind == "folder" and counts["discovered"] != found:
         problems.append(f"{found} inputs listed but {counts['discovered']} read")
@@ -666,6 +682,7 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
         "errors_by_stage": summary["errors_by_stage"],
         "errors_by_reason": summary["errors_by_reason"],
         "error_limit": error_limit(job, counts),
+        "targets": summary.get("targets") or {},
         "features": {"image": "image/encoded", "label": "image/class/label",
                      "written": list(FEATURE_KEYS)},
         "beam_args": list(beam_args),
