@@ -18,7 +18,7 @@ from pipeline import targets
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
-INPUT_KINDS = ("auto", "folder", "tfrecord")
+INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "manifest")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
@@ -60,6 +60,8 @@ class Job:
     config_path: str = ""
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    augment_splits: tuple = ("train",)  # augment.splits: the splits given augmented copies
+    images_dir: str = ""  # input.images: where a COCO JSON's images are, if not beside it
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
     @property
@@ -72,6 +74,7 @@ class Job:
         out["input"], out["chain"] = list(self.input), _plain(self.chain)
         out["target_rules"] = _plain(out["target_rules"])
         out["label_map"] = dict(self.label_map) if self.label_map else None
+        out["augment_splits"] = list(self.augment_splits)
         return out
 
 
@@ -85,6 +88,8 @@ def config_hash(job):
         decisive["kernel"] = job.kernel
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
+    if job.augment_splits != ("train",):  # which splits get copies
+        decisive["augment_splits"] = list(job.augment_splits)
     if job.label_map:  # the labels written
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
@@ -226,6 +231,15 @@ def _paths(value, path):
     raise ConfigError(path, f"expected a path, a glob or a list of them, got {quote(value)}")
 
 
+def _names(value, path):
+    if isinstance(value, str) and value:
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(path, f"expected a list of split names (train, val, test ...), got "
+                          f"{quote(value)}")
+    return tuple(value)
+
+
 def _prefix(value, path):
     value = _str(value, path)
     if "/" in value or "\\" in value or value.startswith("."):
@@ -265,14 +279,14 @@ SCHEMA = {
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
               "max_pixels": ("max_pixels", _int(1, 10**12)),
-              "labels": ("label_map", _label_map)},
+              "labels": ("label_map", _label_map), "images": ("images_dir", _str)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
                "prefix": ("prefix", _prefix)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
-                "chain": ("chain", None)},
+                "chain": ("chain", None), "splits": ("augment_splits", _names)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
                 "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},
