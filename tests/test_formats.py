@@ -6,7 +6,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from pipeline import sources
 from pipeline.formats import coco
 from tests.conftest import ROOT, SAMPLE_IMAGES, assert_accounted, run_job
 
