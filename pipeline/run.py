@@ -411,7 +411,12 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
     # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
-    targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
+    target_kinds = targets.peek_kinds(discovery, job)
+    targets.check_chain(job.chain, target_kinds)
+    if resume and target_kinds:  # their counts come from the augment step, not the journals
+        raise UserError("--resume works for inputs without boxes, masks or keypoints: the "
+                        "manifest's target counts of the reused inputs would be missing",
+                        hint="pass --overwrite to run again from the start")
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
     created = not FileSystems.exists(job.output)
