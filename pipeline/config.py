@@ -14,10 +14,11 @@ from typing import Optional
 import yaml
 
 from pipeline import chain as chain_mod
+from pipeline import targets
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
-INPUT_KINDS = ("auto", "folder", "tfrecord")
+INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "manifest")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
@@ -57,7 +58,10 @@ class Job:
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
     config_path: str = ""
+    target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    augment_splits: tuple = ("train",)  # augment.splits: the splits given augmented copies
+    images_dir: str = ""  # input.images: where a COCO JSON's images are, if not beside it
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
     @property
@@ -68,7 +72,9 @@ class Job:
     def to_dict(self):
         out = dataclasses.asdict(self)
         out["input"], out["chain"] = list(self.input), _plain(self.chain)
+        out["target_rules"] = _plain(out["target_rules"])
         out["label_map"] = dict(self.label_map) if self.label_map else None
+        out["augment_splits"] = list(self.augment_splits)
         return out
 
 
@@ -80,6 +86,10 @@ def config_hash(job):
         decisive["xla"] = True
     elif job.kernel != "tensorflow":  # its pixels differ a little from TensorFlow's kernel
         decisive["kernel"] = job.kernel
+    if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
+        decisive["targets"] = dataclasses.asdict(job.target_rules)
+    if job.augment_splits != ("train",):  # which splits get copies
+        decisive["augment_splits"] = list(job.augment_splits)
     if job.label_map:  # the labels written
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
@@ -221,6 +231,15 @@ def _paths(value, path):
     raise ConfigError(path, f"expected a path, a glob or a list of them, got {quote(value)}")
 
 
+def _names(value, path):
+    if isinstance(value, str) and value:
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(path, f"expected a list of split names (train, val, test ...), got "
+                          f"{quote(value)}")
+    return tuple(value)
+
+
 def _prefix(value, path):
     value = _str(value, path)
     if "/" in value or "\\" in value or value.startswith("."):
@@ -260,14 +279,14 @@ SCHEMA = {
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
               "max_pixels": ("max_pixels", _int(1, 10**12)),
-              "labels": ("label_map", _label_map)},
+              "labels": ("label_map", _label_map), "images": ("images_dir", _str)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
                "prefix": ("prefix", _prefix)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
-                "chain": ("chain", None)},
+                "chain": ("chain", None), "splits": ("augment_splits", _names)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
                 "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},
@@ -275,7 +294,28 @@ SCHEMA = {
     "errors": {"max_errors": ("max_errors", _int(0)),
                "max_error_rate": ("max_error_rate", _fraction)},
 }
-TOP_LEVEL = {"version", *SCHEMA}
+
+
+def _non_negative(value, path):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value
+            or value < 0 or value == float("inf")):
+        raise ConfigError(path, f"expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _permutation(value, path):
+    if (not isinstance(value, list) or sorted(value) != list(range(len(value)))
+            or any(isinstance(v, bool) for v in value)):
+        raise ConfigError(path, "expected a permutation of the keypoint slots, e.g. [0, 2, 1, "
+                          f"4, 3] (slot i takes the keypoint from slot value[i]), got {value!r}")
+    return tuple(value)
+
+
+# targets: rules for boxes, masks and keypoints (targets.Rules); part of the config hash.
+TARGET_RULES = {"min_visibility": _fraction, "min_area": _non_negative,
+                "min_side": _non_negative, "keep_empty": _bool,
+                "ignore_label": _int(0, 255), "keypoint_flip": _permutation}
+TOP_LEVEL = {"version", "targets", *SCHEMA}
 
 
 def _fields_from(data):
@@ -289,6 +329,17 @@ def _fields_from(data):
         raise ConfigError("version", f"this augbatch reads config version {CONFIG_VERSION}, "
                           f"got {version!r}")
     fields = {}
+    rules = data.get("targets")
+    if rules is not None:
+        if not isinstance(rules, dict):
+            raise ConfigError("targets", f"expected a mapping, got {rules!r}")
+        checked = {}
+        for key, value in rules.items():
+            if key not in TARGET_RULES:
+                raise ConfigError(f"targets.{key}", "unknown key" + did_you_mean(key, TARGET_RULES),
+                                  hint=f"keys of targets: {', '.join(sorted(TARGET_RULES))}")
+            checked[key] = TARGET_RULES[key](value, f"targets.{key}")
+        fields["target_rules"] = targets.Rules(**checked)
     for section, keys in SCHEMA.items():
         value = data.get(section)
         if value is None:
