@@ -61,6 +61,9 @@ class Job:
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
+    plain_copies: bool = False  # copies with no chain, asked for (augment.plain_copies)
+    exif_orientation: bool = True  # turn photos as their EXIF orientation says, at decode
+    tfds: bool = False  # records and files in TensorFlow Datasets' layout (output.tfds)
 
     @property
     def config_hash(self):
@@ -85,6 +88,8 @@ def config_hash(job):
         decisive["kernel"] = job.kernel
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
+    if not job.exif_orientation:  # rotated photos are written as stored, not upright
+        decisive["exif_orientation"] = False
     if job.label_map:  # the labels written
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
@@ -265,14 +270,15 @@ SCHEMA = {
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
               "max_pixels": ("max_pixels", _int(1, 10**12)),
-              "labels": ("label_map", _label_map)},
+              "labels": ("label_map", _label_map),
+              "exif_orientation": ("exif_orientation", _bool)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
-               "prefix": ("prefix", _prefix)},
+               "prefix": ("prefix", _prefix), "tfds": ("tfds", _bool)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
-                "chain": ("chain", None)},
+                "chain": ("chain", None), "plain_copies": ("plain_copies", _bool)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
                 "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},
@@ -372,4 +378,23 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
                                                 allow_python_ops=allow_python_ops))
     fields["allow_python_ops"] = allow_python_ops
     fields["config_path"] = os.path.abspath(config_path) if config_path else ""
-    return Job(**fields)
+    job = Job(**fields)
+    check_changes(job)
+    if job.tfds and job.compression != "none":
+        raise ConfigError("output.tfds", "TensorFlow Datasets reads uncompressed TFRecord "
+                          "files only", hint="set output.compression: none (or read gzip "
+                          "shards with tf.data, as README shows)")
+    return job
+
+
+def check_changes(job):
+    """Refuse copies that would all be the input again: an empty chain with copies > 0 (a
+    forgotten or mistyped chain), unless plain copies are asked for (augment.plain_copies)."""
+    if job.copies and not job.plain_copies and not any(chain_mod.op_paths(job.chain)):
+        raise ConfigError("augment.chain", f"nothing would change: {job.copies} identical "
+                          f"cop{'y' if job.copies == 1 else 'ies'} of each input (the chain "
+                          "has no op)",
+                          hint="add ops to augment.chain (augbatch list-ops), or set "
+                               "augment.copies: 0 (--copies 0) to write the inputs only, or "
+                               "augment.plain_copies: true (--plain-copies) if identical "
+                               "copies are what you want")

@@ -16,6 +16,7 @@ from pipeline import targets as targets_mod
 from pipeline.chain import example_seed
 
 ERRORS = "errors"
+ORIENTED = "oriented"  # the EXIF orientation (2-8) of each input that has one
 TARGET_COUNTS = "target_counts"  # per batch: objects kept, dropped, clipped; copies dropped
 log = logging.getLogger("augbatch")
 
@@ -39,6 +40,7 @@ class Decoded:
     image: np.ndarray  # uint8 [H, W, channels]
     format: str  # jpeg, png, gif, bmp
     native_channels: int
+    oriented: int = 1  # the EXIF orientation applied at decode (1: the pixels as stored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +245,38 @@ class UnsupportedFormat(ValueError):
 
 def sniff(data):
     """(format, width, height) from the header alone, without decoding the pixels."""
+    return header(data)[:3]
+
+
+def header(data):
+    """(format, width, height, EXIF orientation 1-8) from the header alone (the stored
+    width and height; 1 where there is no EXIF orientation or it is not 1-8)."""
     from PIL import Image
     with Image.open(io.BytesIO(data)) as im:
         fmt = PIL_FORMATS.get(im.format)
         if fmt is None:
             raise UnsupportedFormat(f"unsupported image format {im.format} (augbatch reads "
                                     f"{sources.SUPPORTED})")
-        return fmt, im.width, im.height
+        try:
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+        except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
+            orientation = 1
+        return fmt, im.width, im.height, orientation if 1 <= orientation <= 8 else 1
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image, orientation):
+    """[H, W, ...] pixels as stored -> as a viewer shows them, for an EXIF orientation 1-8
+    (what PIL.ImageOps.exif_transpose does, on arrays; moves only, no arithmetic)."""
+    if orientation in (5, 6, 7, 8):  # the stored rows are the shown columns
+        image = np.swapaxes(image, 0, 1)
+    if orientation in (2, 3, 6, 7):  # (after the swap) mirrored left-right
+        image = image[:, ::-1]
+    if orientation in (3, 4, 7, 8):  # upside down
+        image = image[::-1]
+    return np.ascontiguousarray(image)
 
 
 def to_channels(image, channels):
@@ -283,8 +310,9 @@ class DecodeImage(beam.DoFn):
     frame. Each file that cannot be used is one error record with the reason.
     """
 
-    def __init__(self, channels, max_pixels):
+    def __init__(self, channels, max_pixels, exif_orientation=True):
         self.channels, self.max_pixels = channels, max_pixels
+        self.exif_orientation = exif_orientation  # turn photos upright (input.exif_orientation)
 
     def setup(self):
         from PIL import Image
@@ -298,7 +326,7 @@ class DecodeImage(beam.DoFn):
             yield error("decode", ValueError("empty file (0 bytes)"), *where, reason="empty file")
             return
         try:
-            fmt, width, height = sniff(item.data)
+            fmt, width, height, orientation = header(item.data)
         except UnsupportedFormat as e:
             yield error("decode", e, *where, reason="unsupported image format")
             return
@@ -319,6 +347,9 @@ class DecodeImage(beam.DoFn):
                         message=self._why(item.data, fmt, e))
             return
         progress.count(progress.DECODED)
+        turned = orientation if self.exif_orientation else 1
+        if turned != 1:  # the photo as a viewer shows it; its targets were drawn on that
+            image = upright(image, turned)
         if item.targets is not None:
             try:
                 targets_mod.decode(item.targets, image.shape[0], image.shape[1])
@@ -326,7 +357,9 @@ class DecodeImage(beam.DoFn):
                 yield error("decode", e, *where, reason="bad targets",
                             message=f"{_where(item)}: {e}")
                 return
-        yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1])
+        yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1], turned)
+        if orientation != 1:
+            yield beam.pvalue.TaggedOutput(ORIENTED, orientation)
 
     @staticmethod
     def _decode(data, fmt):
@@ -569,7 +602,8 @@ class AugmentAndEncode(beam.DoFn):
 
     def _original(self, item):
         fmt = output_format(self.job.format, item.format)
-        if fmt == item.format and item.native_channels == self.job.channels:
+        if (fmt == item.format and item.native_channels == self.job.channels
+                and item.oriented == 1):
             data = item.input.data  # the untouched original bytes
         else:
             data = self.runner.encode(item.image[None], [fmt])[0]
@@ -578,5 +612,5 @@ class AugmentAndEncode(beam.DoFn):
     def _record(self, item, copy_index, data, fmt, shape, targets, counts):
         from pipeline import example
         payload = example.build(item.input, copy_index, data, fmt, shape, self.job.seed,
-                                self.config_hash, targets)
+                                self.config_hash, targets, self.job.tfds)
         return OutputRecord(item.input.key, copy_index, item.input.label, payload)

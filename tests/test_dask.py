@@ -164,7 +164,7 @@ def expand_with_fault(c, photos, out, fault=None):
         watcher.start()
     started = time.monotonic()
     result = CliRunner().invoke(cli.main, [
-        "expand", "-q", "-i", photos, "-o", str(out), "--copies", "3",
+        "expand", "-q", "-i", photos, "-o", str(out), "--copies", "3", "--plain-copies",
         "--dask-address", c.address, "--", f"--dask_no_progress_timeout={TIMEOUT}"])
     if fault:
         watcher.join(30)
