@@ -11,7 +11,7 @@ from typing import Optional
 import apache_beam as beam
 import numpy as np
 
-from pipeline import progress, sources
+from pipeline import balance, progress, sources
 from pipeline import targets as targets_mod
 from pipeline.chain import example_seed
 
@@ -133,9 +133,9 @@ class ReadTFRecordFile(beam.DoFn):
     no record at all is an error too (`file:0`). A record over `max_bytes` is damage.
     """
 
-    def __init__(self, image_feature, label_feature, max_bytes=None):
+    def __init__(self, image_feature, label_feature, max_bytes=None, skip=frozenset()):
         self.image_feature, self.label_feature = image_feature, label_feature
-        self.max_bytes = max_bytes
+        self.max_bytes, self.skip = max_bytes, skip  # skip: keys done (expand --resume)
 
     def process(self, ref):
         try:
@@ -150,7 +150,8 @@ class ReadTFRecordFile(beam.DoFn):
             with stream:
                 for record in sources.iter_records(stream, self.max_bytes):
                     progress.count(progress.READ)
-                    yield self._parse(ref, index, record)
+                    if f"{ref.key}:{index}" not in self.skip:
+                        yield self._parse(ref, index, record)
                     index += 1
             if index == 0:
                 progress.count(progress.READ)
@@ -468,7 +469,11 @@ class AugmentAndEncode(beam.DoFn):
         import concurrent.futures
         from pipeline import augment, quiet
         quiet.native_logs_follow_tf_level()
-        self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(self.job))
+        # With augment.balance inputs get different numbers of copies: each is given to the
+        # runner as one row per copy (copy c of an input is the same image either way).
+        runner_job = (dataclasses.replace(self.job, copies=1) if self.job.balance_plan
+                      else self.job)
+        self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(runner_job))
         self.pool = concurrent.futures.ThreadPoolExecutor(self.runner.in_flight,
                                                           thread_name_prefix="augment")
         self.pending = collections.deque()
@@ -550,7 +555,8 @@ class AugmentAndEncode(beam.DoFn):
         job = self.job
         if first_try:
             fail_once_for_tests("augment")
-        copies = [(item, c) for item in items for c in range(1, job.copies + 1)]
+        how_many = [balance.copies_of(job, item.input.key, item.input.label) for item in items]
+        copies = [(item, c) for item, n in zip(items, how_many) for c in range(1, n + 1)]
         formats = [output_format(job.format, item.format) for item, _ in copies]
         out = []
         if copies:
@@ -558,6 +564,8 @@ class AugmentAndEncode(beam.DoFn):
                              np.int32)
             # One array per input: the runner makes the copies inside the graph.
             images = np.stack([item.image for item in items])
+            if job.balance_plan:  # one row per copy (the runner makes one copy of each)
+                images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
             out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
