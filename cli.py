@@ -164,7 +164,9 @@ def main(ctx, debug, quiet):
 @click.option("-i", "--input", "inputs", multiple=True, help="Input folder, file or glob "
               "(repeatable). Overrides the config's input.")
 @click.option("-o", "--output", help="Output directory for the shards and manifest.json.")
-@click.option("--input-kind", type=click.Choice(["auto", "folder", "tfrecord"]))
+@click.option("--input-kind", type=click.Choice(["auto", "folder", "tfrecord", "coco", "yolo",
+                                                 "voc", "masks", "manifest"]),
+              help="What the input is (default auto: told from the files).")
 @click.option("--copies", type=click.IntRange(0), help="Augmented copies per input.")
 @click.option("--keep-original/--no-keep-original", default=None,
               help="Also write the untouched input as copy 0.")
@@ -382,9 +384,20 @@ def validate(config_path, allow_python_ops):
     ops = [name for _, name in chain.op_paths(job.chain)]
     click.echo(f"{config_path}: valid ({len(ops)} ops, config hash {job.config_hash})")
     if job.input_from == "input.path":  # the config names its inputs: do they exist?
-        for pattern in sources.missing(job.input):
+        missing = sources.missing(job.input)
+        for pattern in missing:
             click.echo(f"warning: input.path {pattern}: no such file or folder (expand would "
                        "refuse it; --input can name another)", err=True)
+        if not missing:  # boxes, masks or keypoints in the inputs: can the chain carry them?
+            from pipeline import targets
+            from pipeline.errors import UserError
+            try:
+                kinds = targets.peek_kinds(sources.discover(job), job)
+            except UserError:  # (expand says what is wrong with the inputs)
+                kinds = set()
+            targets.check_chain(job.chain, kinds)
+            if kinds:
+                click.echo(f"the inputs hold {', '.join(sorted(kinds))}: every op carries them")
 
 
 @main.command("list-ops")
@@ -400,7 +413,9 @@ def list_ops(family):
     from pipeline.ops import registry
     for name, op in registry.all_ops(family).items():
         kind = "random" if op.random else "fixed"
-        click.echo(f"{name}  [{op.family}, {kind}]  {op.doc}")
+        carries = {"unchanged": "targets unchanged", "transformed": "moves targets",
+                   None: "images only"}[op.targets]
+        click.echo(f"{name}  [{op.family}, {kind}, {carries}]  {op.doc}")
         for param in op.params:
             click.echo(f"    {param.describe()}")
     if family in (None, "tfa.image"):

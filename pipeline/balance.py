@@ -55,8 +55,9 @@ def make_plan(job, discovery):
                         hint="give copies per class instead: augment.balance: {copies: "
                              "{class: copies, ...}}")
     keys = collections.defaultdict(list)
-    for ref in discovery.refs:
-        if ref.label is not None:
+    for ref in discovery.refs:  # (inputs of splits not augmented get no copies)
+        split = getattr(ref, "split", None)
+        if ref.label is not None and (split is None or split in job.augment_splits):
             keys[ref.label].append(ref.key)
     per_input = job.copies + (1 if job.keep_original else 0)
     plan = []

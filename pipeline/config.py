@@ -18,7 +18,7 @@ from pipeline import targets
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
-INPUT_KINDS = ("auto", "folder", "tfrecord")
+INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "manifest")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
@@ -60,6 +60,8 @@ class Job:
     config_path: str = ""
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    augment_splits: tuple = ("train",)  # augment.splits: the splits given augmented copies
+    images_dir: str = ""  # input.images: where a COCO JSON's images are, if not beside it
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
     plain_copies: bool = False  # copies with no chain, asked for (augment.plain_copies)
     exif_orientation: bool = True  # turn photos as their EXIF orientation says, at decode
@@ -77,6 +79,7 @@ class Job:
         out["input"], out["chain"] = list(self.input), _plain(self.chain)
         out["target_rules"] = _plain(out["target_rules"])
         out["label_map"] = dict(self.label_map) if self.label_map else None
+        out["augment_splits"] = list(self.augment_splits)
         return out
 
 
@@ -90,6 +93,8 @@ def config_hash(job):
         decisive["kernel"] = job.kernel
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
+    if job.augment_splits != ("train",):  # which splits get copies
+        decisive["augment_splits"] = list(job.augment_splits)
     if job.balance:  # how many copies each class gets
         decisive["balance"] = _plain(job.balance)
     if not job.exif_orientation:  # rotated photos are written as stored, not upright
@@ -235,6 +240,15 @@ def _paths(value, path):
     raise ConfigError(path, f"expected a path, a glob or a list of them, got {quote(value)}")
 
 
+def _names(value, path):
+    if isinstance(value, str) and value:
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(path, f"expected a list of split names (train, val, test ...), got "
+                          f"{quote(value)}")
+    return tuple(value)
+
+
 def _prefix(value, path):
     value = _str(value, path)
     if "/" in value or "\\" in value or value.startswith("."):
@@ -295,7 +309,7 @@ SCHEMA = {
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
               "max_pixels": ("max_pixels", _int(1, 10**12)),
-              "labels": ("label_map", _label_map),
+              "labels": ("label_map", _label_map), "images": ("images_dir", _str),
               "exif_orientation": ("exif_orientation", _bool)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
@@ -303,8 +317,8 @@ SCHEMA = {
                "prefix": ("prefix", _prefix), "tfds": ("tfds", _bool)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
-                "chain": ("chain", None), "plain_copies": ("plain_copies", _bool),
-                "balance": ("balance", _balance)},
+                "chain": ("chain", None), "splits": ("augment_splits", _names),
+                "plain_copies": ("plain_copies", _bool), "balance": ("balance", _balance)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
                 "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},

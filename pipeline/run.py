@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import __version__, balance, progress, sinks, sources, targets, tfds_output
+from pipeline import __version__, balance, formats, progress, sinks, sources, targets, tfds_output
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
@@ -210,10 +210,19 @@ def is_local_dir(path):
 
 
 def pick_num_shards(job, discovery):
-    if job.num_shards:
-        return job.num_shards
-    total = _total_bytes(ref.path for ref in discovery.refs)
-    outputs_per_input = job.copies + (1 if job.keep_original else 0)
+    """The number of shards, by the inputs' size; for a dataset with splits (train, val ...)
+    ((split, shards), ...): each split its own, num_shards each if given."""
+    splits = {getattr(ref, "split", None) for ref in discovery.refs}
+    if splits == {None}:
+        return job.num_shards or _shards_for(job, discovery.refs, True)
+    return tuple((split, job.num_shards or _shards_for(job, [
+        ref for ref in discovery.refs if ref.split == split], T.augments(job, split)))
+        for split in sorted(splits, key=lambda s: s or ""))
+
+
+def _shards_for(job, refs, augmented):
+    total = _total_bytes(ref.path for ref in refs)
+    outputs_per_input = job.copies + (1 if job.keep_original else 0) if augmented else 1
     return max(1, min(10_000, math.ceil(total * outputs_per_input / SHARD_TARGET_BYTES)))
 
 
@@ -256,6 +265,11 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
         names = {label: name for name, label in discovery.label_map.items()}
         read = refs | "Read" >> beam.ParDo(T.ReadImageFile(
             names, sources.max_file_bytes(job.max_pixels))).with_outputs(T.ERRORS, main="inputs")
+    elif discovery.kind != "tfrecord":  # a labelled dataset: images and their annotations
+        read = refs | "Read" >> beam.ParDo(formats.ReadAnnotated(
+            discovery.kind, sources.max_file_bytes(job.max_pixels),
+            job.exif_orientation)).with_outputs(
+                T.ERRORS, main="inputs")
     else:
         read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
             job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels),
@@ -366,13 +380,13 @@ def dry_run(job, beam_args=(), accelerator=None):
         job = with_balance_plan(job, discovery)
         num_shards = pick_num_shards(job, discovery)
         inputs = f"{inputs_found(discovery)} from {', '.join(job.input)}"
-        shards = progress.plural(num_shards, "shard")
+        shards = progress.plural(sinks.total_shards(num_shards), "shard")
     else:  # listing an object store needs the network (and credentials): a dry run stays off
         kind = "folder" if job.input_kind == "auto" else job.input_kind
         discovery = sources.Discovery(kind, [], {}, [], [])
         num_shards = job.num_shards or 1
         inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
-        shards = (progress.plural(num_shards, "shard") if job.num_shards else
+        shards = (progress.plural(sinks.total_shards(num_shards), "shard") if job.num_shards else
                   "shards as the inputs' size asks (decided at run time)")
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
@@ -488,7 +502,8 @@ def _fingerprint(job, discovery, num_shards):
         [[ref.key, ref.path, ref.label] for ref in discovery.refs]
         + [[ref.key, ref.path] for ref, *_ in discovery.rejected]).encode("utf-8", "replace"))
     return {"config_hash": job.config_hash, "inputs": inputs.hexdigest()[:16],
-            "num_shards": num_shards, "prefix": job.prefix, "compression": job.compression}
+            "num_shards": json.loads(json.dumps(num_shards)), "prefix": job.prefix,
+            "compression": job.compression}  # (as JSON: split shards as lists)
 
 
 def _resume(output, tmp_dir, fingerprint):
@@ -525,7 +540,7 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     done, resumed_buckets = resumed
     options = beam_options(beam_args)
     log.info("%s -> %s in %s (runner %s)", inputs_found(discovery),
-             progress.plural(num_shards, "shard"), job.output,
+             progress.plural(sinks.total_shards(num_shards), "shard"), job.output,
              options.view_as(StandardOptions).runner)
     discovered_at = time.time()
     from pipeline import runners
@@ -534,8 +549,8 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
                    done, resumed_buckets)
     # Records in TFRecord files: unknown until read. Rejected inputs (and those a resumed run
     # reuses) count as done from the start.
-    finished_before = len(discovery.rejected) + (len(done) if discovery.kind == "folder" else 0)
-    total = len(discovery.refs) + len(discovery.rejected) if discovery.kind == "folder" else None
+    finished_before = len(discovery.rejected) + (len(done) if discovery.kind != "tfrecord" else 0)
+    total = len(discovery.refs) + len(discovery.rejected) if discovery.kind != "tfrecord" else None
     with progress.Shown(total, enabled=show_progress, done=finished_before):
         p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
@@ -635,7 +650,7 @@ def check_accounting(manifest, discovery):
                         f"written + {counts['errored']} errored + {dropped} dropped by the "
                         "target rules")
     found = len(discovery.refs) + len(discovery.rejected)
-    if discovery.kind == "folder" and counts["discovered"] != found:
+    if discovery.kind != "tfrecord" and counts["discovered"] != found:
         problems.append(f"{found} inputs listed but {counts['discovered']} read")
     if problems:
         raise RuntimeError("accounting failed: " + "; ".join(problems) + " (a bug in augbatch: "
@@ -711,11 +726,23 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings, tfds_file
     def label_name(label):  # a label without a class folder (TFRecord inputs) as itself
         return "(none)" if label == "None" else names.get(label, label)
 
-    counts = {"discovered": summary["discovered"], "written": copies.get(first_copy, 0),
+    written = copies.get(first_copy, 0)
+    per_split = {}
+    if not isinstance(num_shards, int):  # each split counted apart; val and test: copy 0 only
+        for shard in summary["shards"]:
+            split = per_split.setdefault(shard["split"] or "(none)", {
+                "augmented": T.augments(job, shard["split"]), "written": 0, "outputs": 0})
+            split["written"] += shard["copies"].get(first_copy if split["augmented"] else "0",
+                                                    0)
+            split["outputs"] += shard["records"]
+        written = sum(split["written"] for split in per_split.values())
+    counts = {"discovered": summary["discovered"], "written": written,
               "errored": summary["errored"], "outputs": sum(per_shard.values()),
               "per_label": {label_name(k): v for k, v in sorted(labels.items())},
               "per_copy": dict(sorted(copies.items(), key=lambda kv: int(kv[0]))),
               "per_shard": per_shard}
+    if per_split:
+        counts["per_split"] = dict(sorted(per_split.items()))
     return {
         "augbatch_version": __version__,
         "config": job.to_dict(),
@@ -727,7 +754,7 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings, tfds_file
                   "skipped_hidden": discovery.hidden,
                   "same_file_under_several_keys": discovery.duplicates,
                   "exif_orientation": _orientation_counts(job, summary)},
-        "output": {"directory": job.output, "num_shards": num_shards,
+        "output": {"directory": job.output, "num_shards": sinks.total_shards(num_shards),
                    "shards": sorted(per_shard), "compression": job.compression,
                    "format": job.format,
                    **({"tfds_files": list(tfds_files)} if job.tfds else {})},

@@ -111,7 +111,7 @@ def files(shards, labels, names, channels, kinds, description):
     labelled = labels and None not in labels and min(labels) >= 0
     splits = {}
     for shard in sorted(shards, key=lambda s: s["shard"]):
-        splits.setdefault(shard.get("split", "train"), []).append(shard)
+        splits.setdefault(shard.get("split") or "train", []).append(shard)
     info = {"name": "augbatch", "version": VERSION, "fileFormat": "tfrecord",
             "description": description,
             "splits": [{"name": split, "shardLengths": [str(s["records"]) for s in members],

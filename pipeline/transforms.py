@@ -32,6 +32,7 @@ class Input:
     label_text: Optional[str] = None
     extra: bytes = b""  # serialized tf.train.Features passed through to every output
     targets: Optional[object] = None  # targets.Targets: boxes, masks, keypoints
+    split: Optional[str] = None  # the dataset's split (train, val ...) it was found in
 
 
 @dataclasses.dataclass
@@ -67,6 +68,7 @@ class OutputRecord:
     copy_index: int
     label: Optional[int]
     payload: bytes  # serialized tf.train.Example
+    split: Optional[str] = None  # written to this split's shards
 
 
 # TensorFlow's decorations around the message: op and graph node names, "[Op:DecodeImage]".
@@ -398,6 +400,11 @@ def fail_once_for_tests(stage):
     raise RuntimeError(f"{FAIL_ONCE_ENV}: injected failure at {stage}")
 
 
+def augments(job, split):
+    """Whether inputs of `split` get augmented copies (an input of no split always does)."""
+    return split is None or split in job.augment_splits
+
+
 def output_format(job_format, source_format):
     if job_format != "same":
         return job_format
@@ -555,15 +562,18 @@ class AugmentAndEncode(beam.DoFn):
         job = self.job
         if first_try:
             fail_once_for_tests("augment")
-        how_many = [balance.copies_of(job, item.input.key, item.input.label) for item in items]
-        copies = [(item, c) for item, n in zip(items, how_many) for c in range(1, n + 1)]
+        # Inputs of a split that is not augmented (val, test) are written untouched only.
+        augmented = [item for item in items if augments(job, item.input.split)]
+        how_many = [balance.copies_of(job, item.input.key, item.input.label)
+                    for item in augmented]
+        copies = [(item, c) for item, n in zip(augmented, how_many) for c in range(1, n + 1)]
         formats = [output_format(job.format, item.format) for item, _ in copies]
         out = []
         if copies:
             seeds = np.array([example_seed(job.seed, item.input.key, c) for item, c in copies],
                              np.int32)
             # One array per input: the runner makes the copies inside the graph.
-            images = np.stack([item.image for item in items])
+            images = np.stack([item.image for item in augmented])
             if job.balance_plan:  # one row per copy (the runner makes one copy of each)
                 images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
@@ -571,8 +581,8 @@ class AugmentAndEncode(beam.DoFn):
             out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
                      counts) for (item, c), data, fmt, (targets, counts)
                     in zip(copies, encoded, formats, carried)]
-        if job.keep_original:
-            out += [self._original(item) for item in items]
+        out += [self._original(item) for item in items
+                if job.keep_original or not augments(job, item.input.split)]
         return out
 
     def _carry(self, copies, seeds, shape):
@@ -621,4 +631,5 @@ class AugmentAndEncode(beam.DoFn):
         from pipeline import example
         payload = example.build(item.input, copy_index, data, fmt, shape, self.job.seed,
                                 self.config_hash, targets, self.job.tfds)
-        return OutputRecord(item.input.key, copy_index, item.input.label, payload)
+        return OutputRecord(item.input.key, copy_index, item.input.label, payload,
+                            item.input.split)

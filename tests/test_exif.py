@@ -88,3 +88,32 @@ def test_upright_turns_as_pillow_does():
             stored.load()
             assert np.array_equal(np.asarray(ImageOps.exif_transpose(stored)),
                                   transforms.upright(image, o)), o
+
+
+def test_boxes_of_a_turned_photo_are_those_drawn_on_the_photo_as_shown(tmp_path):
+    """A YOLO dataset labelled on the photo as a viewer shows it (a labelling tool's view):
+    the photo is stored turned (EXIF orientation 6); its box comes out where it was drawn."""
+    import tensorflow as tf
+    upright = upright_photo()
+    root = tmp_path / "yolo"
+    os.makedirs(root / "images")
+    os.makedirs(root / "labels")
+    (root / "data.yaml").write_text("names:\n  0: marker\n")
+    exif = Image.Exif()
+    exif[transforms.EXIF_ORIENTATION] = 6
+    Image.fromarray(transforms.upright(upright, INVERSE[6])).save(
+        root / "images" / "photo.jpg", quality=95, exif=exif.tobytes())
+    # The red marker: columns 3-20, rows 2-12 of the 64 x 40 photo as shown.
+    (root / "labels" / "photo.txt").write_text(
+        f"0 {11.5 / 64:.6f} {7 / 40:.6f} {17 / 64:.6f} {10 / 40:.6f}\n")
+    manifest = run_job(str(root), tmp_path / "out", copies=0, format="png", num_shards=1)
+    assert manifest["counts"]["written"] == 1, manifest["errors_by_reason"]
+    record = next(iter(tf.data.TFRecordDataset(str(tmp_path / "out" / (
+        manifest["output"]["shards"][0])))))
+    feature = tf.train.Example.FromString(record.numpy()).features.feature
+    box = [feature[f"image/object/bbox/{k}"].float_list.value[0]
+           for k in ("ymin", "xmin", "ymax", "xmax")]
+    np.testing.assert_allclose(box, [2 / 40, 3 / 64, 12 / 40, 20 / 64], atol=1e-4)
+    image = tf.io.decode_png(feature["image/encoded"].bytes_list.value[0]).numpy()
+    assert image.shape == upright.shape
+    assert image[2:12, 3:20, 0].mean() > 200 and image[2:12, 3:20, 1].mean() < 60  # the marker

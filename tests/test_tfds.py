@@ -87,3 +87,31 @@ def test_tfds_needs_uncompressed_shards(tmp_path):
         config.load(str(cfg), require_paths=False)
     cfg.write_text("output: {tfds: true}\naugment: {copies: 0}\n")
     assert config.load(str(cfg), require_paths=False).tfds
+
+
+def test_a_split_dataset_loads_split_by_split(tmp_path):
+    """A manifest with a split column: train augmented, val untouched, each split a TFDS
+    split with its own shards and size; class names from the manifest's labels."""
+    import shutil
+    from tests.conftest import SAMPLE_IMAGES
+    data = tmp_path / "data"
+    names = ["objects/coffee_01.jpg", "objects/coffee_02.jpg", "portraits/chelsea_01.jpg"]
+    for name in names:
+        os.makedirs(data / os.path.dirname(name), exist_ok=True)
+        shutil.copy(os.path.join(SAMPLE_IMAGES, name), data / name)
+    (data / "all.jsonl").write_text("".join(
+        json.dumps({"path": n, "label": n.split("/")[0], "split": s}) + "\n"
+        for n, s in zip(names, ["train", "train", "val"])))
+    out = tmp_path / "out"
+    manifest = run_job(str(data / "all.jsonl"), out, FLIP, copies=2, tfds=True)
+    assert_accounted(manifest)
+    builder = tfds.builder_from_directory(str(out))
+    assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+        "train": 6, "val": 1}  # 2 inputs x (copy 0 + 2 copies); val: copy 0 only
+    assert builder.info.features["label"].names == ["objects", "portraits"]
+    assert [int(row["label"]) for row in builder.as_dataset(split="val")] == [1]
+    assert sorted(int(row["label"]) for row in builder.as_dataset(split="train")) == [0] * 6
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert {s["name"]: s["filepathTemplate"] for s in info["splits"]} == {
+        "train": "augmented-train-{SHARD_X_OF_Y}.tfrecord",
+        "val": "augmented-val-{SHARD_X_OF_Y}.tfrecord"}
