@@ -157,9 +157,8 @@ def _ours(output, names, stale):
         ours |= {n for n in manifest["output"].get("tfds_files", ()) if "/" not in n}
     if stale:  # a run that died: its exact shard names, maybe committed before it died
         try:
-            ours |= {sinks.shard_name(stale["prefix"], i, stale["num_shards"],
-                                      stale["compression"])
-                     for i in range(int(stale["num_shards"]))} | {"errors.jsonl"}
+            ours |= set(sinks.shard_names(stale["prefix"], stale["num_shards"],
+                                          stale["compression"])) | {"errors.jsonl"}
         except (KeyError, TypeError, ValueError):
             pass
     tmp = sinks.TMP_DIR + "/"
@@ -430,7 +429,12 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
     # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
-    targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
+    target_kinds = targets.peek_kinds(discovery, job)
+    targets.check_chain(job.chain, target_kinds)
+    if resume and target_kinds:  # their counts come from the augment step, not the journals
+        raise UserError("--resume works for inputs without boxes, masks or keypoints: the "
+                        "manifest's target counts of the reused inputs would be missing",
+                        hint="pass --overwrite to run again from the start")
     job = with_balance_plan(job, discovery)
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)

@@ -73,6 +73,16 @@ def total_shards(num_shards):
     return sum(count for _, _, count in split_shards(num_shards))
 
 
+def shard_names(prefix, num_shards, compression):
+    """Every shard's file name, in shard order (`num_shards` as split_shards takes it)."""
+    if not isinstance(num_shards, int):  # (from a lock file's JSON: lists)
+        num_shards = tuple((split, int(count)) for split, count in num_shards)
+    return [shard_name(f"{prefix}-{split}" if split else prefix, i, count, compression)
+            for split, _, count in split_shards(int(num_shards) if isinstance(num_shards, int)
+                                                else num_shards)
+            for i in range(count)]
+
+
 def shard_name(prefix, index, num_shards, compression):
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
@@ -182,10 +192,9 @@ class WriteShard(beam.DoFn):
         self.pending = []
 
     def _write(self, shard, buckets):
-        split, first, count = next(group for group in split_shards(self.num_shards)
-                                   if group[1] <= shard < group[1] + group[2])
-        name = shard_name(f"{self.prefix}-{split}" if split else self.prefix, shard - first,
-                          count, self.compression)
+        name = shard_names(self.prefix, self.num_shards, self.compression)[shard]
+        split = next(split for split, first, count in split_shards(self.num_shards)
+                     if first <= shard < first + count)
         staging = FileSystems.join(self.tmp_dir, name)
         compression = (CompressionTypes.GZIP if self.compression == "gzip"
                        else CompressionTypes.UNCOMPRESSED)

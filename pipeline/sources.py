@@ -271,12 +271,13 @@ def discover(job):
     label_map = _labels(job, classes)
     refs, skipped, outside = [], [], []
     for f, r, item in visible:
+        folder = printable(r.split("/")[0]) if "/" in r else None
         if not _is_image(f):
             skipped.append(_ref(f, item.base))
-        elif label_map and ("/" not in r or r.split("/")[0] not in label_map):
+        elif label_map and folder not in label_map:
             outside.append(_ref(f, item.base))
         else:
-            refs.append(_ref(f, item.base, label_map[r.split("/")[0]] if label_map else None))
+            refs.append(_ref(f, item.base, label_map[folder] if label_map else None))
     _check_unique(refs + outside + loops + skipped)
     return Discovery("folder", refs, label_map, skipped, outside, loops, hidden,
                      _duplicates(refs, found))

@@ -106,17 +106,24 @@ def test_a_name_that_is_not_utf8_keeps_its_bytes_escaped(tmp_path):
         f.write(png(1))
     with open(os.path.join(folder, b"d\xe9faut.jpg"), "wb") as f:
         f.write(b"not an image")
+    summer = os.path.join(os.fsencode(root), b"\xe9t\xe9")  # a class folder's name too
+    os.makedirs(summer)
+    with open(os.path.join(summer, b"sun.png"), "wb") as f:
+        f.write(png(2))
     out = tmp_path / "out"
     manifest = expand(root, out, copies=1, plain_copies=True)
-    assert {(r["source_id"], r["copy_index"]) for r in read_outputs(out)} == {
-        ("cat/caf\\xe9.png", 0), ("cat/caf\\xe9.png", 1)}
+    rows = read_outputs(out)
+    assert {(r["source_id"], r["copy_index"], r["image/class/text"].decode()) for r in rows} == {
+        ("cat/caf\\xe9.png", 0, "cat"), ("cat/caf\\xe9.png", 1, "cat"),
+        ("\\xe9t\\xe9/sun.png", 0, "\\xe9t\\xe9"), ("\\xe9t\\xe9/sun.png", 1, "\\xe9t\\xe9")}
+    assert manifest["input"]["label_map"] == {"\\xe9t\\xe9": 0, "cat": 1}
     with open(out / "errors.jsonl", encoding="utf-8") as f:  # valid UTF-8, one record
         errors = [json.loads(line) for line in f]
     assert [(e["key"], e["reason"]) for e in errors] == [("cat/d\\xe9faut.jpg", "not an image")]
     assert errors[0]["source"] == f"{root}/cat/d\\xe9faut.jpg"
     assert sorted(os.listdir(out)) == ["augmented-00000-of-00001.tfrecord", "errors.jsonl",
                                        "manifest.json"]  # complete: nothing left in temp
-    assert (manifest["counts"]["written"], manifest["counts"]["errored"]) == (1, 1)
+    assert (manifest["counts"]["written"], manifest["counts"]["errored"]) == (2, 1)
     assert_accounted(manifest)
 
 
