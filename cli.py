@@ -170,6 +170,8 @@ def main(ctx, debug, quiet):
 @click.option("--copies", type=click.IntRange(0), help="Augmented copies per input.")
 @click.option("--keep-original/--no-keep-original", default=None,
               help="Also write the untouched input as copy 0.")
+@click.option("--plain-copies", is_flag=True, help="Accept copies without a chain (each "
+              "copy the input again); otherwise an empty chain with copies > 0 is refused.")
 @click.option("--seed", type=int, help="Global seed; every random draw derives from it.")
 @click.option("--num-shards", type=click.IntRange(0), help="Output shards (0: by size).")
 @click.option("--compression", type=click.Choice(["none", "gzip"]))
@@ -216,7 +218,8 @@ def main(ctx, debug, quiet):
 @click.option("--dry-run", is_flag=True, help="Build the pipeline for the chosen runner and "
               "print its steps and options; run nothing, write nothing.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
+def expand(config_path, inputs, output, input_kind, copies, keep_original, plain_copies, seed,
+           num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
            kernel, allow_python_ops, overwrite, resume,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
@@ -244,7 +247,8 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
     from pipeline import config, run, runners
     job = config.load(config_path, overrides={
         "input": inputs or None, "output": output, "input_kind": input_kind, "copies": copies,
-        "keep_original": keep_original, "seed": seed, "num_shards": num_shards,
+        "keep_original": keep_original, "plain_copies": plain_copies or None, "seed": seed,
+        "num_shards": num_shards,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
         "device": device, "tf_threads": tf_threads, "xla": xla,

@@ -47,7 +47,8 @@ def sample(job, n):
     if discovery.kind != "tfrecord":
         refs = rng.sample(discovery.refs, min(n, len(discovery.refs)))
         read = (T.ReadImageFile({label: name for name, label in discovery.label_map.items()})
-                if discovery.kind == "folder" else formats.ReadAnnotated(discovery.kind))
+                if discovery.kind == "folder" else formats.ReadAnnotated(
+                    discovery.kind, exif_orientation=job.exif_orientation))
     else:
         # A TFRecord's records are only known by reading it: read whole files in a random
         # order until there is enough to pick from.
@@ -81,10 +82,11 @@ def rows(job, n=6, copies=None):
     quiet.native_logs_follow_tf_level()
     copies = job.copies if copies is None else copies
     picked = sample(job, n)
-    decode = T.DecodeImage(job.channels, job.max_pixels)
+    decode = T.DecodeImage(job.channels, job.max_pixels, job.exif_orientation)
     decode.setup()
     # The original is always shown (as copy 0, which expand writes when keep_original is on).
-    shown = dataclasses.replace(job, copies=copies, keep_original=True)
+    # (in augbatch's own layout, whatever output.tfds: the tiles read image/encoded)
+    shown = dataclasses.replace(job, copies=copies, keep_original=True, tfds=False)
     augment = T.AugmentAndEncode(shown, shown.config_hash)
     augment.setup()
     out = []

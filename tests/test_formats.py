@@ -470,3 +470,44 @@ def test_overwrite_knows_the_split_shards_of_a_run_that_died(tmp_path):
     names = ["augmented-train-00000-of-00002.tfrecord", "augmented-train-00001-of-00002.tfrecord",
              "augmented-val-00000-of-00001.tfrecord", "augmented-test-00000-of-00001.tfrecord"]
     assert run._ours(str(tmp_path), names, stale) == set(names[:3])
+
+
+def test_discovery_finds_vocdevkit_splits_roboflow_yolo_and_says_what_it_cannot_use(tmp_path):
+    """Discovery alone (no pipeline): VOCdevkit's ImageSets lists, a YOLO export with
+    train/images beside train/labels, a COCO JSON beside an image it does not name."""
+    from pipeline import config, sources
+    photo = open(os.path.join(SAMPLE_IMAGES, "objects", "coffee_01.jpg"), "rb").read()
+    objects = [(0, "cup", (18, 18, 120, 98), None)]
+    voc = tmp_path / "VOC2012"
+    for name in ("a", "b"):
+        put(str(voc / "JPEGImages" / f"{name}.jpg"), photo)
+        put(str(voc / "Annotations" / f"{name}.xml"), voc_xml(f"{name}.jpg", 150, 100, objects))
+    put(str(voc / "Annotations" / "gone.xml"), voc_xml("gone.jpg", 150, 100, objects))
+    put(str(voc / "ImageSets" / "Main" / "train.txt"), "a\n")
+    put(str(voc / "ImageSets" / "Main" / "val.txt"), "b\n")
+
+    def discover(path):
+        return sources.discover(config.Job(input=(str(path),), output=str(tmp_path / "out"),
+                                           chain=()))
+    found = discover(voc)
+    assert found.kind == "voc" and found.label_map == {"cup": 1}
+    assert [(r.key, r.split) for r in found.refs] == [("JPEGImages/a.jpg", "train"),
+                                                      ("JPEGImages/b.jpg", "val")]
+    assert [(r.key, reason) for r, _, reason, _ in found.rejected] == [
+        ("Annotations/gone.xml", "image of the annotation not found")]
+
+    yolo = tmp_path / "roboflow"
+    for split in ("train", "valid"):
+        put(str(yolo / split / "images" / "a.jpg"), photo)
+        put(str(yolo / split / "labels" / "a.txt"), "0 0.5 0.5 0.2 0.2\n")
+    found = discover(yolo)
+    assert found.kind == "yolo" and found.kinds == {"boxes"}
+    assert [(r.key, r.split) for r in found.refs] == [("train/images/a.jpg", "train"),
+                                                      ("valid/images/a.jpg", "valid")]
+
+    coco_root = write_coco(tmp_path / "coco", dict(list(scene().items())[:1]))
+    put(os.path.join(coco_root, "images", "stray.jpg"), photo)
+    found = discover(coco_root)
+    assert found.kind == "coco" and found.kinds == {"boxes", "instance masks"}
+    assert [(r.key, reason) for r, _, reason, _ in found.rejected] == [
+        ("images/stray.jpg", "image not in the COCO annotations")]

@@ -170,8 +170,9 @@ class ReadAnnotated(beam.DoFn):
     """Ref of a labelled dataset's image -> Input with its label and targets, or an error
     record (a file that cannot be read, an annotation that cannot be used)."""
 
-    def __init__(self, kind, max_bytes=None):
+    def __init__(self, kind, max_bytes=None, exif_orientation=True):
         self.kind, self.max_bytes = kind, max_bytes
+        self.exif_orientation = exif_orientation  # (input.exif_orientation)
 
     def process(self, ref):
         from pipeline import transforms as T
@@ -184,7 +185,10 @@ class ReadAnnotated(beam.DoFn):
             return
         found = None
         try:
-            _, width, height = T.sniff(data)
+            _, width, height, orientation = T.header(data)
+            if self.exif_orientation and orientation in (5, 6, 7, 8):
+                # Annotations are drawn on the photo as shown, which decode turns it to.
+                width, height = height, width
         except Exception:  # noqa: BLE001 - not an image: the decode step says why
             width = None
         if width is not None:
