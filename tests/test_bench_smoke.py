@@ -23,8 +23,8 @@ def test_bench_reports_every_row(tmp_path):
 
     rows = {r["row"]: r for r in report["results"]}
     assert sorted(rows) == sorted([
-        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --xla tfrecord",
-        "augbatch --xla threads x2", "augbatch --xla multi_processing x2", "B1 colour",
+        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --kernel tensorflow",
+        "augbatch --xla tfrecord", "augbatch --xla threads x2", "augbatch --xla multi_processing x2", "B1 colour",
         "augbatch --xla colour", "augbatch colour", "P0"] + peer)
     for row in rows.values():
         assert row["outputs"] == 8, row  # 8 inputs x 1 copy, every contender
