@@ -192,6 +192,8 @@ def main(ctx, debug, quiet):
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier run's output in a non-empty output directory.")
+@click.option("--resume", is_flag=True, help="Go on from where an interrupted run of the same "
+              "config and inputs stopped, reusing the work it kept.")
 @click.option("--max-pixels", type=click.IntRange(1), help="Reject images whose header "
               "declares more pixels (default 50000000), before decoding them.")
 @click.option("--max-errors", type=click.IntRange(0), help="Fail the run (exit code 3, after "
@@ -214,7 +216,7 @@ def main(ctx, debug, quiet):
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
-           kernel, allow_python_ops, overwrite,
+           kernel, allow_python_ops, overwrite, resume,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
            accelerator, dry_run, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
@@ -259,7 +261,7 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
         return
     with runners.started(beam_args, local_workers) as beam_args:
         manifest = run.run_expand(job, beam_args, overwrite=overwrite, show_progress=not quiet,
-                                  accelerator=accelerator)
+                                  accelerator=accelerator, resume=resume)
     if not quiet:
         from pipeline import progress
         for line in progress.summary(manifest):

@@ -37,24 +37,6 @@ from pipeline.ops import geometry, registry
 
 log = logging.getLogger("augbatch")
 
-# Ops that only move pixels: exact on uint8, so they may run before the float conversion.
-PIXEL_MOVING_OPS = frozenset(f"tf.image.{name}" for name in (
-    "flip_left_right", "flip_up_down", "random_flip_left_right", "random_flip_up_down",
-    "stateless_random_flip_left_right", "stateless_random_flip_up_down", "rot90",
-    "random_rot90", "transpose", "central_crop", "crop_to_bounding_box", "random_crop",
-    "stateless_random_crop"))
-
-# Ops XLA compiles on CPU and GPU (element-wise colour maths, flips), besides the purely
-# geometric ones (geometry.Projective). Kept explicit: compiling changes the random draws, so
-# what is compiled must not depend on the machine.
-XLA_OPS = frozenset(f"tf.image.{name}" for name in (
-    "flip_left_right", "flip_up_down", "random_flip_left_right", "random_flip_up_down",
-    "stateless_random_flip_left_right", "stateless_random_flip_up_down",
-    "adjust_brightness", "random_brightness", "stateless_random_brightness",
-    "adjust_contrast", "random_contrast", "stateless_random_contrast",
-    "adjust_saturation", "random_saturation", "stateless_random_saturation",
-    "adjust_hue", "random_hue", "stateless_random_hue", "adjust_gamma", "random_gamma"))
-
 # A worker warns past this many XLA compilations (one per image shape): inputs of many sizes.
 MANY_SHAPES = 16
 # One augment call takes at most this many pixels (copies included; 32 copies of 512 x 512):
@@ -189,13 +171,15 @@ def _encode_batch(images, as_png, quality):
 
 # --- the chain in segments ---------------------------------------------------------------------
 
-def _is_op(step, names):
-    return "op" in step and step["op"] in names and step["probability"] == 1.0
+def _is_op(step, trait):
+    """A step that is one op with this registry trait (uint8_exact, xla), always applied."""
+    return ("op" in step and step["probability"] == 1.0
+            and getattr(registry.get(step["op"]), trait))
 
 
 def _compilable(step):
     """A colour op XLA compiles, or a purely geometric op (resampled with gathers there)."""
-    if _is_op(step, XLA_OPS):
+    if _is_op(step, "xla"):
         return True
     if "op" not in step or step["probability"] != 1.0:
         return False
@@ -209,8 +193,8 @@ def plan(steps, xla):
     'uint8' (pixel-moving head, before the float conversion), 'xla' or 'plain'."""
     steps = list(steps)
     head = 0  # (an op XLA compiles goes to XLA instead: there it costs nothing)
-    while (head < len(steps) and _is_op(steps[head], PIXEL_MOVING_OPS)
-           and not (xla and _is_op(steps[head], XLA_OPS))):
+    while (head < len(steps) and _is_op(steps[head], "uint8_exact")
+           and not (xla and _is_op(steps[head], "xla"))):
         head += 1
     stages = [("uint8", 0, steps[:head])] if head else []
     for index in range(head, len(steps)):
@@ -291,6 +275,29 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
                           else fn(images, seeds))
         return images
     run.compiled = [fn for fn in runs if isinstance(fn, _Compiled)]
+    return run
+
+
+def build_geometry(steps, xla=False):
+    """fn(seeds [B, 2], height, width) -> [(transforms [B, 8], out height, out width)]: where
+    build_chain's pixels go (chain.build_geometry per stage of the same plan; a compiled
+    stage's geometry is compiled too, since XLA draws other random numbers)."""
+    parts = []
+    for kind, start, part in plan(steps, xla):
+        fn = chain_mod.build_geometry(part, start=start)
+        if kind == "xla":
+            fn = tf.function(lambda seeds, height, width, fn=fn: [
+                tuple(move) for move in fn(seeds, height, width)], jit_compile=True,
+                autograph=False)
+        parts.append(fn)
+
+    def run(seeds, height, width):
+        moves = []
+        for fn in parts:
+            for move in fn(seeds, height, width):
+                moves.append(tuple(move))
+                height, width = move[1], move[2]
+        return moves
     return run
 
 
@@ -382,6 +389,21 @@ class ChainRunner:
         if self.chain.compiled:
             quiet.spend_xla_notice()
         self._shapes = set()
+        self._geometry = None  # traced on the first input with targets
+        self._geometry_lock = threading.Lock()
+
+    def geometry(self, seeds, height, width):
+        """Where each copy's pixels go: [(transforms [copies, 8], out height, out width)] as
+        numpy, for inputs with targets (targets.carry)."""
+        with self._geometry_lock:
+            if self._geometry is None:
+                self._geometry = _trace(build_geometry(self.job.chain, self.job.xla),
+                                        [tf.TensorSpec([None, 2], tf.int32),
+                                         tf.TensorSpec([], tf.int32),
+                                         tf.TensorSpec([], tf.int32)])
+        with self._one_call:
+            moves = self._geometry(seeds, np.int32(height), np.int32(width))
+        return [(t.numpy(), int(h), int(w)) for t, h, w in moves]
 
     def _build(self, parallel):
         job = self.job

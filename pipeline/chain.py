@@ -244,3 +244,145 @@ def _some_of(fns, n):
                                   chosen[:, index], images, seeds)
         return images
     return run
+
+
+# --- where the pixels go (for an input's targets) ----------------------------------------------
+
+def build_geometry(steps, start=0):
+    """The chain's geometry: ``fn(seeds [B, 2], height, width) -> [Move, ...]``, the moves each
+    example's pixels make, in order, drawn exactly as `build(steps, start=start)` draws them
+    (same seeds, same coins and picks). Steps that only change pixel values make no move; a
+    fused run of geometric ops is one move, as it is one resample. Targets follow the moves
+    (targets.py). A step that cannot say where its pixels go raises (validation refuses such
+    chains for inputs with targets first: targets.check_chain).
+    """
+    from pipeline.ops import draw, geometry
+    fns = [_build_step(step) for step in steps]
+    moves = [_step_geometry(step, fn) for step, fn in zip(steps, fns)]
+    runs = geometry.fuse_runs(fns)
+
+    def run(seeds, height, width):
+        out = []
+        for members in runs:
+            if len(members) == 1:
+                index, _ = members[0]
+                step_moves = moves[index](draw.fold_in(seeds, start + index), height, width)
+            else:  # one resample: one move, the composed transform
+                transforms = geometry.compose([
+                    fn.projective(draw.fold_in(seeds, start + index), _f(height), _f(width))
+                    for index, fn in members])
+                step_moves = [Move(transforms, height, width)]
+            for move in step_moves:
+                out.append(move)
+                height, width = move.height, move.width
+        return out
+    return run
+
+
+class Move(tuple):
+    """One resample's geometry: transforms [B, 8] (output pixel -> input pixel, geometry.py's
+    convention) and the output height and width."""
+    __slots__ = ()
+
+    def __new__(cls, transforms, height, width):
+        return super().__new__(cls, (transforms, height, width))
+
+    transforms = property(lambda self: self[0])
+    height = property(lambda self: self[1])
+    width = property(lambda self: self[2])
+
+
+def _f(value):
+    import tensorflow as tf
+    return tf.cast(value, tf.float32)
+
+
+def _select(chosen, moves, height, width):
+    """`moves` where chosen [B] holds, identity elsewhere (the size is kept: probability and
+    groups allow only steps that keep it)."""
+    import tensorflow as tf
+    from pipeline.ops import geometry
+    identity = geometry.identity(tf.shape(chosen)[0])
+    return [Move(tf.where(chosen[:, None], m.transforms, identity), height, width)
+            for m in moves]
+
+
+def _step_geometry(step, fn):
+    """fn(seeds, height, width) -> [Move] for one step (its image function is `fn`)."""
+    import tensorflow as tf
+    from pipeline.ops import draw, geometry
+    if "op" in step:
+        op = registry.get(step["op"])
+        if op.targets == registry.UNCHANGED:
+            return lambda seeds, height, width: []
+        if op.targets != registry.TRANSFORMED:
+            raise ValueError(f"{op.name} cannot carry targets")
+        if isinstance(fn, geometry.Projective):  # its coin, if any, is in its matrices
+            return lambda seeds, height, width: [
+                Move(fn.projective(seeds, _f(height), _f(width)), height, width)]
+        if op.geometry is None:  # a geometric op with no geometry this time (idg: colour only)
+            return lambda seeds, height, width: []
+        body = op.geometry(**step["params"])
+
+        def body_moves(seeds, height, width):
+            return [Move(*body(seeds, height, width))]
+    elif "sequence" in step:
+        body_moves = build_geometry(step["sequence"])
+    elif "one_of" in step:
+        body_moves = _one_of_geometry(step)
+    else:
+        body_moves = _some_of_geometry(step)
+    if step["probability"] < 1.0:
+        def sometimes(seeds, height, width):
+            chosen = draw.coin(draw.fold_in(seeds, _COIN), step["probability"])
+            return _select(chosen, body_moves(seeds, height, width), height, width)
+        return sometimes
+    return body_moves
+
+
+def _children_geometry(children):
+    return [_step_geometry(child, _build_step(child)) for child in children]
+
+
+def _padded(moves, length, height, width, batch):
+    """Moves padded with identities to `length` (branches make different numbers of moves)."""
+    from pipeline.ops import geometry
+    return moves + [Move(geometry.identity(batch), height, width)] * (length - len(moves))
+
+
+def _one_of_geometry(step):
+    import tensorflow as tf
+    from pipeline.ops import draw, geometry
+    branches = _children_geometry(step["one_of"])
+    weights = tf.constant(step["weights"], tf.float32)
+
+    def run(seeds, height, width):
+        bounds = tf.math.cumsum(weights / tf.reduce_sum(weights))
+        u = draw.uniform(draw.fold_in(seeds, _PICK), 0.0, 1.0)
+        pick = tf.minimum(tf.searchsorted(bounds, u, side="right"), len(branches) - 1)
+        each = [branch(draw.fold_in(seeds, i), height, width) for i, branch in enumerate(branches)]
+        length, batch = max(len(m) for m in each), tf.shape(seeds)[0]
+        out = [Move(geometry.identity(batch), height, width) for _ in range(length)]
+        for i, moves in enumerate(each):
+            moves = _padded(moves, length, height, width, batch)
+            out = [Move(tf.where(tf.equal(pick, i)[:, None], m.transforms, o.transforms),
+                        height, width) for m, o in zip(moves, out)]
+        return out
+    return run
+
+
+def _some_of_geometry(step):
+    import tensorflow as tf
+    from pipeline.ops import draw
+    children, n = _children_geometry(step["some_of"]), step["n"]
+
+    def run(seeds, height, width):
+        keys = draw.uniform(draw.fold_in(seeds, _PICK), 0.0, 1.0, shape=(len(children),))
+        count = draw.uniform(draw.fold_in(seeds, _COIN), n[0], n[1] + 1, dtype=tf.int32)
+        chosen = tf.argsort(tf.argsort(keys, axis=1), axis=1) < count[:, None]
+        out = []
+        for i, child in enumerate(children):
+            out += _select(chosen[:, i], child(draw.fold_in(seeds, i), height, width),
+                           height, width)
+        return out
+    return run

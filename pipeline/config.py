@@ -14,6 +14,7 @@ from typing import Optional
 import yaml
 
 from pipeline import chain as chain_mod
+from pipeline import targets
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
@@ -57,6 +58,7 @@ class Job:
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
     config_path: str = ""
+    target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
 
@@ -68,6 +70,7 @@ class Job:
     def to_dict(self):
         out = dataclasses.asdict(self)
         out["input"], out["chain"] = list(self.input), _plain(self.chain)
+        out["target_rules"] = _plain(out["target_rules"])
         out["label_map"] = dict(self.label_map) if self.label_map else None
         return out
 
@@ -80,6 +83,8 @@ def config_hash(job):
         decisive["xla"] = True
     elif job.kernel != "tensorflow":  # its pixels differ a little from TensorFlow's kernel
         decisive["kernel"] = job.kernel
+    if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
+        decisive["targets"] = dataclasses.asdict(job.target_rules)
     if job.label_map:  # the labels written
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
@@ -275,7 +280,28 @@ SCHEMA = {
     "errors": {"max_errors": ("max_errors", _int(0)),
                "max_error_rate": ("max_error_rate", _fraction)},
 }
-TOP_LEVEL = {"version", *SCHEMA}
+
+
+def _non_negative(value, path):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value
+            or value < 0 or value == float("inf")):
+        raise ConfigError(path, f"expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _permutation(value, path):
+    if (not isinstance(value, list) or sorted(value) != list(range(len(value)))
+            or any(isinstance(v, bool) for v in value)):
+        raise ConfigError(path, "expected a permutation of the keypoint slots, e.g. [0, 2, 1, "
+                          f"4, 3] (slot i takes the keypoint from slot value[i]), got {value!r}")
+    return tuple(value)
+
+
+# targets: rules for boxes, masks and keypoints (targets.Rules); part of the config hash.
+TARGET_RULES = {"min_visibility": _fraction, "min_area": _non_negative,
+                "min_side": _non_negative, "keep_empty": _bool,
+                "ignore_label": _int(0, 255), "keypoint_flip": _permutation}
+TOP_LEVEL = {"version", "targets", *SCHEMA}
 
 
 def _fields_from(data):
@@ -289,6 +315,17 @@ def _fields_from(data):
         raise ConfigError("version", f"this augbatch reads config version {CONFIG_VERSION}, "
                           f"got {version!r}")
     fields = {}
+    rules = data.get("targets")
+    if rules is not None:
+        if not isinstance(rules, dict):
+            raise ConfigError("targets", f"expected a mapping, got {rules!r}")
+        checked = {}
+        for key, value in rules.items():
+            if key not in TARGET_RULES:
+                raise ConfigError(f"targets.{key}", "unknown key" + did_you_mean(key, TARGET_RULES),
+                                  hint=f"keys of targets: {', '.join(sorted(TARGET_RULES))}")
+            checked[key] = TARGET_RULES[key](value, f"targets.{key}")
+        fields["target_rules"] = targets.Rules(**checked)
     for section, keys in SCHEMA.items():
         value = data.get(section)
         if value is None:

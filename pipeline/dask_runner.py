@@ -15,6 +15,7 @@ its tagged output, side inputs are ordinary graph dependencies (computed once) a
 computed. It takes the same options (--dask_client_address, --dask_npartitions, ...) and closes
 its client when the run ends.
 """
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -22,26 +23,26 @@ import logging
 import time
 
 import dask
+import dask.bag
 import dask.distributed
 import apache_beam as beam
-from apache_beam import DoFn, pvalue
+from apache_beam import pvalue
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
-from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
-from apache_beam.runners.dask import dask_runner as beam_dask
-from apache_beam.runners.dask import transform_evaluator as evaluator
-from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.runners.runner import PipelineState
-from apache_beam.transforms.sideinputs import SideInputMap
 
 from pipeline import __version__
+from pipeline import beam_internals as internals
 from pipeline.errors import UserError
 
 log = logging.getLogger("augbatch")
 
-# Partitions per worker thread when the options name no partitioning (Beam's default puts up
-# to 128 elements in one partition: a small job would run on one worker).
+# When the options name no partitioning: at least this many partitions per worker thread
+# (Beam's default puts up to 128 elements in one partition: a small job would run on one
+# worker), and at most INPUTS_PER_PARTITION inputs in one, so a partition's images (each step's
+# output is a list in memory) stay bounded however large the input grows.
 PARTITIONS_PER_THREAD = 2
+INPUTS_PER_PARTITION = 16
 # A run fails when no task of it has finished for this long (workers gone, or every worker
 # stuck); --dask_no_progress_timeout changes it.
 NO_PROGRESS_TIMEOUT_S = 600.0
@@ -59,112 +60,171 @@ class WatchOptions(PipelineOptions):
                  "seconds (all workers gone, or every worker stuck).")
 
 
-class _Collect(evaluator.OneReceiver):
-    """Output receivers of one bundle: main outputs as plain values, tagged ones as
-    TaggedOutput(tag, value), so a consumer can pick its own."""
+@dataclasses.dataclass
+class _Member:
+    """One ParDo of a stage: its transform, its main input's window_fn, which member feeds it
+    (None: the stage's input) through which output tag, and which of its outputs leave the
+    stage (the tags something outside the stage reads)."""
+    transform: object
+    window_fn: object
+    producer: object = None
+    producer_tag: object = None
+    kept: tuple = ()
+
+
+class _Output(internals.Receiver):
+    """Where one output of a member goes: the consumers inside the stage (directly, element by
+    element) and, when something outside reads it, the stage's result list."""
+
+    def __init__(self, results, key):
+        self.results, self.key, self.consumers = results, key, []
+
+    def receive(self, windowed_value):
+        for invoker in self.consumers:
+            invoker.invoke_process(windowed_value)
+        if self.key is not None:
+            self.results.append((self.key, windowed_value.value))
+
+
+class _Outputs(dict):
+    def __init__(self, results, index, kept):
+        super().__init__()
+        self.results, self.index, self.kept = results, index, kept
 
     def __missing__(self, tag):
-        self[tag] = _TagReceiver(tag, self.values)
+        self[tag] = _Output(self.results, (self.index, tag) if tag in self.kept else None)
         return self[tag]
 
 
-@dataclasses.dataclass
-class _TagReceiver(evaluator.TaggingReceiver):
-    def receive(self, windowed_value):
-        value = windowed_value.value
-        self.values.append(pvalue.TaggedOutput(self.tag, value) if self.tag else value)
-
-
-def _run_bundle(elements, transform, window_fn, side_specs, *side_values):
-    """One dask partition through the DoFn as one bundle, finish_bundle outputs included.
-    (As in Beam's translation, each partition unpickles its own DoFn and runs its setup.)"""
-    receivers = _Collect()
-    handler = _OutputHandler(
-        window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
-        per_element_output_counter=None, output_batch_converter=None,
-        process_yields_batches=False, process_batch_yields_elements=False)
-    side_inputs = [
-        SideInputMap(view_class, view_options,
-                     [evaluator.get_windowed_value(v, side_window_fn) for v in values])
-        for (view_class, view_options, side_window_fn), values in zip(side_specs, side_values)]
-    args, kwargs = transform.raw_side_inputs
-    invoker = DoFnInvoker.create_invoker(
-        DoFnSignature(transform.fn), handler, context=DoFnContext(transform.label, state=None),
-        side_inputs=side_inputs, input_args=list(args), input_kwargs=kwargs,
-        user_state_context=None, bundle_finalizer_param=DoFn.BundleFinalizerParam())
-    invoker.invoke_setup()
-    invoker.invoke_start_bundle()
+def _run_stage(elements, members, side_specs, *side_values):
+    """One dask partition through a stage of ParDos as one bundle, each element passed from
+    DoFn to DoFn as it is emitted (as Beam's own runners fuse steps): no step's whole output
+    is held, only what leaves the stage. finish_bundle outputs go on like the others.
+    (As in Beam's translation, each partition unpickles its own DoFns and runs their setup.)"""
+    results = []
+    side_inputs = [internals.side_input_map(spec, values)
+                   for spec, values in zip(side_specs, side_values)]
+    invokers, outputs = [], []
+    for index, member in enumerate(members):
+        outputs.append(_Outputs(results, index, member.kept))
+        handler = internals.output_handler(member.window_fn, outputs[index][None],
+                                           outputs[index])
+        invokers.append(internals.invoker(member.transform, handler,
+                                          side_inputs if index == 0 else ()))
+        if member.producer is not None:
+            outputs[member.producer][member.producer_tag].consumers.append(invokers[index])
+    for invoker in invokers:
+        invoker.invoke_setup()
+        invoker.invoke_start_bundle()
+    window_fn = members[0].window_fn
     for element in elements:
-        invoker.invoke_process(evaluator.get_windowed_value(element, window_fn))
-    invoker.invoke_finish_bundle()
-    invoker.invoke_teardown()
-    return receivers.values
+        invokers[0].invoke_process(internals.windowed(element, window_fn))
+    for invoker in invokers:  # producers first: what one emits here, the next processes
+        invoker.invoke_finish_bundle()
+    for invoker in invokers:
+        invoker.invoke_teardown()
+    return results
 
 
 def _concat(parts):
     return [x for part in parts for x in part]
 
 
-def _is_main(value):
-    return not isinstance(value, pvalue.TaggedOutput)
+def _has_key(key, item):
+    return item[0] == key
 
 
-def _has_tag(tag, value):
-    return isinstance(value, pvalue.TaggedOutput) and value.tag == tag
+def _untag(item):
+    return item[1]
 
 
-def _untag(value):
-    return value.value
+def _is_pardo(node):
+    return type(node.transform) is beam.ParDo  # exactly: Beam leaves subclasses to NoOp
 
 
 class _Visitor(PipelineVisitor):
-    """Builds a dask bag for every transform of the (overridden) pipeline, producers first;
-    the leaves are the bags nothing reads."""
+    """Builds the dask bags of the (overridden) pipeline. ParDos that read another ParDo's
+    output (and no side input) join its stage: one task per partition runs them all. The
+    leaves are the bags nothing reads."""
 
-    def __init__(self, bag_kwargs):
-        self.bag_kwargs = bag_kwargs
-        self.bags = {}  # AppliedPTransform -> bag
-        self.consumed = set()  # transforms whose output something reads
-
-    def bag_of(self, pcoll):
-        """The bag of `pcoll`: its producer's bag, narrowed to its tag when the producer has
-        several outputs."""
-        producer = pcoll.producer
-        self.consumed.add(producer)
-        bag = self.bags[producer]
-        if len(producer.outputs) < 2:
-            return bag
-        if pcoll.tag is None:
-            return bag.filter(_is_main)
-        return bag.filter(functools.partial(_has_tag, pcoll.tag)).map(_untag)
+    def __init__(self, bag_kwargs, min_partitions):
+        self.bag_kwargs, self.min_partitions = bag_kwargs, min_partitions
+        self.nodes = []  # every transform, producers first
+        self.stage_of = {}  # ParDo node -> (its stage's root node, its index in the stage)
+        self.stages = {}  # root node -> [member nodes]
+        self.readers = collections.defaultdict(set)  # PCollection -> the nodes that read it
 
     def visit_transform(self, node):
-        inputs = [self.bag_of(pc) for pc in node.inputs if not isinstance(pc, pvalue.PBegin)]
-        if type(node.transform) is beam.ParDo:  # exactly: Beam leaves subclasses to NoOp
-            self.bags[node] = self._pardo(node, inputs[0])
+        self.nodes.append(node)
+        for pcoll in list(node.inputs) + [side.pvalue for side in node.side_inputs]:
+            self.readers[pcoll].add(node)
+        if not _is_pardo(node):
             return
-        op = evaluator.TRANSLATIONS.get(type(node.transform), evaluator.NoOp)(
-            node, bag_kwargs=self.bag_kwargs)
-        if op.__class__ is evaluator.Flatten:
-            self.bags[node] = op.apply(inputs)
+        producer = node.inputs[0].producer
+        if not node.side_inputs and producer in self.stage_of:
+            root = self.stage_of[producer][0]
         else:
-            self.bags[node] = op.apply(inputs[0] if inputs else None)
+            root, self.stages[node] = node, []
+        self.stage_of[node] = (root, len(self.stages[root]))
+        self.stages[root].append(node)
 
-    def _pardo(self, node, input_bag):
-        main_input = next(iter(node.main_inputs.values()))
-        window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
+    def translate(self):
+        """The bags of the leaves (call after visiting the whole pipeline)."""
+        self.bags, self.consumed = {}, set()  # node (stage root for ParDos) -> bag
+        for node in self.nodes:
+            if node in self.stages:
+                self.bags[node] = self._stage(node)
+            elif not _is_pardo(node):
+                self.bags[node] = self._other(node)
+        return [bag for node, bag in self.bags.items() if node not in self.consumed]
+
+    def bag_of(self, pcoll):
+        """The bag of `pcoll`: its producer's, or the part of its producer's stage's bag that
+        is `pcoll`."""
+        producer = pcoll.producer
+        if producer not in self.stage_of:
+            self.consumed.add(producer)
+            return self.bags[producer]
+        root, index = self.stage_of[producer]
+        self.consumed.add(root)
+        return (self.bags[root].filter(functools.partial(_has_key, (index, pcoll.tag)))
+                .map(_untag))
+
+    def _stage(self, root):
+        members, specs = self.stages[root], []
+        for node in members:
+            main_input = next(iter(node.main_inputs.values()))
+            window_fn = (main_input.windowing.windowfn if hasattr(main_input, "windowing")
+                         else None)
+            kept = tuple(pcoll.tag for pcoll in node.outputs.values()
+                         if any(self.stage_of.get(reader, (None,))[0] is not root
+                                for reader in self.readers[pcoll]))
+            producer = node.inputs[0].producer
+            specs.append(_Member(node.transform, window_fn,
+                                 None if node is root else self.stage_of[producer][1],
+                                 None if node is root else node.inputs[0].tag, kept))
         side_specs, side_values = [], []
-        for side in node.side_inputs:
-            side_specs.append((type(side), side._view_options(), side._window_mapping_fn))
+        for side in root.side_inputs:
+            side_specs.append(internals.side_input_spec(side))
             # A Delayed, not the Item: since dask 2025.4 map_partitions gives an Item argument
             # a renamed copy of its whole graph (everything upstream would run twice).
             side_values.append(self.bag_of(side.pvalue).reduction(list, _concat)
                                .to_delayed(optimize_graph=False))
-        return input_bag.map_partitions(_run_bundle, node.transform, window_fn, side_specs,
-                                        *side_values, token=node.full_label)
+        return self.bag_of(root.inputs[0]).map_partitions(
+            _run_stage, specs, side_specs, *side_values, token=root.full_label)
 
-    def leaves(self):
-        return [bag for node, bag in self.bags.items() if node not in self.consumed]
+    def _other(self, node):
+        inputs = [self.bag_of(pc) for pc in node.inputs if not isinstance(pc, pvalue.PBegin)]
+        if type(node.transform) is internals.CREATE and not self.bag_kwargs:
+            values = node.transform.values
+            return dask.bag.from_sequence(values, npartitions=max(
+                1, self.min_partitions, -(-len(values) // INPUTS_PER_PARTITION)))
+        if type(node.transform) is internals.RESHUFFLE:  # Beam's translation: none at all
+            # Spread over at least min_partitions (one TFRecord file's records, read in one
+            # partition, reach several workers).
+            target = self.bag_kwargs.get("npartitions") or self.min_partitions
+            return inputs[0].repartition(max(inputs[0].npartitions, target))
+        return internals.translate_other(node, inputs, self.bag_kwargs)
 
 
 def _scheduler_state(dask_scheduler):
@@ -197,7 +257,7 @@ def _step_of(key):
 
 
 @dataclasses.dataclass
-class DaskRunnerResult(beam_dask.DaskRunnerResult):
+class DaskRunnerResult(internals.DaskRunnerResult):
     """Waits for the run, failing loudly when it cannot end: the scheduler lost, no progress
     for `no_progress_timeout` seconds, workers dying on a task, workers without augbatch. The
     client (and so its connection to the cluster) is closed once the run has ended."""
@@ -267,23 +327,25 @@ class DaskRunnerResult(beam_dask.DaskRunnerResult):
         return exc
 
 
-class DaskRunner(beam_dask.DaskRunner):
+class DaskRunner(internals.DaskRunner):
     """Runs a pipeline on a dask.distributed cluster (see the module docstring)."""
 
     @staticmethod
-    def translate(pipeline, options):
-        """The dask bags of the pipeline's leaves, not computed (also used by --dry-run)."""
-        dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(
+    def translate(pipeline, options, threads=1):
+        """The dask bags of the pipeline's leaves, not computed (also used by --dry-run), for a
+        cluster of `threads` worker threads."""
+        dask_options = options.view_as(internals.DaskOptions).get_all_options(
             drop_default=True, current_only=True)
-        pipeline.replace_all(dask_overrides())
-        visitor = _Visitor(beam_dask.DaskOptions._extract_bag_kwargs(dask_options))
+        internals.replace_for_dask(pipeline)
+        visitor = _Visitor(internals.bag_kwargs(dask_options),
+                           PARTITIONS_PER_THREAD * threads)
         pipeline.visit(visitor)
-        return visitor.leaves()
+        return visitor.translate()
 
     def run_pipeline(self, pipeline, options):
-        dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(
+        dask_options = options.view_as(internals.DaskOptions).get_all_options(
             drop_default=True, current_only=True)
-        beam_dask.DaskOptions._extract_bag_kwargs(dask_options)  # the rest go to the client
+        internals.bag_kwargs(dask_options)  # the rest go to the client
         try:
             client = dask.distributed.Client(**dask_options)
         except OSError as e:
@@ -293,11 +355,7 @@ class DaskRunner(beam_dask.DaskRunner):
             if not log.isEnabledFor(logging.DEBUG):  # its failures become augbatch's messages
                 logging.getLogger("distributed").setLevel(logging.CRITICAL)
             check_cluster(client)
-            view = options.view_as(beam_dask.DaskOptions)
-            if view.npartitions is None and view.partition_size is None:
-                threads = sum(client.nthreads().values())
-                view.npartitions = max(1, PARTITIONS_PER_THREAD * threads)
-            leaves = self.translate(pipeline, options)
+            leaves = self.translate(pipeline, options, sum(client.nthreads().values()))
             futures = client.compute(list(dask.optimize(*leaves)))
         except BaseException:
             client.close()

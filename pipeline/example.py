@@ -1,4 +1,6 @@
-"""The output tf.train.Example: the image, its label and its lineage."""
+"""The output tf.train.Example: the image, its label, its targets and its lineage."""
+import hashlib
+
 import tensorflow as tf
 
 # The features augbatch writes; passed-through input features of the same name are replaced.
@@ -7,8 +9,9 @@ FEATURE_KEYS = ("image/encoded", "image/format", "image/height", "image/width",
                 "augment/copy_index", "augment/seed", "augment/config_hash")
 
 
-def build(item, copy_index, data, fmt, shape, seed, config_hash):
-    """Serialized Example for one output of `item` (a transforms.Input)."""
+def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None):
+    """Serialized Example for one output of `item` (a transforms.Input), with `targets`
+    (targets.Targets, for an input that has them) in the OD API / DeepLab features."""
     example = tf.train.Example()
     if item.extra:
         example.features.ParseFromString(item.extra)
@@ -27,7 +30,15 @@ def build(item, copy_index, data, fmt, shape, seed, config_hash):
         put("image/class/label", int(item.label), "int64_list")
     if item.label_text is not None:
         put("image/class/text", item.label_text.encode(), "bytes_list")
-    put("image/source_id", item.key.encode(), "bytes_list")
+    if targets is not None and "image/source_id" in feature:  # an OD API record's own id
+        # (a COCO image id) stays; augbatch's key goes to its own lineage feature
+        put("augment/key", item.key.encode(), "bytes_list")
+    else:
+        put("image/source_id", item.key.encode(), "bytes_list")
+    if targets is not None:
+        from pipeline import targets as targets_mod
+        targets_mod.put(feature, targets)
+        put("image/key/sha256", hashlib.sha256(data).hexdigest().encode(), "bytes_list")
     put("augment/copy_index", int(copy_index), "int64_list")
     put("augment/seed", int(seed), "int64_list")
     put("augment/config_hash", config_hash.encode(), "bytes_list")

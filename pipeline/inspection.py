@@ -30,6 +30,7 @@ class Sampled:
     index: int
     data: bytes
     caption: list
+    features: object = None  # the record's feature map, for drawing its targets
 
 
 @dataclasses.dataclass
@@ -51,6 +52,8 @@ class Report:
     channels: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     image_bytes: int = 0
     features: dict = dataclasses.field(default_factory=dict)  # key -> Counter of kinds
+    objects: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    with_objects: int = 0  # records holding boxes (or a class mask)
     problems: list = dataclasses.field(default_factory=list)  # "shard record i: what"
     verified: bool = False
     sample: list = dataclasses.field(default_factory=list)
@@ -161,7 +164,8 @@ def scan(target, image_key=None, label_key="image/class/label", verify=False, sa
 
 
 def _record(report, path, index, record, tf, T, verify):
-    """Count one record; return (image bytes, caption) when it holds an image, else None."""
+    """Count one record; return (image bytes, caption, features) when it holds an image, else
+    None."""
     try:
         example = tf.train.Example.FromString(record)
     except Exception as e:  # noqa: BLE001
@@ -180,6 +184,8 @@ def _record(report, path, index, record, tf, T, verify):
     copy = features.get("augment/copy_index")
     if copy is not None:
         report.copies[_first(copy)] += 1
+    if not _count_objects(report, path, index, features, verify):
+        return None
     image = features.get(report.image_key)
     if image is None or _kind(image) != "bytes_list" or len(image.bytes_list.value) != 1:
         if verify:
@@ -207,7 +213,30 @@ def _record(report, path, index, record, tf, T, verify):
     if label is not None and _kind(label) == "int64_list":
         details.append(report.label_names.get(_first(label), f"label {_first(label)}"))
     details.append(f"{width}x{height}")
-    return data, caption + [" · ".join(details)]
+    return data, caption + [" · ".join(details)], features
+
+
+def _count_objects(report, path, index, features, verify):
+    """Count the record's objects by class; with verify, check its per-object lists agree,
+    its boxes are normalised and its masks decode to the image's size. False: a problem."""
+    from pipeline import targets
+    if not targets.has_targets(features):
+        return True
+    report.with_objects += 1
+    try:
+        found = targets.from_features(features)
+        if verify and "image/height" in features and "image/width" in features:
+            targets.decode(found, _first(features["image/height"]), _first(features["image/width"]))
+    except targets.TargetError as e:
+        report.problem(path, index, f"targets: {e}")
+        return not verify
+    labels = found.objects.get(targets.CLASS_KEY, (None, []))[1]
+    texts = found.objects.get(targets.CLASS_TEXT_KEY, (None, []))[1]
+    for i in range(found.count):
+        name = texts[i].decode("utf-8", "replace") if i < len(texts) else None
+        label = labels[i] if i < len(labels) else None
+        report.objects[f"{label if label is not None else '?'}{' ' + name if name else ''}"] += 1
+    return True
 
 
 def _decodes(report, path, index, data, features, tf):
@@ -271,6 +300,12 @@ def lines(report):
         for label, n in sorted(report.labels.items()):
             name = f" {report.label_names[label]}" if label in report.label_names else ""
             out.append(f"  {f'{label}{name}':<24}{_share(n, report.records)}")
+    if report.with_objects:
+        total = sum(report.objects.values())
+        out.append(f"objects (image/object/*): {total} in {report.with_objects} records, "
+                   f"{total / report.with_objects:.1f} per record")
+        for name, n in sorted(report.objects.items(), key=lambda kv: (-kv[1], kv[0])):
+            out.append(f"  {name:<24}{_share(n, total)}")
     if report.copies:
         out.append("copies (augment/copy_index):")
         for copy, n in sorted(report.copies.items()):
@@ -350,6 +385,8 @@ def write_sheet(report, path, columns=6, tile_size=160, seed=0):
     tiles = []
     for item in sorted(report.sample, key=lambda s: (s.shard, s.index)):
         image = tf.io.decode_image(item.data, channels=0, expand_animations=False).numpy()
+        if item.features is not None:
+            image = preview.draw_targets(image, item.features)
         tiles.append(preview.Tile(image, item.caption))
     grid = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
     title = [f"augbatch inspect · {report.target} · {len(tiles)} of {report.records} records, "

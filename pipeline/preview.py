@@ -109,11 +109,62 @@ def rows(job, n=6, copies=None):
 
 
 def _image_of(payload):
-    """The pixels of an output record (a serialized tf.train.Example), as a reader gets them."""
+    """The pixels of an output record (a serialized tf.train.Example), as a reader gets them,
+    with its boxes, masks and keypoints drawn on."""
     import tensorflow as tf
     example = tf.train.Example.FromString(payload)
     data = example.features.feature["image/encoded"].bytes_list.value[0]
-    return tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
+    image = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
+    return draw_targets(image, example.features.feature)
+
+
+# Colours of objects, by class (the class mask's classes alike).
+COLOURS = [(230, 60, 60), (60, 170, 60), (50, 110, 230), (240, 170, 30), (170, 60, 200),
+           (30, 190, 200), (240, 110, 180), (130, 130, 30)]
+
+
+def draw_targets(image, features):
+    """uint8 [H, W, C] with the targets in `features` (a tf.Example's feature map) drawn on:
+    class masks and instance masks tinted, boxes outlined, visible keypoints dotted. Records
+    without targets, or whose targets do not read, come back as they are."""
+    from PIL import Image, ImageDraw
+    from pipeline import targets
+    if not targets.has_targets(features):
+        return image
+    try:
+        found = targets.decode(targets.from_features(features), *image.shape[:2])
+    except targets.TargetError:
+        return image
+    height, width = image.shape[:2]
+    rgb = np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
+    tinted = rgb.astype(np.float32)
+    classes = found.objects.get(targets.CLASS_KEY, (None, []))[1]
+
+    def colour(i):
+        return np.array(COLOURS[int(classes[i] if i < len(classes) else i) % len(COLOURS)])
+    if found.class_mask is not None:
+        for value in np.unique(found.class_mask):
+            where = found.class_mask == value
+            shade = (255, 255, 255) if value == 255 else COLOURS[int(value) % len(COLOURS)]
+            if value:
+                tinted[where] = 0.55 * tinted[where] + 0.45 * np.array(shade)
+    for i, mask in enumerate(found.masks if found.masks is not None else []):
+        where = mask > 0
+        tinted[where] = 0.6 * tinted[where] + 0.4 * colour(i)
+    sheet = Image.fromarray(tinted.astype(np.uint8))
+    draw = ImageDraw.Draw(sheet)
+    line = max(1, min(height, width) // 120)
+    for i, (ymin, xmin, ymax, xmax) in enumerate(found.boxes):
+        draw.rectangle([xmin * width, ymin * height, xmax * width - 1, ymax * height - 1],
+                       outline=tuple(int(c) for c in colour(i)), width=line)
+    if found.keypoints is not None:
+        for points, visible in zip(found.keypoints, found.visibility):
+            for (y, x), seen in zip(points, visible):
+                if seen:
+                    r = line + 1
+                    draw.ellipse([x * width - r, y * height - r, x * width + r, y * height + r],
+                                 fill=(255, 230, 0))
+    return np.asarray(sheet)
 
 
 # --- drawing -------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import datetime
 import errno
+import hashlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import __version__, progress, sinks, sources
+from pipeline import __version__, progress, sinks, sources, targets
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
@@ -41,7 +42,8 @@ SHARD_TARGET_BYTES = 128 << 20
 # else in the folder is someone else's: --overwrite then refuses, naming it.
 
 LOCK_FILE = ".augbatch.lock"
-_TMP_NAMES = re.compile(r"(bucket-\d{5}-\d+-[0-9a-f]{32}|errors\.jsonl|summary\.json|manifest\.json"
+_TMP_NAMES = re.compile(r"(bucket-\d{5}-\d+-[0-9a-f]{32}|done-[0-9a-f]{32}\.json(\.part)?|run\.json"
+                        r"|errors\.jsonl|summary\.json|manifest\.json"
                         r"|.+-\d{5}-of-\d{5}\.tfrecord(\.gz)?)")
 
 
@@ -239,18 +241,22 @@ def beam_options(beam_args):
     return options
 
 
-def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelerator=None):
+def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelerator=None,
+                   done=frozenset(), resumed_buckets=()):
     """Add the whole job to pipeline `p`. The summary lands in tmp_dir/summary.json.
-    `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow)."""
-    refs = p | "Inputs" >> beam.Create(discovery.refs) | "Spread" >> beam.Reshuffle()
+    `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow).
+    `done`, `resumed_buckets`: the keys an interrupted run finished and the buckets holding
+    their records (--resume): those inputs are not read again."""
+    refs = [ref for ref in discovery.refs if ref.key not in done]
+    refs = p | "Inputs" >> beam.Create(refs) | "Spread" >> beam.Reshuffle()
     if discovery.kind == "folder":
         names = {label: name for name, label in discovery.label_map.items()}
         read = refs | "Read" >> beam.ParDo(T.ReadImageFile(
             names, sources.max_file_bytes(job.max_pixels))).with_outputs(T.ERRORS, main="inputs")
     else:
         read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
-            job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels))
-        ).with_outputs(T.ERRORS, main="inputs")
+            job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels),
+            frozenset(done))).with_outputs(T.ERRORS, main="inputs")
     # What discovery found but cannot use (images beside the class folders, symlink loops,
     # files of other formats).
     outside = p | "Rejected" >> beam.Create([T.ErrorRecord(
@@ -268,9 +274,11 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     # few calls into TensorFlow, bounded memory.
     augmented = (decoded.images
                  | "Batch" >> beam.ParDo(T.BatchByShape(job))
-                 | "AugmentEncode" >> augment.with_outputs(T.ERRORS, main="records"))
+                 | "AugmentEncode" >> augment.with_outputs(T.ERRORS, T.TARGET_COUNTS,
+                                                            main="records"))
+    target_counts = augmented[T.TARGET_COUNTS]
     shard_stats = augmented.records | "Write" >> sinks.WriteShards(
-        job.output, tmp_dir, num_shards, job.prefix, job.compression)
+        job.output, tmp_dir, num_shards, job.prefix, job.compression, resumed_buckets)
 
     errors = ((read[T.ERRORS], outside, decoded[T.ERRORS], augmented[T.ERRORS])
               | "AllErrors" >> beam.Flatten())
@@ -281,10 +289,18 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     (p | "Once" >> beam.Create([None])
      | "Summary" >> beam.Map(_write_summary, job.output, tmp_dir,
                              beam.pvalue.AsList(shard_stats), beam.pvalue.AsList(errors),
-                             beam.pvalue.AsSingleton(count)))
+                             beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts)))
 
 
-def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered):
+def _added(counts):
+    """{name: sum} of a list of {name: count} (zeros kept, unlike Counter's +)."""
+    total = collections.Counter()
+    for one in counts:
+        total.update(one)
+    return dict(sorted(total.items()))
+
+
+def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=()):
     """Runs once, after every shard is written: errors.jsonl (sorted) and the counts, in the
     temporary folder (run_expand commits them with the shards).
     `discovered` counts what the read step saw: each input read, each input that failed to
@@ -301,7 +317,8 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered):
                "errors_by_reason": [{"stage": stage, "reason": reason, "count": n}
                                     for (stage, reason), n in sorted(
                                         by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
-               "errored": len({e.key for e in errors})}
+               "errored": len({e.key for e in errors}),
+               "targets": _added(target_counts)}
     with FileSystems.create(FileSystems.join(tmp_dir, "summary.json")) as f:
         f.write(json.dumps(summary).encode())
 
@@ -336,6 +353,7 @@ def dry_run(job, beam_args=(), accelerator=None):
     notes = runners.check_submission(job, options, dry_run=True)
     if all(sources.is_local(path) for path in job.input):
         discovery = sources.discover(job)
+        targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
         num_shards = pick_num_shards(job, discovery)
         inputs = f"{inputs_found(discovery)} from {', '.join(job.input)}"
         shards = progress.plural(num_shards, "shard")
@@ -361,14 +379,16 @@ def inputs_found(discovery):
     return progress.plural(len(discovery.refs) + len(discovery.rejected), "input")
 
 
-def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None):
+def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None,
+               resume=False):
     """Run `job`; return the manifest (also written to OUTPUT/manifest.json).
     `show_progress`: a live progress display on stderr while the pipeline runs.
     `accelerator`: a resource hint for the augment step (see build_pipeline).
+    `resume`: reuse what an interrupted run of this very job committed in OUTPUT.
 
     Everything is written in OUTPUT/.augbatch-tmp and moved to its final name only when the
-    whole run is done (the manifest last); a run that fails or is interrupted deletes its
-    temporary files and leaves nothing of its own (a killed one leaves them for --overwrite)."""
+    whole run is done (the manifest last). A run that fails deletes its temporary files; one
+    stopped by Ctrl-C or SIGTERM keeps the work it committed, for --resume."""
     started = time.time()
     check_crc()
     if job.copies == 0 and not job.keep_original:
@@ -378,6 +398,8 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     runners.check_submission(job, beam_options(beam_args))  # before the output is touched
     job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
+    # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
+    targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
     created = not FileSystems.exists(job.output)
@@ -385,31 +407,44 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
         FileSystems.mkdirs(job.output)
     lock = OutputLock(job.output) if is_local_dir(job.output) else None
     tmp_dir, tmp_made = FileSystems.join(job.output, sinks.TMP_DIR), False
+    fingerprint = _fingerprint(job, discovery, num_shards)
+    resumed = (set(), [])
     try:
         stale = lock.acquire() if lock else None
-        if stale is not None:
-            log.warning("%s did not finish in %s (its process is gone); its lock is taken over",
-                        _describe_run(stale), job.output)
-        prepare_output(job.output, overwrite, stale)
+        if resume and FileSystems.exists(FileSystems.join(tmp_dir, RUN_FILE)):
+            resumed = _resume(job.output, tmp_dir, fingerprint)
+        else:
+            if stale is not None:
+                log.warning("%s did not finish in %s (its process is gone); its lock is taken "
+                            "over", _describe_run(stale), job.output)
+            prepare_output(job.output, overwrite, stale)
+            FileSystems.mkdirs(tmp_dir)
+            with FileSystems.create(FileSystems.join(tmp_dir, RUN_FILE)) as f:
+                f.write(json.dumps(fingerprint, sort_keys=True).encode())
+        tmp_made = True
         if lock:
             lock.write(_run_record(job, num_shards))
-        FileSystems.mkdirs(tmp_dir)
-        tmp_made = True
         with own_tempdir():
             manifest = _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress,
-                            accelerator, started)
+                            accelerator, started, resumed)
     except BaseException as e:
+        stopped = isinstance(e, KeyboardInterrupt) or stops.stopped_by
+        kept = 0
         with contextlib.suppress(Exception):  # the run's own error is the one to tell
-            if tmp_made:
+            if tmp_made and stopped:
+                kept = len(sinks.read_journals(tmp_dir)[0])
+            if tmp_made and not kept:
                 _delete_tree(tmp_dir)
             if lock:
                 lock.release()
             if created and is_local_dir(job.output) and not os.listdir(job.output):
                 os.rmdir(job.output)
-        if isinstance(e, KeyboardInterrupt) or stops.stopped_by:
+        if stopped:
             stop = stops.Terminated if stops.stopped_by == signal.SIGTERM else KeyboardInterrupt
-            raise stop(f"nothing of this run was kept in {job.output} (its temporary files "
-                          "were deleted); run the same command again to start over") from None
+            raise stop(f"the work of {kept} inputs is kept in {tmp_dir}: run the same command "
+                       "with --resume to go on from it (--overwrite starts over)" if kept else
+                       f"nothing of this run was kept in {job.output} (its temporary files "
+                       "were deleted); run the same command again to start over") from None
         full = _no_space(e)
         if full is not None:
             raise UserError(f"no space left on the device while writing {job.output}"
@@ -426,8 +461,50 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     return manifest
 
 
-def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelerator, started):
+RUN_FILE = "run.json"  # in the temporary folder: what the run is, for --resume
+
+
+def _fingerprint(job, discovery, num_shards):
+    """What a resumed run must share with the interrupted one: config, inputs, sharding."""
+    inputs = hashlib.sha256(json.dumps(
+        [[ref.key, ref.path, ref.label] for ref in discovery.refs]
+        + [[ref.key, ref.path] for ref, *_ in discovery.rejected]).encode("utf-8", "replace"))
+    return {"config_hash": job.config_hash, "inputs": inputs.hexdigest()[:16],
+            "num_shards": num_shards, "prefix": job.prefix, "compression": job.compression}
+
+
+def _resume(output, tmp_dir, fingerprint):
+    """(keys done, committed buckets) of the interrupted run in `output`, once it is known to
+    have run this very job; its uncommitted files are deleted."""
+    with FileSystems.open(FileSystems.join(tmp_dir, RUN_FILE)) as f:
+        earlier = json.loads(f.read())
+    if earlier != fingerprint:
+        changed = sorted(k for k in fingerprint if earlier.get(k) != fingerprint[k])
+        raise UserError(f"--resume: the interrupted run in {output} differs from this one in "
+                        f"{', '.join(changed) or 'what it recorded'}",
+                        hint="resume with the same config and inputs, or pass --overwrite "
+                             "to start over")
+    tmp = sinks.TMP_DIR + "/"
+    present = _listing(output)
+    foreign = [n for n in present if not (n.startswith(tmp) and _TMP_NAMES.fullmatch(
+        n[len(tmp):]))]
+    if foreign:
+        raise UserError(f"--resume refused: {output} holds files of no interrupted run: "
+                        f"{', '.join(sources.printable(n) for n in foreign[:5])}",
+                        hint="move them away, or pass --overwrite to start over")
+    done, buckets, keep = sinks.read_journals(tmp_dir)
+    uncommitted = [FileSystems.join(output, n) for n in present
+                   if n[len(tmp):] not in keep | {RUN_FILE}]
+    if uncommitted:
+        FileSystems.delete(uncommitted)
+    log.info("resuming: the %d inputs the interrupted run finished are reused", len(done))
+    return done, buckets
+
+
+def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelerator, started,
+         resumed):
     """The pipeline, then the commit: the manifest of the finished run."""
+    done, resumed_buckets = resumed
     options = beam_options(beam_args)
     log.info("%s -> %s in %s (runner %s)", inputs_found(discovery),
              progress.plural(num_shards, "shard"), job.output,
@@ -435,16 +512,19 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     discovered_at = time.time()
     from pipeline import runners
     p = runners.new_pipeline(options)
-    build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator)
-    # Records in TFRecord files: unknown until read. Rejected inputs count as done from the start.
-    rejected = len(discovery.rejected)
-    total = len(discovery.refs) + rejected if discovery.kind == "folder" else None
-    with progress.Shown(total, enabled=show_progress, done=rejected):
+    build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator,
+                   done, resumed_buckets)
+    # Records in TFRecord files: unknown until read. Rejected inputs (and those a resumed run
+    # reuses) count as done from the start.
+    finished_before = len(discovery.rejected) + (len(done) if discovery.kind == "folder" else 0)
+    total = len(discovery.refs) + len(discovery.rejected) if discovery.kind == "folder" else None
+    with progress.Shown(total, enabled=show_progress, done=finished_before):
         p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
 
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:
         summary = json.loads(f.read())
+    summary["discovered"] += len(done)  # not read again: the interrupted run wrote them
     manifest = _manifest(job, discovery, num_shards, summary, beam_args,
                          {"discover_s": discovered_at - started,
                           "pipeline_s": finished - discovered_at,
@@ -506,9 +586,11 @@ def check_accounting(manifest, discovery):
     """Every input found must be written or in errors.jsonl; anything else is a bug."""
     counts = manifest["counts"]
     problems = []
-    if counts["discovered"] != counts["written"] + counts["errored"]:
+    dropped = manifest.get("targets", {}).get("inputs_all_dropped", 0)  # by the target rules
+    if counts["discovered"] != counts["written"] + counts["errored"] + dropped:
         problems.append(f"{counts['discovered']} inputs discovered but {counts['written']} "
-                        f"written + {counts['errored']} errored")
+                        f"written + {counts['errored']} errored + {dropped} dropped by the "
+                        "target rules")
     found = len(discovery.refs) + len(discovery.rejected)
     if discovery.kind == "folder" and counts["discovered"] != found:
         problems.append(f"{found} inputs listed but {counts['discovered']} read")
@@ -600,6 +682,7 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
         "errors_by_stage": summary["errors_by_stage"],
         "errors_by_reason": summary["errors_by_reason"],
         "error_limit": error_limit(job, counts),
+        "targets": summary.get("targets") or {},
         "features": {"image": "image/encoded", "label": "image/class/label",
                      "written": list(FEATURE_KEYS)},
         "beam_args": list(beam_args),

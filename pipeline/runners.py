@@ -203,10 +203,10 @@ def new_pipeline(options):
 
 def steps(pipeline):
     """[(label, resource hints)] of the pipeline's top-level steps, in the order applied."""
-    from apache_beam.transforms.resources import ResourceHint
-    names = {hint.urn: name for name, hint in ResourceHint._name_to_known_hints.items()}
+    from pipeline import beam_internals
+    names = beam_internals.hint_names()
     out = []
-    for node in pipeline._root_transform().parts:
+    for node in beam_internals.top_level_steps(pipeline):
         hints = {names.get(urn, urn): value.decode() for urn, value in
                  sorted(_hints_below(node).items())}
         out.append((node.full_label, hints))

@@ -13,7 +13,9 @@ import collections
 import concurrent.futures
 import hashlib
 import io
+import json
 import os
+import posixpath
 import struct
 import uuid
 
@@ -74,15 +76,20 @@ def _parse_entry(entry):
 
 class WriteBuckets(beam.DoFn):
     """OutputRecord -> appended to this bundle's bucket file for its shard and slice; emits
-    (shard, (slice, bucket path)) for each bucket when the bundle finishes."""
+    (shard, (slice, bucket path)) for each bucket when the bundle finishes.
+
+    A finished bundle's buckets are then committed by a journal file naming them and the keys
+    they hold (every output of an input is in one bundle: the augment step makes them all at
+    once, fused with this one): `expand --resume` reuses exactly the journaled work."""
 
     def __init__(self, tmp_dir, num_shards):
         self.tmp_dir, self.num_shards = tmp_dir, num_shards
 
     def start_bundle(self):
-        self.files, self.bundle = {}, uuid.uuid4().hex
+        self.files, self.keys, self.bundle = {}, set(), uuid.uuid4().hex
 
     def process(self, record):
+        self.keys.add(record.key)
         entry = _bucket_entry(record)
         bucket = (shard_of(entry, self.num_shards), part_of(entry, SLICES))
         if bucket not in self.files:
@@ -92,10 +99,39 @@ class WriteBuckets(beam.DoFn):
         self.files[bucket][1].write(sources.frame_record(entry))
 
     def finish_bundle(self):
+        buckets = []
         for (shard, index), (path, f) in sorted(self.files.items()):
             f.close()
+            buckets.append((shard, index, path))
+        if buckets:
+            journal = FileSystems.join(self.tmp_dir, f"done-{self.bundle}.json")
+            with FileSystems.create(journal + ".part") as f:
+                f.write(json.dumps({"keys": sorted(self.keys), "buckets": [
+                    [shard, index, posixpath.basename(path)]
+                    for shard, index, path in buckets]}).encode())
+            FileSystems.rename([journal + ".part"], [journal])  # the commit
+        for shard, index, path in buckets:
             yield GlobalWindows.windowed_value((shard, (index, path)))
-        self.files = {}
+        self.files, self.keys = {}, set()
+
+
+def read_journals(tmp_dir):
+    """What an interrupted run committed in `tmp_dir`: (the keys whose outputs are all there,
+    [(shard, (slice, bucket path))], the journal and bucket names to keep)."""
+    done, buckets, keep = set(), [], set()
+    journals = FileSystems.match([FileSystems.join(tmp_dir, "done-*.json")])[0].metadata_list
+    for m in sorted(journals, key=lambda m: m.path):
+        with FileSystems.open(m.path) as f:
+            journal = json.loads(f.read())
+        keys = set(journal["keys"])
+        if keys & done:  # a retried bundle's second commit: the first one counts
+            continue
+        done |= keys
+        keep.add(posixpath.basename(m.path))
+        for shard, index, name in journal["buckets"]:
+            buckets.append((shard, (index, FileSystems.join(tmp_dir, name))))
+            keep.add(name)
+    return done, buckets, keep
 
 
 class WriteShard(beam.DoFn):
@@ -183,16 +219,18 @@ class WriteShards(beam.PTransform):
     """PCollection of OutputRecord -> shard files in tmp_dir, named for output_dir (the run
     moves them there when it is done); output: one dict per shard."""
 
-    def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression):
+    def __init__(self, output_dir, tmp_dir, num_shards, prefix, compression, resumed=()):
         super().__init__()
         self.args = (output_dir, tmp_dir, num_shards, prefix, compression)
+        self.resumed = list(resumed)
 
     def expand(self, records):
         output_dir, tmp_dir, num_shards, prefix, compression = self.args
         buckets = records | "WriteBuckets" >> beam.ParDo(WriteBuckets(tmp_dir, num_shards))
-        # Every shard gets a file, even one no record hashed to.
+        # Every shard gets a file, even one no record hashed to; the buckets an interrupted
+        # run committed (--resume) join the new ones.
         every_shard = (records.pipeline | "ShardIds" >> beam.Create(
-            [(i, None) for i in range(num_shards)]))
+            [(i, None) for i in range(num_shards)] + self.resumed))
         return ((buckets, every_shard) | "AllBuckets" >> beam.Flatten()
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShard(*self.args)))

@@ -12,9 +12,11 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline import progress, sources
+from pipeline import targets as targets_mod
 from pipeline.chain import example_seed
 
 ERRORS = "errors"
+TARGET_COUNTS = "target_counts"  # per batch: objects kept, dropped, clipped; copies dropped
 log = logging.getLogger("augbatch")
 
 
@@ -28,6 +30,7 @@ class Input:
     label: Optional[int] = None
     label_text: Optional[str] = None
     extra: bytes = b""  # serialized tf.train.Features passed through to every output
+    targets: Optional[object] = None  # targets.Targets: boxes, masks, keypoints
 
 
 @dataclasses.dataclass
@@ -128,9 +131,9 @@ class ReadTFRecordFile(beam.DoFn):
     no record at all is an error too (`file:0`). A record over `max_bytes` is damage.
     """
 
-    def __init__(self, image_feature, label_feature, max_bytes=None):
+    def __init__(self, image_feature, label_feature, max_bytes=None, skip=frozenset()):
         self.image_feature, self.label_feature = image_feature, label_feature
-        self.max_bytes = max_bytes
+        self.max_bytes, self.skip = max_bytes, skip  # skip: keys done (expand --resume)
 
     def process(self, ref):
         try:
@@ -145,7 +148,8 @@ class ReadTFRecordFile(beam.DoFn):
             with stream:
                 for record in sources.iter_records(stream, self.max_bytes):
                     progress.count(progress.READ)
-                    yield self._parse(ref, index, record)
+                    if f"{ref.key}:{index}" not in self.skip:
+                        yield self._parse(ref, index, record)
                     index += 1
             if index == 0:
                 progress.count(progress.READ)
@@ -183,25 +187,38 @@ class ReadTFRecordFile(beam.DoFn):
         if image.WhichOneof("kind") != "bytes_list" or len(image.bytes_list.value) != 1:
             return bad("image feature of the wrong type", f"feature '{self.image_feature}' "
                        f"must hold one bytes value, it holds {_describe(image)}")
-        if label is None:
+        try:
+            found = targets_mod.from_features(features)
+        except targets_mod.TargetError as e:
+            return bad("bad targets", str(e))
+        if label is None and found is None:  # (a detection or segmentation record needs none)
             return bad("no label feature", f"no label feature '{self.label_feature}' (set "
-                       "input.label_feature to the name your records use)")
-        if label.WhichOneof("kind") != "int64_list" or len(label.int64_list.value) != 1:
+                       "input.label_feature to the name your records use) and no boxes or "
+                       "segmentation mask")
+        if label is not None and (label.WhichOneof("kind") != "int64_list"
+                                  or len(label.int64_list.value) != 1):
             return bad("label feature of the wrong type", f"feature '{self.label_feature}' "
                        f"must hold one int64 value, it holds {_describe(label)}")
         try:
             extra = tf.train.Features()
             for name in sorted(features):
-                if name not in (self.image_feature, self.label_feature):
+                if (name not in (self.image_feature, self.label_feature)
+                        and not (found and targets_mod.is_target_feature(name))):
                     extra.feature[name].CopyFrom(features[name])
             text = features.get("image/class/text")
             return Input(key=key, source=ref.path, record_index=index,
-                         data=image.bytes_list.value[0], label=int(label.int64_list.value[0]),
+                         data=image.bytes_list.value[0],
+                         label=int(label.int64_list.value[0]) if label is not None else None,
                          label_text=text.bytes_list.value[0].decode("utf-8", "replace")
                          if text is not None and text.bytes_list.value else None,
-                         extra=extra.SerializeToString(deterministic=True))
+                         extra=extra.SerializeToString(deterministic=True), targets=found)
         except Exception as e:  # noqa: BLE001
             return bad(reason_of(message_of(e)), message_of(e))
+
+
+def _where(item):
+    return (f"record {item.record_index} of {item.source}" if item.record_index is not None
+            else item.source)
 
 
 def _describe(feature):
@@ -303,6 +320,13 @@ class DecodeImage(beam.DoFn):
                         message=self._why(item.data, fmt, e))
             return
         progress.count(progress.DECODED)
+        if item.targets is not None:
+            try:
+                targets_mod.decode(item.targets, image.shape[0], image.shape[1])
+            except targets_mod.TargetError as e:
+                yield error("decode", e, *where, reason="bad targets",
+                            message=f"{_where(item)}: {e}")
+                return
         yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1])
 
     @staticmethod
@@ -383,6 +407,9 @@ class BatchByShape(beam.DoFn):
         return batch
 
 
+DROPPED = "dropped"  # a copy the target rules drop (e.g. no object left and keep_empty off)
+
+
 class AugmentAndEncode(beam.DoFn):
     """A batch of Decoded -> OutputRecords for every copy of every input.
 
@@ -413,6 +440,7 @@ class AugmentAndEncode(beam.DoFn):
         self.pool = concurrent.futures.ThreadPoolExecutor(self.runner.in_flight,
                                                           thread_name_prefix="augment")
         self.pending = collections.deque()
+        self._checked = {}  # frozenset of target kinds -> None, or why the chain refuses them
 
     def teardown(self):
         self.pool.shutdown()
@@ -451,19 +479,33 @@ class AugmentAndEncode(beam.DoFn):
         except Exception:  # noqa: BLE001 - retry one by one so one bad input spoils nothing
             encoded = None
         if encoded is not None:
-            records = [self._record(*entry) for entry in encoded]
-            self._count(len(items), len(records))
-            yield from records
+            yield from self._written(len(items), encoded)
             return
         for item in items:
             try:
-                records = [self._record(*entry) for entry in self._augment_encode([item])]
+                entries = self._augment_encode([item])
             except Exception as e:  # noqa: BLE001
                 yield error("augment", e, item.input.key, item.input.source,
                             item.input.record_index)
                 continue
-            self._count(1, len(records))
-            yield from records
+            yield from self._written(1, entries)
+
+    def _written(self, inputs, entries):
+        """The records of these entries and, for inputs with targets, what became of their
+        objects (a copy the rules dropped has no data)."""
+        records = [self._record(*entry) for entry in entries if entry[2] is not None]
+        self._count(inputs, len(records))
+        yield from records
+        counts, outputs = collections.Counter(), collections.Counter()
+        for entry in entries:
+            item = entry[0]
+            if item.input.targets is not None:
+                counts.update(entry[6] or {})
+                counts["copies_dropped"] += entry[2] is None
+                outputs[item.input.key] += entry[2] is not None
+        counts["inputs_all_dropped"] = sum(1 for n in outputs.values() if n == 0)
+        if outputs:
+            yield beam.pvalue.TaggedOutput(TARGET_COUNTS, dict(counts))
 
     @staticmethod
     def _count(inputs, records):
@@ -484,12 +526,47 @@ class AugmentAndEncode(beam.DoFn):
                              np.int32)
             # One array per input: the runner makes the copies inside the graph.
             images = np.stack([item.image for item in items])
+            carried = self._carry(copies, seeds, images.shape)
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
-            out += [(item, c, data, fmt, shape)
-                    for (item, c), data, fmt in zip(copies, encoded, formats)]
+            out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
+                     counts) for (item, c), data, fmt, (targets, counts)
+                    in zip(copies, encoded, formats, carried)]
         if job.keep_original:
             out += [self._original(item) for item in items]
         return out
+
+    def _carry(self, copies, seeds, shape):
+        """(Targets, counts) of each copy: (None, None) for an input without targets,
+        (DROPPED, counts) for a copy the rules drop. Raises for targets the chain cannot carry
+        (the input becomes an error record)."""
+        carried = [(None, None)] * len(copies)
+        with_targets = [i for i, (item, _) in enumerate(copies) if item.input.targets is not None]
+        if not with_targets:
+            return carried
+        for i in with_targets:
+            self._check_chain(copies[i][0].input.targets.kinds())
+        moves = self.runner.geometry(seeds[with_targets], shape[1], shape[2])
+        for row, i in enumerate(with_targets):
+            targets, counts = targets_mod.carry(
+                copies[i][0].input.targets, [(t[row], h, w) for t, h, w in moves],
+                self.job.target_rules, shape[1], shape[2])
+            carried[i] = (DROPPED if targets is None else targets, counts)
+        return carried
+
+    def _check_chain(self, kinds):
+        """Refuse targets this chain cannot carry (validation checked the kinds it saw in the
+        first records; another record may bring more)."""
+        kinds = frozenset(kinds)
+        if kinds not in self._checked:
+            try:
+                targets_mod.check_chain(self.job.chain, kinds)
+            except Exception as e:  # noqa: BLE001 - the ConfigError says why, with its path
+                self._checked[kinds] = ValueError(f"the chain cannot carry this input's "
+                                                  f"{', '.join(sorted(kinds))}: {e}")
+            else:
+                self._checked[kinds] = None
+        if self._checked[kinds] is not None:
+            raise self._checked[kinds]
 
     def _original(self, item):
         fmt = output_format(self.job.format, item.format)
@@ -497,10 +574,10 @@ class AugmentAndEncode(beam.DoFn):
             data = item.input.data  # the untouched original bytes
         else:
             data = self.runner.encode(item.image[None], [fmt])[0]
-        return item, 0, data, fmt, item.image.shape
+        return item, 0, data, fmt, item.image.shape, item.input.targets, None
 
-    def _record(self, item, copy_index, data, fmt, shape):
+    def _record(self, item, copy_index, data, fmt, shape, targets, counts):
         from pipeline import example
         payload = example.build(item.input, copy_index, data, fmt, shape, self.job.seed,
-                                self.config_hash)
+                                self.config_hash, targets)
         return OutputRecord(item.input.key, copy_index, item.input.label, payload)

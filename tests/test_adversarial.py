@@ -5,6 +5,7 @@ every input found is written or errored."""
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +22,8 @@ from PIL import Image
 from cli import main
 from pipeline import config, run, sources
 from pipeline.errors import ConfigError
-from tests.conftest import SAMPLE_IMAGES, SAMPLE_TFRECORDS, assert_accounted, read_outputs
+from tests.conftest import (SAMPLE_IMAGES, SAMPLE_TFRECORDS, assert_accounted, read_outputs,
+                            shard_bytes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -439,27 +441,83 @@ def photos(folder):
     return str(folder)
 
 
-@pytest.mark.parametrize("signum, name", [(signal.SIGTERM, "SIGTERM"),
-                                          (signal.SIGINT, "Ctrl-C")])
-def test_sigterm_and_ctrl_c_stop_the_run_cleanly(tmp_path, signum, name):
-    images, out = photos(tmp_path / "images"), tmp_path / "out"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen([sys.executable, "-m", "cli", "-q", "expand", "-i", images,
-                                "-o", str(out), "--copies", "3", "--format", "png"], cwd=ROOT,
-                               env=env, stderr=subprocess.PIPE, text=True)
+def cli_process(*args):
+    return subprocess.Popen([sys.executable, "-m", "cli", "-q", "expand", *map(str, args)],
+                            cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(process, folder, prefix, suffix=""):
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if (out / ".augbatch-tmp").is_dir() and any(
-                n.startswith("bucket-") for n in os.listdir(out / ".augbatch-tmp")):
-            break
-        time.sleep(0.01)
-    process.send_signal(signum)
+        if folder.is_dir() and any(n.startswith(prefix) and n.endswith(suffix)
+                                   for n in os.listdir(folder)):
+            return
+        time.sleep(0.005)
+
+
+def test_ctrl_c_stops_the_run_and_says_what_was_kept(tmp_path):
+    images, out = photos(tmp_path / "images"), tmp_path / "out"
+    process = cli_process("-i", images, "-o", out, "--copies", "3", "--format", "png")
+    wait_for(process, out / ".augbatch-tmp", "bucket-")  # augmenting, nothing committed yet
+    process.send_signal(signal.SIGINT)
     stderr = process.communicate(timeout=120)[1]
-    assert process.returncode == 128 + signum, stderr
-    assert (f"error: stopped by {name}: nothing of this run was kept in {out} (its temporary "
-            "files were deleted); run the same command again to start over") in stderr
-    assert "Traceback" not in stderr
-    assert not out.exists()  # the run made the folder: it leaves nothing, not even that
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "error: stopped by Ctrl-C: " in stderr and "Traceback" not in stderr
+    if "nothing of this run was kept" in stderr:
+        assert (f"nothing of this run was kept in {out} (its temporary files were deleted); "
+                "run the same command again to start over") in stderr
+        assert not out.exists()  # the run made the folder: it leaves nothing, not even that
+    else:  # the first bundle was committed before the signal arrived
+        assert "inputs is kept in" in stderr and os.listdir(out) == [".augbatch-tmp"]
+
+
+def test_sigterm_keeps_committed_work_and_resume_gives_the_clean_bytes(tmp_path, caplog):
+    images, out = photos(tmp_path / "images"), tmp_path / "out"
+    process = cli_process("-i", images, "-o", out, "--copies", "3", "--format", "png",
+                          "--num-shards", "2", "--", "--direct_num_workers=2",
+                          "--direct_running_mode=multi_threading")
+    wait_for(process, out / ".augbatch-tmp", "done-", ".json")  # a bundle committed
+    process.send_signal(signal.SIGSTOP)  # frozen there: the signal lands right after
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    match = re.search(r"error: stopped by SIGTERM: the work of (\d+) inputs is kept in "
+                      r"(\S+): run the same command with --resume to go on from it", stderr)
+    assert match and match.group(2) == str(out / ".augbatch-tmp"), stderr
+    kept = int(match.group(1))
+    assert 1 <= kept <= 36 and os.listdir(out) == [".augbatch-tmp"]
+
+    def job(output):
+        return config.load(None, overrides={"input": (images,), "output": str(output),
+                                            "copies": 3, "format": "png", "num_shards": 2})
+    caplog.set_level("INFO", logger="augbatch")
+    resumed = run.run_expand(job(out), resume=True)
+    assert f"resuming: the {kept} inputs the interrupted run finished are reused" in caplog.text
+    clean = run.run_expand(job(tmp_path / "clean"))
+    assert shard_bytes(out) == shard_bytes(tmp_path / "clean")
+    assert (open(out / "errors.jsonl", "rb").read()
+            == open(tmp_path / "clean" / "errors.jsonl", "rb").read())
+    assert resumed["counts"] == clean["counts"] and resumed["counts"]["written"] == 36
+    assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "clean"))
+    assert_accounted(resumed)
+
+    # Another config cannot resume it: refused, the kept work untouched.
+    process = cli_process("-i", images, "-o", tmp_path / "other", "--copies", "1")
+    wait_for(process, tmp_path / "other" / ".augbatch-tmp", "done-", ".json")
+    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    process.communicate(timeout=120)
+    if (tmp_path / "other").exists():  # kept (else the run ended before the signal)
+        before = snapshot(tmp_path / "other")
+        result = invoke("expand", "-i", images, "-o", tmp_path / "other", "--copies", "2",
+                        "--resume")
+        assert result.exit_code == 2
+        assert "--resume: the interrupted run in" in result.stderr
+        assert "differs from this one in config_hash" in result.stderr
+        assert snapshot(tmp_path / "other") == before
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_file(tmp_path):

@@ -50,6 +50,7 @@ class Cluster:
         self.folder, self.workers, self.scheduler = folder, [], None
         self.folder.mkdir(exist_ok=True)
         scheduler_file = folder / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)  # an earlier cluster's
         self.scheduler = self._start("scheduler", ["dask", "scheduler", "--host", "127.0.0.1",
                                                    "--port", "0", "--no-dashboard",
                                                    "--scheduler-file", str(scheduler_file)])
@@ -141,13 +142,29 @@ def test_a_two_worker_cluster_writes_the_direct_runners_bytes_doing_each_input_o
     assert all(after[w] != before.get(w) for w in after) and len(after) == 2, (before, after)
 
 
+def test_one_tfrecord_file_becomes_several_bundles(two_workers, tmp_path):
+    """Its records are read in one partition, then spread: decoded and augmented in several
+    bundles (which the scheduler may place on any worker)."""
+    from dask.distributed import get_task_stream
+    from tests.conftest import SAMPLE_TFRECORDS
+    record_file = os.path.join(SAMPLE_TFRECORDS, "sample-00001-of-00002.tfrecord")
+    with two_workers.client() as client, get_task_stream(client) as stream:
+        result = CliRunner().invoke(cli.main, [
+            "expand", "-q", "-i", record_file, "-o", str(tmp_path / "out"), "--copies", "1",
+            "--dask-address", two_workers.address])
+    assert result.exit_code == 0, result.output + two_workers.logs()
+    decode_bundles = [t["key"] for t in stream.data if "Decode/" in str(t["key"])]
+    assert len(decode_bundles) >= 2 * 2, decode_bundles  # 2 per worker thread, at least
+
+
 # --- runs that cannot end, ending loudly ------------------------------------------------------
 
 TIMEOUT = 5  # --dask_no_progress_timeout for these runs, seconds
 
 
 def expand_with_fault(c, photos, out, fault=None):
-    """`augbatch expand` on cluster `c`; `fault` runs once workers are running its tasks. Returns (exit code, output, seconds from the fault to the exit)."""
+    """`augbatch expand` on cluster `c`; `fault` runs once workers are running its tasks.
+    Returns (exit code, output, seconds from the fault to the exit)."""
     faulted = []
 
     def watch():

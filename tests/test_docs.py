@@ -15,6 +15,7 @@ def test_every_op_is_in_the_reference():
 
 # --- README --------------------------------------------------------------------------------------
 
+import glob  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 
@@ -104,3 +105,11 @@ def test_venv_script_finds_a_pyenv_python_that_is_not_on_the_path(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(installed / "python3.12")
     assert "STACK=modern EXTRAS=dev,dask bash scripts/venv.sh" in README
+
+
+def test_the_python_ops_users_copy_are_examples_not_tests():
+    configs = [open(p, encoding="utf-8").read()
+               for p in sorted(glob.glob(os.path.join(ROOT, "sample_configs", "*.yaml")))]
+    named = re.findall(r"function:\s*([\w.]+):", "\n".join(configs + [README]))
+    assert "examples.augment_ops" in named
+    assert all(not module.startswith("tests") for module in named), named

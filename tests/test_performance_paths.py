@@ -99,7 +99,7 @@ def plain_chain(steps, images, seeds):
 
 def test_pixel_moving_ops_on_uint8_are_exact():
     images, seeds = photos(4, 40, 56), seeds_for(4)
-    for name in sorted(augment.PIXEL_MOVING_OPS):
+    for name in [name for name, op in registry.all_ops().items() if op.uint8_exact]:
         op = registry.get(name)
         steps = chain.normalize([dict(op=name, **(op.test_params or {})),
                                  {"op": "tf.image.random_brightness", "max_delta": 0.3}])
@@ -125,7 +125,7 @@ def test_apply_where_picks_whole_examples_in_a_batch_and_alone():
 
 
 def test_every_xla_op_compiles_and_each_image_ignores_the_batch():
-    names = sorted(augment.XLA_OPS)
+    names = [name for name, op in registry.all_ops().items() if op.xla]
     steps = chain.normalize([dict(op=name, **(registry.get(name).test_params or {}))
                              for name in names] + STANDARD)
     assert [kind for kind, _, _ in augment.plan(steps, xla=True)] == ["xla"]

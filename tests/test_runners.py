@@ -273,7 +273,10 @@ def main(outputs):
     return [x for x in outputs if not isinstance(x, TaggedOutput)]
 
 def errors(outputs):
-    return [x.value for x in outputs if isinstance(x, TaggedOutput)]
+    return [x.value for x in outputs if isinstance(x, TaggedOutput) and x.tag == "errors"]
+
+def tagged(outputs, tag):
+    return [x.value for x in outputs if isinstance(x, TaggedOutput) and x.tag == tag]
 
 read, decode, augment, write_buckets, write_shard = (fns[name] for name in (
     "ReadImageFile", "DecodeImage", "AugmentAndEncode", "WriteBuckets", "WriteShard"))
@@ -293,7 +296,8 @@ for shard in range(write_shard.num_shards):
 stats = [windowed.value for windowed in out(write_shard.finish_bundle())]
 all_errors = errors(read_out) + errors(decode_out) + errors(augment_out)
 summary, args = loaded["Summary"]
-side_values = iter([stats, all_errors, len(refs)])  # AsList, AsList, AsSingleton
+target_counts = tagged(augment_out, "target_counts")
+side_values = iter([stats, all_errors, len(refs), target_counts])  # AsList x2, AsSingleton, AsList
 out(summary.process(None, *[next(side_values) if "Placeholder" in type(a).__name__ else a
                             for a in args]))
 print(json.dumps({"pipeline": pipeline.__file__, "loaded": sorted(fns),

@@ -1,34 +1,11 @@
-"""Example user functions for `python` ops: function(image uint8 [H, W, C], rng) -> image.
-
-Used by the tests and by sample_configs/python_ops.yaml (`function: tests.user_ops:...`).
+"""User functions for the tests' `python` ops: the examples (examples/augment_ops.py, which
+sample_configs/python_ops.yaml uses) under their old names, and broken ones the tests need.
 """
 import numpy as np
 import tensorflow as tf
 
-
-def salt_and_pepper(image, rng, amount=0.02):
-    """Impulse noise: a random `amount` of the pixels turned black or white."""
-    out = image.copy()
-    hit = rng.random(image.shape[:2]) < amount
-    white = rng.random(image.shape[:2]) < 0.5
-    out[hit & white] = 255
-    out[hit & ~white] = 0
-    return out
-
-
-def random_gamma(image, rng, low=0.7, high=1.4):
-    """A gamma curve with gamma drawn from [low, high); returns floats in [0, 1]."""
-    return (image / 255.0) ** rng.uniform(low, high)
-
-
-def random_square_thumbnail(image, rng, side=32):
-    """A random square crop, shrunk to side x side by nearest-neighbour sampling."""
-    height, width = image.shape[:2]
-    crop = min(height, width)
-    top = rng.integers(0, height - crop + 1)
-    left = rng.integers(0, width - crop + 1)
-    index = np.arange(side) * crop // side
-    return image[top + index[:, None], left + index[None, :]]
+from examples.augment_ops import (  # noqa: F401 - named here by the tests
+    random_gamma, random_square_thumbnail, salt_and_pepper)
 
 
 def drops_a_row(image, rng):
@@ -37,7 +14,6 @@ def drops_a_row(image, rng):
 
 
 NOT_A_FUNCTION = 42
-
 
 
 def blur_with_tensorflow(image, rng):

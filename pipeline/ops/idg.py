@@ -54,7 +54,7 @@ import numbers
 import tensorflow as tf
 
 from pipeline.ops import draw, geometry
-from pipeline.ops.registry import Param, register
+from pipeline.ops.registry import TRANSFORMED, Param, register
 
 F = "idg"
 # Each example draws one vector of uniforms in [0, 1) (one map_fn); each parameter has its slot.
@@ -264,7 +264,7 @@ def _matrix(row0, row1):
     return tf.reshape(tf.stack(list(row0) + list(row1) + [zeros, zeros, ones], axis=1), [-1, 3, 3])
 
 
-@register("idg", F, random=True, check=_check,
+@register("idg", F, targets=TRANSFORMED, random=True, check=_check,
           test_params={"rotation_range": 20, "width_shift_range": 0.1,
                        "height_shift_range": 0.1, "shear_range": 10, "zoom_range": 0.2,
                        "channel_shift_range": 20.0, "brightness_range": [0.8, 1.2],

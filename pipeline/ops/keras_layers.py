@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from pipeline.errors import ConfigError
 from pipeline.ops import draw
-from pipeline.ops.registry import Op, Param, add, unavailable
+from pipeline.ops.registry import UNCHANGED, Op, Param, add, unavailable
 
 F = "keras.layers"
 
@@ -89,6 +89,14 @@ TEST_PARAMS = {
     "RandomColorJitter": {"brightness_factor": 0.2, "contrast_factor": 0.3, "hue_factor": 0.1},
     "Solarization": {"addition_factor": 0.2, "threshold_factor": 0.5},
 }
+
+# Layers that only change pixel values (or occlude): an input's boxes, masks and keypoints pass
+# through them unchanged. Every other layer moves pixels in ways augbatch does not follow, so it
+# is refused for inputs with targets (the tf.image / tfa.image equivalents carry them).
+PIXELS_ONLY = {"RandomBrightness", "RandomContrast", "Rescaling", "RandomHue", "RandomSaturation",
+               "RandomSharpness", "RandomColorDegeneration", "RandomPosterization",
+               "RandomColorJitter", "Solarization", "AutoContrast", "Equalization",
+               "RandomGrayscale", "RandomInvert", "RandomGaussianBlur", "RandomErasing"}
 
 # Module names of image layers on Keras 3 releases before the image_preprocessing package.
 _IMAGE_MODULES = {"center_crop", "rescaling", "resizing"}
@@ -300,7 +308,8 @@ def register_discovered():
         add(LayerOp(name=f"keras.layers.{name}", family=F, layer_class=cls,
                     builder=functools.partial(build_layer_op, cls),
                     params=tuple(params), random=random, doc=_doc(cls),
-                    keeps_shape=name not in CHANGES_SIZE, test_params=test_params))
+                    keeps_shape=name not in CHANGES_SIZE, test_params=test_params,
+                    targets=UNCHANGED if name in PIXELS_ONLY else None))
     for name in KERAS_3_LAYERS:
         if not hasattr(tf.keras.layers, name):
             unavailable(f"keras.layers.{name}", "needs Keras 3 (the modern stack: Python 3.12, "

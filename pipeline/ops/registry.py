@@ -18,6 +18,9 @@ from typing import Any, Callable, Optional
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 REQUIRED = object()
+# Op.targets: what an op does to an input's boxes, masks and keypoints.
+UNCHANGED, TRANSFORMED = "unchanged", "transformed"
+TARGET_TRAITS = (UNCHANGED, TRANSFORMED, None)
 
 # The family modules, imported on first use of the registry. tfa is imported only by tfa_image.
 FAMILY_MODULES = {
@@ -131,6 +134,20 @@ class Op:
     check: Optional[Callable[[dict], Optional[str]]] = None
     # Allows keys that are not declared (an open signature, e.g. a Keras layer's **kwargs).
     open_params: bool = False
+    # What happens to an input's targets (boxes, masks, keypoints): "unchanged" (the op only
+    # changes pixel values, or occludes), "transformed" (a geometric op: targets follow its
+    # geometry), None (it cannot carry them: refused for inputs that have targets).
+    targets: Optional[str] = None
+    # For a geometric op that is not a geometry.Projective: geometry(**params) ->
+    # fn(seeds [B, 2], height, width) -> (transforms [B, 8], out_height, out_width), the
+    # output -> input map it applies (geometry.py's convention) and its output size, drawn
+    # exactly as the op draws. A Projective carries its own (same size).
+    geometry: Optional[Callable] = None
+    # Only moves pixels (no arithmetic): exact on uint8, may run before the float conversion.
+    uint8_exact: bool = False
+    # XLA compiles it on CPU and GPU (element-wise colour maths, flips). Explicit: compiling
+    # changes the random draws, so what is compiled must not depend on the machine.
+    xla: bool = False
 
     def resolve(self, given, path):
         """Validate the config's params for this op; return them complete with defaults."""
@@ -169,13 +186,18 @@ _loaded = set()
 
 
 def register(name, family, params=(), random=False, keeps_shape=True, test_params=None,
-             check=None, open_params=False, doc=None):
-    """Decorator: register `builder` as the op `name`."""
+             check=None, open_params=False, doc=None, targets=None, geometry=None,
+             uint8_exact=False, xla=False):
+    """Decorator: register `builder` as the op `name` (see Op for the traits)."""
+    if targets not in TARGET_TRAITS:
+        raise ValueError(f"{name}: targets must be one of {TARGET_TRAITS}")
+
     def wrap(builder):
         add(Op(name=name, family=family, builder=builder, params=tuple(params), random=random,
                doc=(doc or (builder.__doc__ or "")).strip().split("\n")[0],
                keeps_shape=keeps_shape, test_params=test_params, check=check,
-               open_params=open_params))
+               open_params=open_params, targets=targets, geometry=geometry,
+               uint8_exact=uint8_exact, xla=xla))
         return builder
     return wrap
 

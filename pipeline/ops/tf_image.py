@@ -5,7 +5,7 @@ Images are float32 [B, H, W, C] in [0, 1] (see registry.py for the op contract).
 import tensorflow as tf
 
 from pipeline.ops import draw
-from pipeline.ops.registry import Param, register
+from pipeline.ops.registry import TRANSFORMED, UNCHANGED, Param, register
 
 F = "tf.image"
 METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
@@ -16,15 +16,201 @@ def _pair_ordered(low, high):
     return lambda p: None if p[low] <= p[high] else f"{low} must not exceed {high}"
 
 
+# --- where the pixels go: each geometric op's output -> input map, for its targets ------------
+# A geometry builder takes the op's params and returns fn(seeds, height, width) -> (transforms
+# [B, 8], out_height, out_width) in geometry.py's convention (pixel indices), drawing exactly
+# what the op draws from the same seeds.
+
+def _f(value):
+    return tf.cast(value, tf.float32)
+
+
+def _affine(seeds, x_row, y_row):
+    """[B, 8] affine transforms: input x = a0 x + a1 y + a2, input y = b0 x + b1 y + b2 (each
+    coefficient a number or one per example)."""
+    batch = tf.shape(seeds)[0]
+    columns = [tf.broadcast_to(_f(c), [batch]) for c in (*x_row, *y_row, 0.0, 0.0)]
+    return tf.stack(columns, axis=1)
+
+
+def _coin(seeds):  # _random_flip's draw
+    return draw.coin(seeds, 0.5)
+
+
+def _stateless_coin(seeds):  # tf.image.stateless_random_flip_*'s draw, per example
+    return draw.uniform(seeds, 0.0, 1.0) < 0.5
+
+
+def _flip_geometry(axis, chosen=None):
+    def builder():
+        def fn(seeds, height, width):
+            flip = tf.ones([tf.shape(seeds)[0]], tf.bool) if chosen is None else chosen(seeds)
+            sign = tf.where(flip, -1.0, 1.0)
+            if axis == "x":
+                move = tf.where(flip, _f(width) - 1.0, 0.0)
+                return _affine(seeds, (sign, 0.0, move), (0.0, 1.0, 0.0)), height, width
+            move = tf.where(flip, _f(height) - 1.0, 0.0)
+            return _affine(seeds, (1.0, 0.0, 0.0), (0.0, sign, move)), height, width
+        return fn
+    return builder
+
+
+def _quarter_turns(seeds, turns, height, width):
+    """rot90 by `turns` [B] (each in 0..3, counter-clockwise) as transforms: out (x, y) reads
+    the input at ...; k = 1: (W - 1 - y, x), k = 2: (W - 1 - x, H - 1 - y), k = 3: (y, H - 1 - x)."""
+    w1, h1 = _f(width) - 1.0, _f(height) - 1.0
+    table = tf.constant([[1, 0, 0, 0, 1, 0], [0, -1, 1, 1, 0, 0], [-1, 0, 1, 0, -1, 1],
+                         [0, 1, 0, -1, 0, 1]], tf.float32)  # coefficients; offsets times W-1/H-1
+    rows = tf.gather(table, turns % 4)
+    return _affine(seeds, (rows[:, 0], rows[:, 1], rows[:, 2] * w1),
+                   (rows[:, 3], rows[:, 4], rows[:, 5] * h1))
+
+
+def _rot90_geometry(k):
+    def fn(seeds, height, width):
+        turns = tf.fill([tf.shape(seeds)[0]], k % 4)
+        out_h, out_w = (width, height) if k % 2 else (height, width)
+        return _quarter_turns(seeds, turns, height, width), out_h, out_w
+    return fn
+
+
+def _random_rot90_geometry():
+    def fn(seeds, height, width):
+        k = draw.uniform(seeds, 0, 4, dtype=tf.int32)
+        k = tf.where(tf.equal(height, width), k, 2 * (k % 2))
+        return _quarter_turns(seeds, k, height, width), height, width
+    return fn
+
+
+def _transpose_geometry():
+    return lambda seeds, height, width: (
+        _affine(seeds, (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)), width, height)
+
+
+def _shift(seeds, top, left, out_h, out_w):
+    """A window of the input whose top-left corner is at (top, left) (negative: padding)."""
+    return _affine(seeds, (1.0, 0.0, left), (0.0, 1.0, top)), out_h, out_w
+
+
+def _central_crop_geometry(central_fraction):
+    def fn(seeds, height, width):
+        def start(size):  # tf.image.central_crop's arithmetic
+            size = tf.cast(size, tf.float64)
+            return tf.cast((size - size * central_fraction) / 2, tf.int32)
+        top, left = start(height), start(width)
+        return _shift(seeds, top, left, height - 2 * top, width - 2 * left)
+    return fn
+
+
+def _crop_offsets(seeds, height, width, crop_h, crop_w):
+    """tf.image.stateless_random_crop's offsets for each example's seed: [B] rows, [B] columns."""
+    limit = tf.stack([height - crop_h + 1, width - crop_w + 1, 1])
+    offsets = draw.each(lambda s: tf.random.stateless_uniform(
+        [3], s, maxval=tf.int32.max, dtype=tf.int32) % limit, seeds,
+        fn_output_signature=tf.TensorSpec([3], tf.int32))
+    return offsets[:, 0], offsets[:, 1]
+
+
+def _random_crop_geometry(height, width):
+    def fn(seeds, in_h, in_w):
+        top, left = _crop_offsets(seeds, in_h, in_w, height, width)
+        return _shift(seeds, top, left, height, width)
+    return fn
+
+
+def _stateless_crop_geometry(size):
+    return _random_crop_geometry(size[0], size[1])
+
+
+def _crop_geometry(offset_height, offset_width, target_height, target_width):
+    return lambda seeds, height, width: _shift(seeds, offset_height, offset_width,
+                                               target_height, target_width)
+
+
+def _pad_geometry(offset_height, offset_width, target_height, target_width):
+    return lambda seeds, height, width: _shift(seeds, -offset_height, -offset_width,
+                                               target_height, target_width)
+
+
+def _crop_or_pad_geometry(target_height, target_width):
+    def fn(seeds, height, width):  # tf.image.resize_with_crop_or_pad's offsets
+        def offset(size, target):
+            diff = target - size
+            return tf.maximum(-diff // 2, 0) - tf.maximum(diff // 2, 0)
+        return _shift(seeds, offset(height, target_height), offset(width, target_width),
+                      target_height, target_width)
+    return fn
+
+
+def _scaled(seeds, height, width, out_h, out_w, top=0.0, left=0.0):
+    """tf.image.resize's map (half-pixel centres) from height x width to out_h x out_w,
+    placed at (top, left) in the output."""
+    sy, sx = _f(height) / _f(out_h), _f(width) / _f(out_w)
+    return _affine(seeds, (sx, 0.0, (0.5 - _f(left)) * sx - 0.5),
+                   (0.0, sy, (0.5 - _f(top)) * sy - 0.5))
+
+
+def _resize_geometry(height, width, method, antialias, preserve_aspect_ratio):
+    def fn(seeds, in_h, in_w):
+        out_h, out_w = tf.constant(height), tf.constant(width)
+        if preserve_aspect_ratio:  # tf.image.resize's arithmetic
+            scale = tf.minimum(height / _f(in_h), width / _f(in_w))
+            out_h = tf.cast(tf.round(_f(in_h) * scale), tf.int32)
+            out_w = tf.cast(tf.round(_f(in_w) * scale), tf.int32)
+        return _scaled(seeds, in_h, in_w, out_h, out_w), out_h, out_w
+    return fn
+
+
+def _letterbox_geometry(target_height, target_width, method, antialias):
+    def fn(seeds, height, width):  # tf.image.resize_with_pad's arithmetic
+        ratio = tf.maximum(_f(width) / target_width, _f(height) / target_height)
+        resized_h, resized_w = _f(height) / ratio, _f(width) / ratio
+        top = tf.maximum(0.0, tf.floor((target_height - resized_h) / 2))
+        left = tf.maximum(0.0, tf.floor((target_width - resized_w) / 2))
+        return (_scaled(seeds, height, width, tf.floor(resized_h), tf.floor(resized_w), top, left),
+                target_height, target_width)
+    return fn
+
+
+def _crop_and_resize_geometry(scale, method):
+    def fn(seeds, height, width):  # the op's own draws; crop_and_resize's sampling
+        side = draw.uniform(draw.fold_in(seeds, 0), scale[0], scale[1])
+        corner = draw.uniform(draw.fold_in(seeds, 1), 0.0, 1.0, shape=(2,)) * (1.0 - side)[:, None]
+        h1, w1 = _f(height) - 1.0, _f(width) - 1.0
+        step = side  # (y2 - y1) (size - 1) / (size - 1)
+        return (_affine(seeds, (step, 0.0, corner[:, 1] * w1), (0.0, step, corner[:, 0] * h1)),
+                height, width)
+    return fn
+
+
+def _distorted_box_geometry(min_object_covered, aspect_ratio_range, area_range, max_attempts,
+                            method):
+    whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+
+    def fn(seeds, height, width):
+        def box(seed):  # the op's own sampler, same seed: the same box
+            begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+                tf.stack([height, width, 1]), whole_image, seed,
+                min_object_covered=min_object_covered, aspect_ratio_range=aspect_ratio_range,
+                area_range=area_range, max_attempts=max_attempts,
+                use_image_if_no_bounding_boxes=True)
+            return tf.concat([begin[:2], size[:2]], 0)
+        boxes = _f(draw.each(box, seeds, fn_output_signature=tf.TensorSpec([4], tf.int32)))
+        sy, sx = boxes[:, 2] / _f(height), boxes[:, 3] / _f(width)
+        return (_affine(seeds, (sx, 0.0, boxes[:, 1] + 0.5 * sx - 0.5),
+                        (0.0, sy, boxes[:, 0] + 0.5 * sy - 0.5)), height, width)
+    return fn
+
+
 # --- flips and rotations ---------------------------------------------------------------------
 
-@register("tf.image.flip_left_right", F, test_params={})
+@register("tf.image.flip_left_right", F, targets=TRANSFORMED, geometry=_flip_geometry("x"), uint8_exact=True, xla=True, test_params={})
 def flip_left_right():
     """Mirror every image horizontally."""
     return lambda images, seeds: tf.image.flip_left_right(images)
 
 
-@register("tf.image.flip_up_down", F, test_params={})
+@register("tf.image.flip_up_down", F, targets=TRANSFORMED, geometry=_flip_geometry("y"), uint8_exact=True, xla=True, test_params={})
 def flip_up_down():
     """Mirror every image vertically."""
     return lambda images, seeds: tf.image.flip_up_down(images)
@@ -36,26 +222,26 @@ def _random_flip(flip):
     return fn
 
 
-@register("tf.image.random_flip_left_right", F, random=True, test_params={})
+@register("tf.image.random_flip_left_right", F, targets=TRANSFORMED, geometry=_flip_geometry("x", _coin), uint8_exact=True, xla=True, random=True, test_params={})
 def random_flip_left_right():
     """Mirror horizontally with probability 1/2, drawn per example."""
     return _random_flip(tf.image.flip_left_right)
 
 
-@register("tf.image.random_flip_up_down", F, random=True, test_params={})
+@register("tf.image.random_flip_up_down", F, targets=TRANSFORMED, geometry=_flip_geometry("y", _coin), uint8_exact=True, xla=True, random=True, test_params={})
 def random_flip_up_down():
     """Mirror vertically with probability 1/2, drawn per example."""
     return _random_flip(tf.image.flip_up_down)
 
 
-@register("tf.image.rot90", F, keeps_shape=False, test_params={"k": 1},
+@register("tf.image.rot90", F, targets=TRANSFORMED, geometry=_rot90_geometry, uint8_exact=True, keeps_shape=False, test_params={"k": 1},
           params=[Param("k", "int", 1, help="number of quarter turns counter-clockwise")])
 def rot90(k):
     """Rotate by k quarter turns (height and width swap for odd k)."""
     return lambda images, seeds: tf.image.rot90(images, k)
 
 
-@register("tf.image.random_rot90", F, random=True, test_params={})
+@register("tf.image.random_rot90", F, targets=TRANSFORMED, geometry=_random_rot90_geometry, uint8_exact=True, random=True, test_params={})
 def random_rot90():
     """Rotate by 0-3 quarter turns, drawn per example; non-square images draw 0 or 2 only."""
     def fn(images, seeds):
@@ -67,7 +253,7 @@ def random_rot90():
     return fn
 
 
-@register("tf.image.transpose", F, keeps_shape=False, test_params={})
+@register("tf.image.transpose", F, targets=TRANSFORMED, geometry=_transpose_geometry, uint8_exact=True, keeps_shape=False, test_params={})
 def transpose():
     """Swap height and width."""
     return lambda images, seeds: tf.image.transpose(images)
@@ -75,14 +261,14 @@ def transpose():
 
 # --- colour -----------------------------------------------------------------------------------
 
-@register("tf.image.adjust_brightness", F, test_params={"delta": 0.1},
+@register("tf.image.adjust_brightness", F, targets=UNCHANGED, xla=True, test_params={"delta": 0.1},
           params=[Param("delta", "float", low=-1.0, high=1.0)])
 def adjust_brightness(delta):
     """Add `delta` to every pixel."""
     return lambda images, seeds: tf.image.adjust_brightness(images, delta)
 
 
-@register("tf.image.random_brightness", F, random=True, test_params={"max_delta": 0.2},
+@register("tf.image.random_brightness", F, targets=UNCHANGED, xla=True, random=True, test_params={"max_delta": 0.2},
           params=[Param("max_delta", "float", low=0.0, high=1.0)])
 def random_brightness(max_delta):
     """Add a delta drawn from [-max_delta, max_delta) (tf.image.stateless_random_brightness)."""
@@ -91,7 +277,7 @@ def random_brightness(max_delta):
     return fn
 
 
-@register("tf.image.adjust_contrast", F, test_params={"contrast_factor": 1.5},
+@register("tf.image.adjust_contrast", F, targets=UNCHANGED, xla=True, test_params={"contrast_factor": 1.5},
           params=[Param("contrast_factor", "float", low=0.0)])
 def adjust_contrast(contrast_factor):
     """Scale each channel's distance from its mean by `contrast_factor`."""
@@ -103,7 +289,7 @@ def _per_image_factor(adjust, factors):
     return lambda images, seeds: draw.per_example(adjust, images, factors(seeds))
 
 
-@register("tf.image.random_contrast", F, random=True,
+@register("tf.image.random_contrast", F, targets=UNCHANGED, xla=True, random=True,
           test_params={"lower": 0.6, "upper": 1.4}, check=_pair_ordered("lower", "upper"),
           params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
 def random_contrast(lower, upper):
@@ -112,14 +298,14 @@ def random_contrast(lower, upper):
                              lambda seeds: draw.uniform(seeds, lower, upper))
 
 
-@register("tf.image.adjust_saturation", F, test_params={"saturation_factor": 1.5},
+@register("tf.image.adjust_saturation", F, targets=UNCHANGED, xla=True, test_params={"saturation_factor": 1.5},
           params=[Param("saturation_factor", "float", low=0.0)])
 def adjust_saturation(saturation_factor):
     """Multiply saturation (in HSV) by `saturation_factor`; RGB images only."""
     return lambda images, seeds: tf.image.adjust_saturation(images, saturation_factor)
 
 
-@register("tf.image.random_saturation", F, random=True,
+@register("tf.image.random_saturation", F, targets=UNCHANGED, xla=True, random=True,
           test_params={"lower": 0.5, "upper": 1.5}, check=_pair_ordered("lower", "upper"),
           params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
 def random_saturation(lower, upper):
@@ -128,14 +314,14 @@ def random_saturation(lower, upper):
                              lambda seeds: draw.uniform(seeds, lower, upper))
 
 
-@register("tf.image.adjust_hue", F, test_params={"delta": 0.1},
+@register("tf.image.adjust_hue", F, targets=UNCHANGED, xla=True, test_params={"delta": 0.1},
           params=[Param("delta", "float", low=-1.0, high=1.0)])
 def adjust_hue(delta):
     """Rotate hue by `delta` (a fraction of the hue circle); RGB images only."""
     return lambda images, seeds: tf.image.adjust_hue(images, delta)
 
 
-@register("tf.image.random_hue", F, random=True, test_params={"max_delta": 0.1},
+@register("tf.image.random_hue", F, targets=UNCHANGED, xla=True, random=True, test_params={"max_delta": 0.1},
           params=[Param("max_delta", "float", low=0.0, high=0.5)])
 def random_hue(max_delta):
     """adjust_hue with a delta drawn from [-max_delta, max_delta) (stateless_random_hue)."""
@@ -143,14 +329,14 @@ def random_hue(max_delta):
                              lambda seeds: draw.uniform(seeds, -max_delta, max_delta))
 
 
-@register("tf.image.adjust_gamma", F, test_params={"gamma": 0.8},
+@register("tf.image.adjust_gamma", F, targets=UNCHANGED, xla=True, test_params={"gamma": 0.8},
           params=[Param("gamma", "float", 1.0, low=0.0), Param("gain", "float", 1.0, low=0.0)])
 def adjust_gamma(gamma, gain):
     """gain * image ** gamma."""
     return lambda images, seeds: tf.image.adjust_gamma(images, gamma, gain)
 
 
-@register("tf.image.random_gamma", F, random=True, test_params={"lower": 0.7, "upper": 1.5},
+@register("tf.image.random_gamma", F, targets=UNCHANGED, xla=True, random=True, test_params={"lower": 0.7, "upper": 1.5},
           check=_pair_ordered("lower", "upper"),
           params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0),
                   Param("gain", "float", 1.0, low=0.0)])
@@ -161,7 +347,7 @@ def random_gamma(lower, upper, gain):
     return fn
 
 
-@register("tf.image.adjust_jpeg_quality", F, test_params={"jpeg_quality": 30},
+@register("tf.image.adjust_jpeg_quality", F, targets=UNCHANGED, test_params={"jpeg_quality": 30},
           params=[Param("jpeg_quality", "int", low=0, high=100)])
 def adjust_jpeg_quality(jpeg_quality):
     """Re-encode as JPEG at `jpeg_quality` and decode again (compression artefacts)."""
@@ -169,7 +355,7 @@ def adjust_jpeg_quality(jpeg_quality):
         lambda image, _: tf.image.adjust_jpeg_quality(image, jpeg_quality), images, seeds)
 
 
-@register("tf.image.random_jpeg_quality", F, random=True,
+@register("tf.image.random_jpeg_quality", F, targets=UNCHANGED, random=True,
           test_params={"min_jpeg_quality": 20, "max_jpeg_quality": 80},
           check=_pair_ordered("min_jpeg_quality", "max_jpeg_quality"),
           params=[Param("min_jpeg_quality", "int", low=0, high=100),
@@ -183,14 +369,14 @@ def random_jpeg_quality(min_jpeg_quality, max_jpeg_quality):
 
 # --- crops and sizes -------------------------------------------------------------------------
 
-@register("tf.image.central_crop", F, keeps_shape=False, test_params={"central_fraction": 0.8},
+@register("tf.image.central_crop", F, targets=TRANSFORMED, geometry=_central_crop_geometry, uint8_exact=True, keeps_shape=False, test_params={"central_fraction": 0.8},
           params=[Param("central_fraction", "float", low=0.0, high=1.0)])
 def central_crop(central_fraction):
     """Keep the central `central_fraction` of each side."""
     return lambda images, seeds: tf.image.central_crop(images, central_fraction)
 
 
-@register("tf.image.random_crop", F, random=True, keeps_shape=False,
+@register("tf.image.random_crop", F, targets=TRANSFORMED, geometry=_random_crop_geometry, uint8_exact=True, random=True, keeps_shape=False,
           test_params={"height": 24, "width": 32},
           params=[Param("height", "int", low=1), Param("width", "int", low=1)])
 def random_crop(height, width):
@@ -202,7 +388,7 @@ def random_crop(height, width):
     return fn
 
 
-@register("tf.image.random_crop_and_resize", F, random=True,
+@register("tf.image.random_crop_and_resize", F, targets=TRANSFORMED, geometry=_crop_and_resize_geometry, random=True,
           test_params={"scale": [0.6, 1.0]},
           params=[Param("scale", "range", [0.6, 1.0], low=0.01, high=1.0,
                         help="side of the crop as a fraction of the image side"),
@@ -219,7 +405,7 @@ def random_crop_and_resize(scale, method):
     return fn
 
 
-@register("tf.image.resize", F, keeps_shape=False, test_params={"height": 40, "width": 30},
+@register("tf.image.resize", F, targets=TRANSFORMED, geometry=_resize_geometry, keeps_shape=False, test_params={"height": 40, "width": 30},
           params=[Param("height", "int", low=1), Param("width", "int", low=1),
                   Param("method", "str", "bilinear", choices=METHODS),
                   Param("antialias", "bool", False),
@@ -235,7 +421,7 @@ BOX_PARAMS = [Param("offset_height", "int", low=0), Param("offset_width", "int",
               Param("target_height", "int", low=1), Param("target_width", "int", low=1)]
 
 
-@register("tf.image.crop_to_bounding_box", F, keeps_shape=False,
+@register("tf.image.crop_to_bounding_box", F, targets=TRANSFORMED, geometry=_crop_geometry, uint8_exact=True, keeps_shape=False,
           test_params={"offset_height": 4, "offset_width": 6, "target_height": 24,
                        "target_width": 32},
           params=BOX_PARAMS)
@@ -245,7 +431,7 @@ def crop_to_bounding_box(offset_height, offset_width, target_height, target_widt
         images, offset_height, offset_width, target_height, target_width)
 
 
-@register("tf.image.pad_to_bounding_box", F, keeps_shape=False,
+@register("tf.image.pad_to_bounding_box", F, targets=TRANSFORMED, geometry=_pad_geometry, keeps_shape=False,
           test_params={"offset_height": 2, "offset_width": 3, "target_height": 56,
                        "target_width": 64},
           params=BOX_PARAMS)
@@ -255,7 +441,7 @@ def pad_to_bounding_box(offset_height, offset_width, target_height, target_width
         images, offset_height, offset_width, target_height, target_width)
 
 
-@register("tf.image.resize_with_crop_or_pad", F, keeps_shape=False,
+@register("tf.image.resize_with_crop_or_pad", F, targets=TRANSFORMED, geometry=_crop_or_pad_geometry, keeps_shape=False,
           test_params={"target_height": 40, "target_width": 56},
           params=[Param("target_height", "int", low=1), Param("target_width", "int", low=1)])
 def resize_with_crop_or_pad(target_height, target_width):
@@ -264,7 +450,7 @@ def resize_with_crop_or_pad(target_height, target_width):
         images, target_height, target_width)
 
 
-@register("tf.image.resize_with_pad", F, keeps_shape=False,
+@register("tf.image.resize_with_pad", F, targets=TRANSFORMED, geometry=_letterbox_geometry, keeps_shape=False,
           test_params={"target_height": 40, "target_width": 40},
           params=[Param("target_height", "int", low=1), Param("target_width", "int", low=1),
                   Param("method", "str", "bilinear", choices=METHODS),
@@ -275,7 +461,7 @@ def resize_with_pad(target_height, target_width, method, antialias):
         images, target_height, target_width, method=method, antialias=antialias)
 
 
-@register("tf.image.rgb_to_grayscale", F, test_params={})
+@register("tf.image.rgb_to_grayscale", F, targets=UNCHANGED, test_params={})
 def rgb_to_grayscale():
     """Grey by tf.image's luma weights, repeated in every channel (the channel count is kept)."""
     def fn(images, seeds):
@@ -294,7 +480,7 @@ def _stateless(fn):
     return lambda images, seeds: draw.per_example(fn, images, seeds)
 
 
-@register("tf.image.stateless_random_brightness", F, random=True,
+@register("tf.image.stateless_random_brightness", F, targets=UNCHANGED, xla=True, random=True,
           test_params={"max_delta": 0.2},
           params=[Param("max_delta", "float", low=0.0, high=1.0)])
 def stateless_random_brightness(max_delta):
@@ -303,7 +489,7 @@ def stateless_random_brightness(max_delta):
         image, max_delta, seed))
 
 
-@register("tf.image.stateless_random_contrast", F, random=True,
+@register("tf.image.stateless_random_contrast", F, targets=UNCHANGED, xla=True, random=True,
           test_params={"lower": 0.6, "upper": 1.4}, check=_pair_ordered("lower", "upper"),
           params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
 def stateless_random_contrast(lower, upper):
@@ -312,14 +498,14 @@ def stateless_random_contrast(lower, upper):
         image, lower, upper, seed))
 
 
-@register("tf.image.stateless_random_hue", F, random=True, test_params={"max_delta": 0.1},
+@register("tf.image.stateless_random_hue", F, targets=UNCHANGED, xla=True, random=True, test_params={"max_delta": 0.1},
           params=[Param("max_delta", "float", low=0.0, high=0.5)])
 def stateless_random_hue(max_delta):
     """adjust_hue with a delta drawn from [-max_delta, max_delta); RGB images only."""
     return _stateless(lambda image, seed: tf.image.stateless_random_hue(image, max_delta, seed))
 
 
-@register("tf.image.stateless_random_saturation", F, random=True,
+@register("tf.image.stateless_random_saturation", F, targets=UNCHANGED, xla=True, random=True,
           test_params={"lower": 0.5, "upper": 1.5}, check=_pair_ordered("lower", "upper"),
           params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
 def stateless_random_saturation(lower, upper):
@@ -328,7 +514,7 @@ def stateless_random_saturation(lower, upper):
         image, lower, upper, seed))
 
 
-@register("tf.image.stateless_random_jpeg_quality", F, random=True,
+@register("tf.image.stateless_random_jpeg_quality", F, targets=UNCHANGED, random=True,
           test_params={"min_jpeg_quality": 20, "max_jpeg_quality": 80},
           check=_pair_ordered("min_jpeg_quality", "max_jpeg_quality"),
           params=[Param("min_jpeg_quality", "int", low=0, high=100),
@@ -339,13 +525,13 @@ def stateless_random_jpeg_quality(min_jpeg_quality, max_jpeg_quality):
         image, min_jpeg_quality, max_jpeg_quality, seed))
 
 
-@register("tf.image.stateless_random_flip_left_right", F, random=True, test_params={})
+@register("tf.image.stateless_random_flip_left_right", F, targets=TRANSFORMED, geometry=_flip_geometry("x", _stateless_coin), uint8_exact=True, xla=True, random=True, test_params={})
 def stateless_random_flip_left_right():
     """Mirror horizontally with probability 1/2."""
     return _stateless(tf.image.stateless_random_flip_left_right)
 
 
-@register("tf.image.stateless_random_flip_up_down", F, random=True, test_params={})
+@register("tf.image.stateless_random_flip_up_down", F, targets=TRANSFORMED, geometry=_flip_geometry("y", _stateless_coin), uint8_exact=True, xla=True, random=True, test_params={})
 def stateless_random_flip_up_down():
     """Mirror vertically with probability 1/2."""
     return _stateless(tf.image.stateless_random_flip_up_down)
@@ -359,7 +545,7 @@ def _crop_size(params):
     return None
 
 
-@register("tf.image.stateless_random_crop", F, random=True, keeps_shape=False,
+@register("tf.image.stateless_random_crop", F, targets=TRANSFORMED, geometry=_stateless_crop_geometry, uint8_exact=True, random=True, keeps_shape=False,
           test_params={"size": [24, 32]}, check=_crop_size,
           params=[Param("size", "list", help="[height, width] of the crop; a third entry, the "
                         "channel count, is accepted as in TF")])
@@ -372,7 +558,7 @@ def stateless_random_crop(size):
     return fn
 
 
-@register("tf.image.stateless_sample_distorted_bounding_box", F, random=True,
+@register("tf.image.stateless_sample_distorted_bounding_box", F, targets=TRANSFORMED, geometry=_distorted_box_geometry, random=True,
           test_params={"area_range": [0.3, 1.0]},
           params=[Param("min_object_covered", "float", 0.1, low=0.0, high=1.0),
                   Param("aspect_ratio_range", "range", [0.75, 1.33], low=0.01),

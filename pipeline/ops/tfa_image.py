@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from pipeline.errors import UserError
 from pipeline.ops import draw, geometry
-from pipeline.ops.registry import Param, register
+from pipeline.ops.registry import TRANSFORMED, UNCHANGED, Param, register
 
 F = "tfa.image"
 log = logging.getLogger("augbatch")
@@ -179,7 +179,7 @@ def _angle_check(params):
     return None
 
 
-@register("tfa.image.rotate", F, random=True, check=_angle_check,
+@register("tfa.image.rotate", F, targets=TRANSFORMED, random=True, check=_angle_check,
           test_params={"max_degrees": 20, "interpolation": "bilinear"},
           params=[Param("degrees", "range", None, help="angle range in degrees"),
                   Param("max_degrees", "float", None, low=0.0, help="shorthand for degrees: "
@@ -207,7 +207,7 @@ def _check_transform(params):
     return None
 
 
-@register("tfa.image.transform", F, check=_check_transform,
+@register("tfa.image.transform", F, targets=TRANSFORMED, check=_check_transform,
           test_params={"transforms": [1.0, 0.1, -3.0, 0.05, 1.0, 2.0, 0.0, 0.0]},
           params=[Param("transforms", "list", help="[a0, a1, a2, b0, b1, b2, c0, c1]: output "
                         "pixel (x, y) samples the input at ((a0 x + a1 y + a2) / k, "
@@ -229,7 +229,7 @@ def _shifts(seeds, dx, dy, x_scale=1.0, y_scale=1.0):
     return _columns(x * x_scale, y * y_scale)
 
 
-@register("tfa.image.translate", F, random=True,
+@register("tfa.image.translate", F, targets=TRANSFORMED, random=True,
           test_params={"dx": [-0.1, 0.1], "dy": [-0.1, 0.1], "units": "fraction"},
           params=[Param("dx", "range", [0.0, 0.0], help="horizontal shift range (right is "
                         "positive)"),
@@ -252,7 +252,7 @@ _REPLACE = Param("replace", "float", 0.0, low=0.0, high=1.0,
                  help="value of the uncovered pixels, in [0, 1]")
 
 
-@register("tfa.image.translate_xy", F, random=True, test_params={"dx": [-8, 8], "dy": [-5, 5]},
+@register("tfa.image.translate_xy", F, targets=TRANSFORMED, random=True, test_params={"dx": [-8, 8], "dy": [-5, 5]},
           params=[Param("dx", "range", [0.0, 0.0], help="horizontal shift range in pixels"),
                   Param("dy", "range", [0.0, 0.0], help="vertical shift range in pixels"),
                   _REPLACE])
@@ -279,7 +279,7 @@ _LEVEL = Param("level", "range", help="shear factor range; output (x, y) samples
                "(x + level * y, y) for shear_x")
 
 
-@register("tfa.image.shear_x", F, random=True, test_params={"level": [-0.3, 0.3]},
+@register("tfa.image.shear_x", F, targets=TRANSFORMED, random=True, test_params={"level": [-0.3, 0.3]},
           params=[_LEVEL, _REPLACE])
 @_plain_graph
 def shear_x(level, replace):
@@ -287,7 +287,7 @@ def shear_x(level, replace):
     return _shear("x", level, replace)
 
 
-@register("tfa.image.shear_y", F, random=True, test_params={"level": [-0.3, 0.3]},
+@register("tfa.image.shear_y", F, targets=TRANSFORMED, random=True, test_params={"level": [-0.3, 0.3]},
           params=[_LEVEL, _REPLACE])
 @_plain_graph
 def shear_y(level, replace):
@@ -334,7 +334,7 @@ def _per_example_gaussian(images, sigmas, filter_shape, padding, constant_values
     return tf.transpose(tf.reshape(out, [shape[1], shape[2], b, c]), [2, 0, 1, 3])
 
 
-@register("tfa.image.gaussian_filter2d", F, random=True,
+@register("tfa.image.gaussian_filter2d", F, targets=UNCHANGED, random=True,
           check=_checks(_check_size("filter_shape"), _check_positive("sigma")),
           test_params={"filter_shape": 5, "sigma": [0.5, 2.0]},
           params=[_FILTER_SHAPE,
@@ -359,7 +359,7 @@ def gaussian_filter2d(filter_shape, sigma, padding, constant_values):
     return fn
 
 
-@register("tfa.image.mean_filter2d", F, check=_check_size("filter_shape"),
+@register("tfa.image.mean_filter2d", F, targets=UNCHANGED, check=_check_size("filter_shape"),
           test_params={"filter_shape": 3}, params=[_FILTER_SHAPE, *_PADDING])
 @_plain_graph
 def mean_filter2d(filter_shape, padding, constant_values):
@@ -368,7 +368,7 @@ def mean_filter2d(filter_shape, padding, constant_values):
     return lambda images, seeds: lib.mean_filter2d(images, shape, padding, constant_values)
 
 
-@register("tfa.image.median_filter2d", F, check=_check_size("filter_shape"),
+@register("tfa.image.median_filter2d", F, targets=UNCHANGED, check=_check_size("filter_shape"),
           test_params={"filter_shape": 3}, params=[_FILTER_SHAPE, *_PADDING])
 @_plain_graph
 def median_filter2d(filter_shape, padding, constant_values):
@@ -390,7 +390,7 @@ def _check_offset(params):
     return None
 
 
-@register("tfa.image.cutout", F, check=_checks(_check_size("mask_size", even=True), _check_offset),
+@register("tfa.image.cutout", F, targets=UNCHANGED, check=_checks(_check_size("mask_size", even=True), _check_offset),
           test_params={"mask_size": 16, "offset": [20, 30]},
           params=[_MASK_SIZE, Param("offset", "list", help="[row, column] of the box centre"),
                   _CONSTANT])
@@ -401,7 +401,7 @@ def cutout(mask_size, offset, constant_values):
     return lambda images, seeds: lib.cutout(images, size, offset, constant_values)
 
 
-@register("tfa.image.random_cutout", F, random=True, check=_check_size("mask_size", even=True),
+@register("tfa.image.random_cutout", F, targets=UNCHANGED, random=True, check=_check_size("mask_size", even=True),
           test_params={"mask_size": [16, 20]}, params=[_MASK_SIZE, _CONSTANT])
 @_plain_graph
 def random_cutout(mask_size, constant_values):
@@ -425,7 +425,7 @@ def random_cutout(mask_size, constant_values):
 
 # --- colour ----------------------------------------------------------------------------------
 
-@register("tfa.image.equalize", F, test_params={},
+@register("tfa.image.equalize", F, targets=UNCHANGED, test_params={},
           params=[Param("bins", "int", 256, low=2, high=256)])
 @_plain_graph
 def equalize(bins):
@@ -434,7 +434,7 @@ def equalize(bins):
     return lambda images, seeds: lib.equalize(tf.round(images * 255.0), bins) / 255.0
 
 
-@register("tfa.image.sharpness", F, random=True, test_params={"factor": [0.0, 3.0]},
+@register("tfa.image.sharpness", F, targets=UNCHANGED, random=True, test_params={"factor": [0.0, 3.0]},
           params=[Param("factor", "range", low=0.0, help="0 = smoothed, 1 = unchanged, "
                         ">1 = sharper (PIL ImageEnhance.Sharpness)")])
 @_plain_graph
@@ -456,7 +456,7 @@ _HSV_CHECK = _checks(
     else "lower_value must not exceed upper_value")
 
 
-@register("tfa.image.random_hsv_in_yiq", F, random=True, check=_HSV_CHECK,
+@register("tfa.image.random_hsv_in_yiq", F, targets=UNCHANGED, random=True, check=_HSV_CHECK,
           test_params={"max_delta_hue": 0.5, "lower_saturation": 0.6, "upper_saturation": 1.4,
                        "lower_value": 0.8, "upper_value": 1.2},
           params=[Param("max_delta_hue", "float", 0.0, low=0.0, help="hue turn range "
@@ -481,7 +481,7 @@ def random_hsv_in_yiq(max_delta_hue, lower_saturation, upper_saturation, lower_v
     return fn
 
 
-@register("tfa.image.adjust_hsv_in_yiq", F,
+@register("tfa.image.adjust_hsv_in_yiq", F, targets=UNCHANGED,
           test_params={"delta_hue": 0.3, "scale_saturation": 1.3, "scale_value": 0.9},
           params=[Param("delta_hue", "float", 0.0, help="hue turn, radians"),
                   Param("scale_saturation", "float", 1.0, low=0.0),
@@ -512,7 +512,7 @@ def _blend_target(lib, images, target):
     return lib.gaussian_filter2d(images, (5, 5), 1.5)
 
 
-@register("tfa.image.blend", F, random=True,
+@register("tfa.image.blend", F, targets=UNCHANGED, random=True,
           test_params={"target": "mean", "factor": [0.5, 1.5]},
           params=[Param("target", "str", "mean", choices=BLEND_TARGETS,
                         help="what factor 0 gives: black (PIL Brightness), grey (128), mean "

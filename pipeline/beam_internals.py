@@ -1,0 +1,97 @@
+"""Every Beam name augbatch uses that Beam does not promise to keep, in one place.
+
+The Dask runner (pipeline/dask_runner.py) runs DoFns the way Beam's own runners do, with the
+machinery Beam keeps for its runners (runners.common, the Dask runner's modules); the
+--dry-run report reads two private names. Nothing else in augbatch may reach past Beam's
+public API. tests/test_beam_internals.py checks each name below against the installed Beam and
+runs them, so a Beam version that changed one fails there, naming it (Beam pinned: 2.77.0).
+"""
+from apache_beam.runners.common import (  # noqa: F401 - the runner machinery, re-exported
+    DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler)
+from apache_beam.runners.dask import dask_runner as beam_dask
+from apache_beam.runners.dask import overrides as dask_overrides
+from apache_beam.runners.dask import transform_evaluator as dask_evaluator
+from apache_beam.transforms.resources import ResourceHint
+from apache_beam.transforms.sideinputs import SideInputMap
+
+# (module, attribute) pairs used below; the test checks each exists.
+USED = [
+    ("apache_beam.runners.common", "_OutputHandler"),
+    ("apache_beam.runners.common", "DoFnInvoker.create_invoker"),
+    ("apache_beam.runners.common", "DoFnSignature"),
+    ("apache_beam.runners.common", "DoFnContext"),
+    ("apache_beam.runners.common", "Receiver"),
+    ("apache_beam.runners.dask.dask_runner", "DaskRunner"),
+    ("apache_beam.runners.dask.dask_runner", "DaskRunnerResult"),
+    ("apache_beam.runners.dask.dask_runner", "DaskOptions._extract_bag_kwargs"),
+    ("apache_beam.runners.dask.overrides", "dask_overrides"),
+    ("apache_beam.runners.dask.overrides", "_Create"),
+    ("apache_beam.runners.dask.overrides", "_Reshuffle"),
+    ("apache_beam.runners.dask.transform_evaluator", "TRANSLATIONS"),
+    ("apache_beam.runners.dask.transform_evaluator", "NoOp"),
+    ("apache_beam.runners.dask.transform_evaluator", "Flatten"),
+    ("apache_beam.runners.dask.transform_evaluator", "get_windowed_value"),
+    ("apache_beam.transforms.resources", "ResourceHint._name_to_known_hints"),
+    ("apache_beam.pipeline", "Pipeline._root_transform"),
+    ("apache_beam.pvalue", "AsSideInput._view_options"),
+]
+
+DaskRunner, DaskRunnerResult, DaskOptions = (beam_dask.DaskRunner, beam_dask.DaskRunnerResult,
+                                             beam_dask.DaskOptions)
+CREATE, RESHUFFLE = dask_overrides._Create, dask_overrides._Reshuffle  # Dask's replacements
+windowed = dask_evaluator.get_windowed_value
+
+
+def output_handler(window_fn, main_receiver, tagged_receivers):
+    return _OutputHandler(
+        window_fn=window_fn, main_receivers=main_receiver, tagged_receivers=tagged_receivers,
+        per_element_output_counter=None, output_batch_converter=None,
+        process_yields_batches=False, process_batch_yields_elements=False)
+
+
+def invoker(transform, handler, side_inputs=()):
+    """A DoFnInvoker for `transform` (a beam.ParDo), its outputs going to `handler`."""
+    args, kwargs = transform.raw_side_inputs
+    from apache_beam import DoFn
+    return DoFnInvoker.create_invoker(
+        DoFnSignature(transform.fn), handler, context=DoFnContext(transform.label, state=None),
+        side_inputs=list(side_inputs), input_args=list(args), input_kwargs=kwargs,
+        user_state_context=None, bundle_finalizer_param=DoFn.BundleFinalizerParam())
+
+
+def side_input_spec(side):
+    """What a task needs to rebuild side input `side` from its values (picklable)."""
+    return type(side), side._view_options(), side._window_mapping_fn
+
+
+def side_input_map(spec, values):
+    view_class, view_options, window_fn = spec
+    return SideInputMap(view_class, view_options, [windowed(v, window_fn) for v in values])
+
+
+def translate_other(node, inputs, bag_kwargs):
+    """The bag of a transform that is no ParDo, as Beam's Dask runner translates it (Create,
+    GroupByKey, Flatten; anything else passes its input through)."""
+    op = dask_evaluator.TRANSLATIONS.get(type(node.transform), dask_evaluator.NoOp)(
+        node, bag_kwargs=bag_kwargs)
+    if op.__class__ is dask_evaluator.Flatten:
+        return op.apply(inputs)
+    return op.apply(inputs[0] if inputs else None)
+
+
+def replace_for_dask(pipeline):
+    pipeline.replace_all(dask_overrides.dask_overrides())
+
+
+def bag_kwargs(dask_options):
+    """Pops the partitioning options out of `dask_options` (the rest go to the client)."""
+    return DaskOptions._extract_bag_kwargs(dask_options)
+
+
+def hint_names():
+    """{resource hint urn: its option name}."""
+    return {hint.urn: name for name, hint in ResourceHint._name_to_known_hints.items()}
+
+
+def top_level_steps(pipeline):
+    return pipeline._root_transform().parts

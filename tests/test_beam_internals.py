@@ -1,0 +1,95 @@
+"""The Beam internals augbatch leans on (pipeline/beam_internals.py) still exist and still work
+on the installed Beam, and nothing else in augbatch reaches past Beam's public API. A Beam
+upgrade that changed one fails here, naming it."""
+import glob
+import importlib
+import json
+import os
+import re
+
+import apache_beam as beam
+import pytest
+
+from pipeline import beam_internals
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("module,name", beam_internals.USED,
+                         ids=[f"{m}.{n}" for m, n in beam_internals.USED])
+def test_each_beam_internal_augbatch_uses_is_still_there(module, name):
+    value = importlib.import_module(module)
+    for part in name.split("."):
+        assert hasattr(value, part), (
+            f"Beam {beam.__version__} has no {module}.{name} any more (augbatch uses it in "
+            "pipeline/beam_internals.py): adapt that module to this Beam")
+        value = getattr(value, part)
+
+
+PRIVATE = re.compile(r"(from|import) apache_beam\.runners\.(common|dask)"
+                     r"|\._(root_transform|name_to_known_hints"
+                     r"|view_options|window_mapping_fn|extract_bag_kwargs|OutputHandler)\b"
+                     r"|\b_OutputHandler\b")
+
+
+def test_no_other_module_reaches_past_beams_public_api():
+    offenders = []
+    for path in glob.glob(os.path.join(ROOT, "pipeline", "**", "*.py"), recursive=True) + [
+            os.path.join(ROOT, "cli.py")]:
+        if path.endswith("beam_internals.py"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if PRIVATE.search(line):
+                    offenders.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "Beam internals outside pipeline/beam_internals.py:\n" + "\n".join(
+        offenders)
+
+
+class Split(beam.DoFn):
+    """Odd numbers to the main output, even ones tagged; a count from finish_bundle."""
+
+    def start_bundle(self):
+        self.seen = 0
+
+    def process(self, n, offset):
+        self.seen += 1
+        if n % 2:
+            yield n + offset[0]
+        else:
+            yield beam.pvalue.TaggedOutput("even", n)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        yield beam.pvalue.TaggedOutput("seen", GlobalWindows.windowed_value(self.seen))
+
+
+def write(_, path, odd, even, seen, grouped):
+    with open(path, "w") as f:
+        json.dump({"odd": sorted(odd), "even": sorted(even), "seen": sum(seen),
+                   "grouped": sorted(grouped)}, f)
+
+
+def test_the_runner_machinery_runs_a_pipeline_on_dask(tmp_path):
+    """Side inputs, tagged outputs, finish_bundle outputs, Create, Reshuffle, GroupByKey and
+    Flatten through the internals, on a dask cluster in this process."""
+    from dask.distributed import LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster:
+        p = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(
+            ["--runner=pipeline.dask_runner.DaskRunner",
+             f"--dask_client_address={cluster.scheduler_address}"]))
+        offset = p | "Offset" >> beam.Create([100])
+        numbers = p | "Numbers" >> beam.Create(range(10)) | "Spread" >> beam.Reshuffle()
+        split = numbers | "Split" >> beam.ParDo(Split(), beam.pvalue.AsList(offset)).with_outputs(
+            "even", "seen", main="odd")
+        grouped = ((split.odd, split.even) | beam.Flatten() | beam.Map(lambda n: (n % 3, n))
+                   | beam.GroupByKey() | beam.MapTuple(lambda k, ns: (k, len(list(ns)))))
+        (p | "Once" >> beam.Create([None])
+         | "Write" >> beam.Map(write, str(tmp_path / "out.json"), beam.pvalue.AsList(split.odd),
+                               beam.pvalue.AsList(split.even), beam.pvalue.AsList(split.seen),
+                               beam.pvalue.AsList(grouped)))
+        p.run().wait_until_finish()
+    with open(tmp_path / "out.json") as f:
+        out = json.load(f)
+    assert out == {"odd": [101, 103, 105, 107, 109], "even": [0, 2, 4, 6, 8], "seen": 10,
+                   "grouped": [[0, 3], [1, 3], [2, 4]]}
