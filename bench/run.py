@@ -66,7 +66,7 @@ def rows(folder, records):
 
 
 # The peer's rows run in a Python that has albumentations (--peer-python); skipped without one.
-PEER_ROWS = ("P1", "P1 colour")
+PEER_ROWS = ("P0", "P1", "P1 colour")
 
 
 def peer_missing(python):
