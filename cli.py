@@ -164,10 +164,14 @@ def main(ctx, debug, quiet):
 @click.option("-i", "--input", "inputs", multiple=True, help="Input folder, file or glob "
               "(repeatable). Overrides the config's input.")
 @click.option("-o", "--output", help="Output directory for the shards and manifest.json.")
-@click.option("--input-kind", type=click.Choice(["auto", "folder", "tfrecord"]))
+@click.option("--input-kind", type=click.Choice(["auto", "folder", "tfrecord", "coco", "yolo",
+                                                 "voc", "masks", "manifest"]),
+              help="What the input is (default auto: told from the files).")
 @click.option("--copies", type=click.IntRange(0), help="Augmented copies per input.")
 @click.option("--keep-original/--no-keep-original", default=None,
               help="Also write the untouched input as copy 0.")
+@click.option("--plain-copies", is_flag=True, help="Accept copies without a chain (each "
+              "copy the input again); otherwise an empty chain with copies > 0 is refused.")
 @click.option("--seed", type=int, help="Global seed; every random draw derives from it.")
 @click.option("--num-shards", type=click.IntRange(0), help="Output shards (0: by size).")
 @click.option("--compression", type=click.Choice(["none", "gzip"]))
@@ -214,7 +218,8 @@ def main(ctx, debug, quiet):
 @click.option("--dry-run", is_flag=True, help="Build the pipeline for the chosen runner and "
               "print its steps and options; run nothing, write nothing.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def expand(config_path, inputs, output, input_kind, copies, keep_original, seed, num_shards,
+def expand(config_path, inputs, output, input_kind, copies, keep_original, plain_copies, seed,
+           num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
            kernel, allow_python_ops, overwrite, resume,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
@@ -242,7 +247,8 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, seed,
     from pipeline import config, run, runners
     job = config.load(config_path, overrides={
         "input": inputs or None, "output": output, "input_kind": input_kind, "copies": copies,
-        "keep_original": keep_original, "seed": seed, "num_shards": num_shards,
+        "keep_original": keep_original, "plain_copies": plain_copies or None, "seed": seed,
+        "num_shards": num_shards,
         "compression": compression, "format": format_, "quality": quality,
         "channels": int(channels) if channels else None, "batch_size": batch_size,
         "device": device, "tf_threads": tf_threads, "xla": xla,
@@ -378,9 +384,20 @@ def validate(config_path, allow_python_ops):
     ops = [name for _, name in chain.op_paths(job.chain)]
     click.echo(f"{config_path}: valid ({len(ops)} ops, config hash {job.config_hash})")
     if job.input_from == "input.path":  # the config names its inputs: do they exist?
-        for pattern in sources.missing(job.input):
+        missing = sources.missing(job.input)
+        for pattern in missing:
             click.echo(f"warning: input.path {pattern}: no such file or folder (expand would "
                        "refuse it; --input can name another)", err=True)
+        if not missing:  # boxes, masks or keypoints in the inputs: can the chain carry them?
+            from pipeline import targets
+            from pipeline.errors import UserError
+            try:
+                kinds = targets.peek_kinds(sources.discover(job), job)
+            except UserError:  # (expand says what is wrong with the inputs)
+                kinds = set()
+            targets.check_chain(job.chain, kinds)
+            if kinds:
+                click.echo(f"the inputs hold {', '.join(sorted(kinds))}: every op carries them")
 
 
 @main.command("list-ops")
@@ -396,7 +413,9 @@ def list_ops(family):
     from pipeline.ops import registry
     for name, op in registry.all_ops(family).items():
         kind = "random" if op.random else "fixed"
-        click.echo(f"{name}  [{op.family}, {kind}]  {op.doc}")
+        carries = {"unchanged": "targets unchanged", "transformed": "moves targets",
+                   None: "images only"}[op.targets]
+        click.echo(f"{name}  [{op.family}, {kind}, {carries}]  {op.doc}")
         for param in op.params:
             click.echo(f"    {param.describe()}")
     if family in (None, "tfa.image"):

@@ -45,7 +45,10 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # scipy: the idg tests compare against Keras's ImageDataGenerator, which needs it.
-        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "scipy>=1.11"],
+        # tensorflow-datasets: tests load output.tfds folders with tfds.builder_from_directory.
+        # Its tensorflow-metadata 1.17+ needs protobuf 5, which TF 2.15 refuses.
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "scipy>=1.11",
+                "tensorflow-datasets>=4.9.10,<4.10", f"tensorflow-metadata<1.17; {PINNED}"],
         # Tested with 2026.8.0 on both stacks (tests/test_dask.py); pipeline/dask_runner.py
         # leans on Beam's and dask's internals, so other versions wait until they are tested.
         "dask": ["dask[distributed]>=2026.8.0,<2026.9"],

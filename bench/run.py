@@ -50,6 +50,9 @@ def rows(folder, records):
          augbatch(folder, "standard", True, *MULTI_THREADING)),
         ("augbatch --xla multi_processing x2", "as augbatch --xla, -- " +
          " ".join(MULTI_PROCESSING), augbatch(folder, "standard", True, *MULTI_PROCESSING)),
+        ("augbatch dask x2", "as augbatch, on a local Dask cluster of 2 worker processes (CPU: "
+         "client, scheduler and workers)", augbatch(folder, "standard", False)
+         + ["--dask-workers", "2"]),
         ("B1 colour", "hand-written tf.data, colour-only chain",
          ["B1", "--inputs", folder, "--chain", "colour"]),
         ("augbatch --xla colour", "augbatch expand, colour-only chain, XLA",

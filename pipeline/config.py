@@ -18,7 +18,7 @@ from pipeline import targets
 from pipeline.errors import ConfigError, did_you_mean, quote
 
 CONFIG_VERSION = 1
-INPUT_KINDS = ("auto", "folder", "tfrecord")
+INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "manifest")
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
@@ -60,7 +60,14 @@ class Job:
     config_path: str = ""
     target_rules: targets.Rules = targets.Rules()  # boxes, masks, keypoints (section targets:)
     label_map: Optional[tuple] = None  # ((class folder name, label), ...) from input.labels
+    augment_splits: tuple = ("train",)  # augment.splits: the splits given augmented copies
+    images_dir: str = ""  # input.images: where a COCO JSON's images are, if not beside it
     input_from: str = "--input"  # where the inputs were named (or input.path), for messages
+    plain_copies: bool = False  # copies with no chain, asked for (augment.plain_copies)
+    exif_orientation: bool = True  # turn photos as their EXIF orientation says, at decode
+    tfds: bool = False  # records and files in TensorFlow Datasets' layout (output.tfds)
+    balance: Optional[tuple] = None  # ("copies", ((class, copies), ...)) or ("target", n)
+    balance_plan: Optional[tuple] = None  # balance.make_plan's, made by the run from the inputs
 
     @property
     def config_hash(self):
@@ -72,6 +79,7 @@ class Job:
         out["input"], out["chain"] = list(self.input), _plain(self.chain)
         out["target_rules"] = _plain(out["target_rules"])
         out["label_map"] = dict(self.label_map) if self.label_map else None
+        out["augment_splits"] = list(self.augment_splits)
         return out
 
 
@@ -85,6 +93,12 @@ def config_hash(job):
         decisive["kernel"] = job.kernel
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
+    if job.augment_splits != ("train",):  # which splits get copies
+        decisive["augment_splits"] = list(job.augment_splits)
+    if job.balance:  # how many copies each class gets
+        decisive["balance"] = _plain(job.balance)
+    if not job.exif_orientation:  # rotated photos are written as stored, not upright
+        decisive["exif_orientation"] = False
     if job.label_map:  # the labels written
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
@@ -226,6 +240,15 @@ def _paths(value, path):
     raise ConfigError(path, f"expected a path, a glob or a list of them, got {quote(value)}")
 
 
+def _names(value, path):
+    if isinstance(value, str) and value:
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(path, f"expected a list of split names (train, val, test ...), got "
+                          f"{quote(value)}")
+    return tuple(value)
+
+
 def _prefix(value, path):
     value = _str(value, path)
     if "/" in value or "\\" in value or value.startswith("."):
@@ -239,6 +262,27 @@ def _prefix(value, path):
 
 
 MAX_PREFIX = 200  # + '-00000-of-00000.tfrecord.gz' stays within a file name's 255 bytes
+
+
+def _balance(value, path):
+    """augment.balance: {copies: {class: copies, ...}} or {target: outputs per class}."""
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in (
+            "copies", "target"):
+        raise ConfigError(path, f"expected {{copies: {{class: copies, ...}}}} or {{target: "
+                          f"outputs per class}}, got {quote(value)}")
+    kind, spec = next(iter(value.items()))
+    if kind == "target":
+        return "target", _int(1, 10**9)(spec, f"{path}.target")
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(f"{path}.copies", "expected a mapping class: copies (a class folder "
+                          f"name or a label), got {quote(spec)}")
+    rows = []
+    for name, copies in spec.items():
+        if isinstance(name, bool) or not isinstance(name, (str, int)) or name == "":
+            raise ConfigError(f"{path}.copies", f"a class is a folder name or a label, got "
+                              f"{quote(name)}")
+        rows.append((name, _int(0, 10_000)(copies, f"{path}.copies.{name}")))
+    return "copies", tuple(sorted(rows, key=lambda row: str(row[0])))
 
 
 def _label_map(value, path):
@@ -265,14 +309,16 @@ SCHEMA = {
               "image_feature": ("image_feature", _str),
               "label_feature": ("label_feature", _str),
               "max_pixels": ("max_pixels", _int(1, 10**12)),
-              "labels": ("label_map", _label_map)},
+              "labels": ("label_map", _label_map), "images": ("images_dir", _str),
+              "exif_orientation": ("exif_orientation", _bool)},
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
-               "prefix": ("prefix", _prefix)},
+               "prefix": ("prefix", _prefix), "tfds": ("tfds", _bool)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
-                "chain": ("chain", None)},
+                "chain": ("chain", None), "splits": ("augment_splits", _names),
+                "plain_copies": ("plain_copies", _bool), "balance": ("balance", _balance)},
     "runtime": {"batch_size": ("batch_size", _int(1, 4096)),
                 "device": ("device", _choice(*DEVICES)), "tf_threads": ("tf_threads", _int(0)),
                 "xla": ("xla", _bool), "kernel": ("kernel", _choice(*KERNELS))},
@@ -372,4 +418,29 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
                                                 allow_python_ops=allow_python_ops))
     fields["allow_python_ops"] = allow_python_ops
     fields["config_path"] = os.path.abspath(config_path) if config_path else ""
-    return Job(**fields)
+    job = Job(**fields)
+    check_changes(job)
+    if job.tfds and job.compression != "none":
+        raise ConfigError("output.tfds", "TensorFlow Datasets reads uncompressed TFRecord "
+                          "files only", hint="set output.compression: none (or read gzip "
+                          "shards with tf.data, as README shows)")
+    return job
+
+
+def check_changes(job):
+    """Refuse copies that would all be the input again: an empty chain with copies > 0 (a
+    forgotten or mistyped chain), unless plain copies are asked for (augment.plain_copies)."""
+    if job.balance and job.balance[0] == "copies" and not job.keep_original:
+        for name, copies in job.balance[1]:
+            if copies == 0:
+                raise ConfigError(f"augment.balance.copies.{name}", "0 copies with "
+                                  "keep_original false: its inputs would not be written")
+    if ((job.copies or job.balance) and not job.plain_copies
+            and not any(chain_mod.op_paths(job.chain))):
+        raise ConfigError("augment.chain", f"nothing would change: {job.copies} identical "
+                          f"cop{'y' if job.copies == 1 else 'ies'} of each input (the chain "
+                          "has no op)",
+                          hint="add ops to augment.chain (augbatch list-ops), or set "
+                               "augment.copies: 0 (--copies 0) to write the inputs only, or "
+                               "augment.plain_copies: true (--plain-copies) if identical "
+                               "copies are what you want")

@@ -9,9 +9,10 @@ FEATURE_KEYS = ("image/encoded", "image/format", "image/height", "image/width",
                 "augment/copy_index", "augment/seed", "augment/config_hash")
 
 
-def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None):
+def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None, tfds=False):
     """Serialized Example for one output of `item` (a transforms.Input), with `targets`
-    (targets.Targets, for an input that has them) in the OD API / DeepLab features."""
+    (targets.Targets, for an input that has them) in the OD API / DeepLab features.
+    `tfds`: image, label and objects under TensorFlow Datasets' keys (tfds_output)."""
     example = tf.train.Example()
     if item.extra:
         example.features.ParseFromString(item.extra)
@@ -42,5 +43,8 @@ def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None):
     put("augment/copy_index", int(copy_index), "int64_list")
     put("augment/seed", int(seed), "int64_list")
     put("augment/config_hash", config_hash.encode(), "bytes_list")
+    if tfds:
+        from pipeline import tfds_output
+        tfds_output.relayout(feature)
     # deterministic=True sorts the feature map, so equal examples give equal bytes.
     return example.SerializeToString(deterministic=True)

@@ -37,16 +37,18 @@ def _rng(seed):
 def sample(job, n):
     """Up to n inputs of `job` (Inputs, or ErrorRecords of those that fail to read), picked at
     random but always the same for the same job.seed; sorted by key."""
-    from pipeline import sources
+    from pipeline import formats, sources
     from pipeline import transforms as T
     discovery = sources.discover(job)
     if not discovery.refs:
         raise UserError(f"no input images found in {', '.join(job.input)}",
                         hint="give a folder of images or TFRecord files with --input")
     rng = _rng(job.seed)
-    if discovery.kind == "folder":
+    if discovery.kind != "tfrecord":
         refs = rng.sample(discovery.refs, min(n, len(discovery.refs)))
-        read = T.ReadImageFile({label: name for name, label in discovery.label_map.items()})
+        read = (T.ReadImageFile({label: name for name, label in discovery.label_map.items()})
+                if discovery.kind == "folder" else formats.ReadAnnotated(
+                    discovery.kind, exif_orientation=job.exif_orientation))
     else:
         # A TFRecord's records are only known by reading it: read whole files in a random
         # order until there is enough to pick from.
@@ -80,10 +82,11 @@ def rows(job, n=6, copies=None):
     quiet.native_logs_follow_tf_level()
     copies = job.copies if copies is None else copies
     picked = sample(job, n)
-    decode = T.DecodeImage(job.channels, job.max_pixels)
+    decode = T.DecodeImage(job.channels, job.max_pixels, job.exif_orientation)
     decode.setup()
     # The original is always shown (as copy 0, which expand writes when keep_original is on).
-    shown = dataclasses.replace(job, copies=copies, keep_original=True)
+    # (in augbatch's own layout, whatever output.tfds: the tiles read image/encoded)
+    shown = dataclasses.replace(job, copies=copies, keep_original=True, tfds=False)
     augment = T.AugmentAndEncode(shown, shown.config_hash)
     augment.setup()
     out = []
@@ -95,7 +98,8 @@ def rows(job, n=6, copies=None):
         if isinstance(decoded, T.ErrorRecord):
             out.append(Row(item.key, item.label_text, error=f"{decoded.stage}: {decoded.message}"))
             continue
-        records = [_unwrap(r) for r in augment.process_now([decoded])]
+        records = [r for r in map(_unwrap, augment.process_now([decoded]))
+                   if isinstance(r, (T.OutputRecord, T.ErrorRecord))]  # (not target counts)
         failed = [r for r in records if isinstance(r, T.ErrorRecord)]
         if failed:
             out.append(Row(item.key, item.label_text, error=f"{failed[0].stage}: "

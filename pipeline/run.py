@@ -4,6 +4,7 @@
 """
 import collections
 import contextlib
+import dataclasses
 import datetime
 import errno
 import hashlib
@@ -25,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import __version__, progress, sinks, sources, targets
+from pipeline import __version__, balance, formats, progress, sinks, sources, targets, tfds_output
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
@@ -44,6 +45,7 @@ SHARD_TARGET_BYTES = 128 << 20
 LOCK_FILE = ".augbatch.lock"
 _TMP_NAMES = re.compile(r"(bucket-\d{5}-\d+-[0-9a-f]{32}|done-[0-9a-f]{32}\.json(\.part)?|run\.json"
                         r"|errors\.jsonl|summary\.json|manifest\.json"
+                        r"|dataset_info\.json|features\.json|label\.labels\.txt"
                         r"|.+-\d{5}-of-\d{5}\.tfrecord(\.gz)?)")
 
 
@@ -152,11 +154,11 @@ def _ours(output, names, stale):
     if manifest:
         ours |= {"manifest.json", "errors.jsonl"}
         ours |= {n for n in manifest["output"]["shards"] if "/" not in n}
+        ours |= {n for n in manifest["output"].get("tfds_files", ()) if "/" not in n}
     if stale:  # a run that died: its exact shard names, maybe committed before it died
         try:
-            ours |= {sinks.shard_name(stale["prefix"], i, stale["num_shards"],
-                                      stale["compression"])
-                     for i in range(int(stale["num_shards"]))} | {"errors.jsonl"}
+            ours |= set(sinks.shard_names(stale["prefix"], stale["num_shards"],
+                                          stale["compression"])) | {"errors.jsonl"}
         except (KeyError, TypeError, ValueError):
             pass
     tmp = sinks.TMP_DIR + "/"
@@ -207,10 +209,19 @@ def is_local_dir(path):
 
 
 def pick_num_shards(job, discovery):
-    if job.num_shards:
-        return job.num_shards
-    total = _total_bytes(ref.path for ref in discovery.refs)
-    outputs_per_input = job.copies + (1 if job.keep_original else 0)
+    """The number of shards, by the inputs' size; for a dataset with splits (train, val ...)
+    ((split, shards), ...): each split its own, num_shards each if given."""
+    splits = {getattr(ref, "split", None) for ref in discovery.refs}
+    if splits == {None}:
+        return job.num_shards or _shards_for(job, discovery.refs, True)
+    return tuple((split, job.num_shards or _shards_for(job, [
+        ref for ref in discovery.refs if ref.split == split], T.augments(job, split)))
+        for split in sorted(splits, key=lambda s: s or ""))
+
+
+def _shards_for(job, refs, augmented):
+    total = _total_bytes(ref.path for ref in refs)
+    outputs_per_input = job.copies + (1 if job.keep_original else 0) if augmented else 1
     return max(1, min(10_000, math.ceil(total * outputs_per_input / SHARD_TARGET_BYTES)))
 
 
@@ -253,6 +264,11 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
         names = {label: name for name, label in discovery.label_map.items()}
         read = refs | "Read" >> beam.ParDo(T.ReadImageFile(
             names, sources.max_file_bytes(job.max_pixels))).with_outputs(T.ERRORS, main="inputs")
+    elif discovery.kind != "tfrecord":  # a labelled dataset: images and their annotations
+        read = refs | "Read" >> beam.ParDo(formats.ReadAnnotated(
+            discovery.kind, sources.max_file_bytes(job.max_pixels),
+            job.exif_orientation)).with_outputs(
+                T.ERRORS, main="inputs")
     else:
         read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
             job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels),
@@ -266,14 +282,17 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     if discovery.kind == "tfrecord":
         inputs = inputs | "SpreadRecords" >> beam.Reshuffle()
     decoded = inputs | "Decode" >> beam.ParDo(T.DecodeImage(
-        job.channels, job.max_pixels)).with_outputs(T.ERRORS, main="images")
+        job.channels, job.max_pixels, job.exif_orientation)).with_outputs(
+        T.ERRORS, T.ORIENTED, main="images")
+    orientations = decoded[T.ORIENTED] | "CountOrientations" >> beam.combiners.Count.PerElement()
     augment = beam.ParDo(T.AugmentAndEncode(job, config_hash))
     if accelerator:
         augment = augment.with_resource_hints(accelerator=accelerator)
     # Full batches of one shape, capped in images and pixels (augment.inputs_per_batch):
-    # few calls into TensorFlow, bounded memory.
+    # few calls into TensorFlow, bounded memory. (Planned for the most copies an input gets.)
+    batching = dataclasses.replace(job, copies=balance.most_copies(job))
     augmented = (decoded.images
-                 | "Batch" >> beam.ParDo(T.BatchByShape(job))
+                 | "Batch" >> beam.ParDo(T.BatchByShape(batching))
                  | "AugmentEncode" >> augment.with_outputs(T.ERRORS, T.TARGET_COUNTS,
                                                             main="records"))
     target_counts = augmented[T.TARGET_COUNTS]
@@ -289,7 +308,8 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     (p | "Once" >> beam.Create([None])
      | "Summary" >> beam.Map(_write_summary, job.output, tmp_dir,
                              beam.pvalue.AsList(shard_stats), beam.pvalue.AsList(errors),
-                             beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts)))
+                             beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts),
+                             beam.pvalue.AsList(orientations)))
 
 
 def _added(counts):
@@ -300,7 +320,8 @@ def _added(counts):
     return dict(sorted(total.items()))
 
 
-def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=()):
+def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=(),
+                   orientations=()):
     """Runs once, after every shard is written: errors.jsonl (sorted) and the counts, in the
     temporary folder (run_expand commits them with the shards).
     `discovered` counts what the read step saw: each input read, each input that failed to
@@ -318,7 +339,8 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_c
                                     for (stage, reason), n in sorted(
                                         by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
                "errored": len({e.key for e in errors}),
-               "targets": _added(target_counts)}
+               "targets": _added(target_counts),
+               "orientations": {str(o): n for o, n in sorted(orientations)}}
     with FileSystems.create(FileSystems.join(tmp_dir, "summary.json")) as f:
         f.write(json.dumps(summary).encode())
 
@@ -354,21 +376,29 @@ def dry_run(job, beam_args=(), accelerator=None):
     if all(sources.is_local(path) for path in job.input):
         discovery = sources.discover(job)
         targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
+        job = with_balance_plan(job, discovery)
         num_shards = pick_num_shards(job, discovery)
         inputs = f"{inputs_found(discovery)} from {', '.join(job.input)}"
-        shards = progress.plural(num_shards, "shard")
+        shards = progress.plural(sinks.total_shards(num_shards), "shard")
     else:  # listing an object store needs the network (and credentials): a dry run stays off
         kind = "folder" if job.input_kind == "auto" else job.input_kind
         discovery = sources.Discovery(kind, [], {}, [], [])
         num_shards = job.num_shards or 1
         inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
-        shards = (progress.plural(num_shards, "shard") if job.num_shards else
+        shards = (progress.plural(sinks.total_shards(num_shards), "shard") if job.num_shards else
                   "shards as the inputs' size asks (decided at run time)")
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
                    job.config_hash, accelerator)
     return runners.render(p, options, {"inputs": inputs, "output": f"{shards} in {job.output}"},
                           notes)
+
+
+def with_balance_plan(job, discovery):
+    """`job` with the copies per class of augment.balance planned from the inputs found."""
+    if not job.balance:
+        return job
+    return dataclasses.replace(job, balance_plan=balance.make_plan(job, discovery))
 
 
 def inputs_found(discovery):
@@ -399,7 +429,13 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     job = augment.for_workers(job, beam_options(beam_args))
     discovery = sources.discover(job)
     # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
-    targets.check_chain(job.chain, targets.peek_kinds(discovery, job))
+    target_kinds = targets.peek_kinds(discovery, job)
+    targets.check_chain(job.chain, target_kinds)
+    if resume and target_kinds:  # their counts come from the augment step, not the journals
+        raise UserError("--resume works for inputs without boxes, masks or keypoints: the "
+                        "manifest's target counts of the reused inputs would be missing",
+                        hint="pass --overwrite to run again from the start")
+    job = with_balance_plan(job, discovery)
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
     created = not FileSystems.exists(job.output)
@@ -470,7 +506,8 @@ def _fingerprint(job, discovery, num_shards):
         [[ref.key, ref.path, ref.label] for ref in discovery.refs]
         + [[ref.key, ref.path] for ref, *_ in discovery.rejected]).encode("utf-8", "replace"))
     return {"config_hash": job.config_hash, "inputs": inputs.hexdigest()[:16],
-            "num_shards": num_shards, "prefix": job.prefix, "compression": job.compression}
+            "num_shards": json.loads(json.dumps(num_shards)), "prefix": job.prefix,
+            "compression": job.compression}  # (as JSON: split shards as lists)
 
 
 def _resume(output, tmp_dir, fingerprint):
@@ -507,7 +544,7 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     done, resumed_buckets = resumed
     options = beam_options(beam_args)
     log.info("%s -> %s in %s (runner %s)", inputs_found(discovery),
-             progress.plural(num_shards, "shard"), job.output,
+             progress.plural(sinks.total_shards(num_shards), "shard"), job.output,
              options.view_as(StandardOptions).runner)
     discovered_at = time.time()
     from pipeline import runners
@@ -516,8 +553,8 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
                    done, resumed_buckets)
     # Records in TFRecord files: unknown until read. Rejected inputs (and those a resumed run
     # reuses) count as done from the start.
-    finished_before = len(discovery.rejected) + (len(done) if discovery.kind == "folder" else 0)
-    total = len(discovery.refs) + len(discovery.rejected) if discovery.kind == "folder" else None
+    finished_before = len(discovery.rejected) + (len(done) if discovery.kind != "tfrecord" else 0)
+    total = len(discovery.refs) + len(discovery.rejected) if discovery.kind != "tfrecord" else None
     with progress.Shown(total, enabled=show_progress, done=finished_before):
         p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
@@ -525,18 +562,43 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:
         summary = json.loads(f.read())
     summary["discovered"] += len(done)  # not read again: the interrupted run wrote them
+    extra = _write_tfds_files(job, discovery, summary, tmp_dir) if job.tfds else []
     manifest = _manifest(job, discovery, num_shards, summary, beam_args,
                          {"discover_s": discovered_at - started,
                           "pipeline_s": finished - discovered_at,
-                          "total_s": time.time() - started})
+                          "total_s": time.time() - started}, extra)
     with FileSystems.create(FileSystems.join(tmp_dir, "manifest.json")) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
     check_accounting(manifest, discovery)
-    names = [shard["shard"] for shard in summary["shards"]] + ["errors.jsonl", "manifest.json"]
+    names = ([shard["shard"] for shard in summary["shards"]] + extra
+             + ["errors.jsonl", "manifest.json"])
     FileSystems.rename([FileSystems.join(tmp_dir, n) for n in names],
                        [FileSystems.join(job.output, n) for n in names])  # the manifest last
     _delete_tree(tmp_dir)
     return manifest
+
+
+def _write_tfds_files(job, discovery, summary, tmp_dir):
+    """dataset_info.json, features.json (and label.labels.txt) beside the shards in tmp_dir,
+    for tfds.builder_from_directory (output.tfds); returns their names."""
+    shards = summary["shards"]
+    sizes = FileSystems.match([FileSystems.join(tmp_dir, s["shard"]) for s in shards])
+    shards = [dict(s, bytes=sum(m.size_in_bytes for m in found.metadata_list))
+              for s, found in zip(shards, sizes)]
+    labels = {None if label == "None" else int(label)
+              for shard in shards for label in shard["labels"]}
+    kinds = targets.peek_kinds(discovery, job)
+    if summary.get("targets") and not kinds:  # inputs with targets: at least boxes
+        kinds = {targets.BOXES}
+    texts = tfds_output.files(
+        shards, labels, {label: name for name, label in discovery.label_map.items()},
+        job.channels, kinds, f"augbatch {__version__} output (config hash {job.config_hash}, "
+        f"seed {job.seed}): {job.copies} augmented copies of each input"
+        + (" and the input itself (copy 0)" if job.keep_original else ""))
+    for name, text in texts.items():
+        with FileSystems.create(FileSystems.join(tmp_dir, name)) as f:
+            f.write(text.encode())
+    return sorted(texts)
 
 
 @contextlib.contextmanager
@@ -592,7 +654,7 @@ def check_accounting(manifest, discovery):
                         f"written + {counts['errored']} errored + {dropped} dropped by the "
                         "target rules")
     found = len(discovery.refs) + len(discovery.rejected)
-    if discovery.kind == "folder" and counts["discovered"] != found:
+    if discovery.kind != "tfrecord" and counts["discovered"] != found:
         problems.append(f"{found} inputs listed but {counts['discovered']} read")
     if problems:
         raise RuntimeError("accounting failed: " + "; ".join(problems) + " (a bug in augbatch: "
@@ -648,7 +710,15 @@ class NothingWritten(UserError):
         self.manifest = manifest
 
 
-def _manifest(job, discovery, num_shards, summary, beam_args, timings):
+def _orientation_counts(job, summary):
+    """How many inputs had an EXIF orientation other than 1 (per orientation), and how many
+    were turned upright at decode (input.exif_orientation)."""
+    found = summary.get("orientations") or {}
+    return {"applied": job.exif_orientation, "per_orientation": found,
+            "turned_upright": sum(found.values()) if job.exif_orientation else 0}
+
+
+def _manifest(job, discovery, num_shards, summary, beam_args, timings, tfds_files=()):
     first_copy = "0" if job.keep_original else "1"
     labels, copies, per_shard = collections.Counter(), collections.Counter(), {}
     for shard in summary["shards"]:
@@ -660,11 +730,23 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
     def label_name(label):  # a label without a class folder (TFRecord inputs) as itself
         return "(none)" if label == "None" else names.get(label, label)
 
-    counts = {"discovered": summary["discovered"], "written": copies.get(first_copy, 0),
+    written = copies.get(first_copy, 0)
+    per_split = {}
+    if not isinstance(num_shards, int):  # each split counted apart; val and test: copy 0 only
+        for shard in summary["shards"]:
+            split = per_split.setdefault(shard["split"] or "(none)", {
+                "augmented": T.augments(job, shard["split"]), "written": 0, "outputs": 0})
+            split["written"] += shard["copies"].get(first_copy if split["augmented"] else "0",
+                                                    0)
+            split["outputs"] += shard["records"]
+        written = sum(split["written"] for split in per_split.values())
+    counts = {"discovered": summary["discovered"], "written": written,
               "errored": summary["errored"], "outputs": sum(per_shard.values()),
               "per_label": {label_name(k): v for k, v in sorted(labels.items())},
               "per_copy": dict(sorted(copies.items(), key=lambda kv: int(kv[0]))),
               "per_shard": per_shard}
+    if per_split:
+        counts["per_split"] = dict(sorted(per_split.items()))
     return {
         "augbatch_version": __version__,
         "config": job.to_dict(),
@@ -674,17 +756,22 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings):
                   "label_names": discovery.label_names, "label_map": discovery.label_map,
                   "skipped_non_images": [ref.key for ref in discovery.skipped],
                   "skipped_hidden": discovery.hidden,
-                  "same_file_under_several_keys": discovery.duplicates},
-        "output": {"directory": job.output, "num_shards": num_shards,
+                  "same_file_under_several_keys": discovery.duplicates,
+                  "exif_orientation": _orientation_counts(job, summary)},
+        "output": {"directory": job.output, "num_shards": sinks.total_shards(num_shards),
                    "shards": sorted(per_shard), "compression": job.compression,
-                   "format": job.format},
+                   "format": job.format,
+                   **({"tfds_files": list(tfds_files)} if job.tfds else {})},
         "counts": counts,
         "errors_by_stage": summary["errors_by_stage"],
         "errors_by_reason": summary["errors_by_reason"],
         "error_limit": error_limit(job, counts),
         "targets": summary.get("targets") or {},
-        "features": {"image": "image/encoded", "label": "image/class/label",
-                     "written": list(FEATURE_KEYS)},
+        **({"balance": balance.before_and_after(job, discovery, labels)}
+           if job.balance_plan else {}),
+        "features": ({"image": tfds_output.IMAGE, "label": tfds_output.LABEL, "layout": "tfds"}
+                     if job.tfds else {"image": "image/encoded", "label": "image/class/label",
+                                       "written": list(FEATURE_KEYS)}),
         "beam_args": list(beam_args),
         "versions": versions(),
         "timings": timings,

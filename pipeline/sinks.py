@@ -56,6 +56,33 @@ def part_of(order, parts):
     return (int.from_bytes(order[:8], "big") * parts) >> 64
 
 
+def split_shards(num_shards):
+    """[(split, first shard, shards)]: `num_shards` is a count (one group, no split) or, for a
+    dataset with splits, ((split, count), ...): each split has its own shards, numbered
+    after the previous split's in the pipeline and named by split."""
+    if isinstance(num_shards, int):
+        return [(None, 0, num_shards)]
+    groups, first = [], 0
+    for split, count in num_shards:
+        groups.append((split, first, count))
+        first += count
+    return groups
+
+
+def total_shards(num_shards):
+    return sum(count for _, _, count in split_shards(num_shards))
+
+
+def shard_names(prefix, num_shards, compression):
+    """Every shard's file name, in shard order (`num_shards` as split_shards takes it)."""
+    if not isinstance(num_shards, int):  # (from a lock file's JSON: lists)
+        num_shards = tuple((split, int(count)) for split, count in num_shards)
+    return [shard_name(f"{prefix}-{split}" if split else prefix, i, count, compression)
+            for split, _, count in split_shards(int(num_shards) if isinstance(num_shards, int)
+                                                else num_shards)
+            for i in range(count)]
+
+
 def shard_name(prefix, index, num_shards, compression):
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
@@ -83,7 +110,8 @@ class WriteBuckets(beam.DoFn):
     once, fused with this one): `expand --resume` reuses exactly the journaled work."""
 
     def __init__(self, tmp_dir, num_shards):
-        self.tmp_dir, self.num_shards = tmp_dir, num_shards
+        self.tmp_dir = tmp_dir
+        self.groups = {split: (first, count) for split, first, count in split_shards(num_shards)}
 
     def start_bundle(self):
         self.files, self.keys, self.bundle = {}, set(), uuid.uuid4().hex
@@ -91,7 +119,9 @@ class WriteBuckets(beam.DoFn):
     def process(self, record):
         self.keys.add(record.key)
         entry = _bucket_entry(record)
-        bucket = (shard_of(entry, self.num_shards), part_of(entry, SLICES))
+        first, count = (self.groups[record.split] if len(self.groups) > 1
+                        else next(iter(self.groups.values())))
+        bucket = (first + shard_of(entry, count), part_of(entry, SLICES))
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
             self.files[bucket] = (path, FileSystems.create(
@@ -162,7 +192,9 @@ class WriteShard(beam.DoFn):
         self.pending = []
 
     def _write(self, shard, buckets):
-        name = shard_name(self.prefix, shard, self.num_shards, self.compression)
+        name = shard_names(self.prefix, self.num_shards, self.compression)[shard]
+        split = next(split for split, first, count in split_shards(self.num_shards)
+                     if first <= shard < first + count)
         staging = FileSystems.join(self.tmp_dir, name)
         compression = (CompressionTypes.GZIP if self.compression == "gzip"
                        else CompressionTypes.UNCOMPRESSED)
@@ -185,7 +217,7 @@ class WriteShard(beam.DoFn):
                 f.write(buffer.getvalue())
                 records += len(entries)
         return {"shard": name, "records": records, "labels": dict(labels),
-                "copies": dict(copies)}
+                "copies": dict(copies), "split": split}
 
     def _parts(self, buckets):
         """(bucket paths, parts, part) for each part of the shard's hash order, in order. A
@@ -230,7 +262,7 @@ class WriteShards(beam.PTransform):
         # Every shard gets a file, even one no record hashed to; the buckets an interrupted
         # run committed (--resume) join the new ones.
         every_shard = (records.pipeline | "ShardIds" >> beam.Create(
-            [(i, None) for i in range(num_shards)] + self.resumed))
+            [(i, None) for i in range(total_shards(num_shards))] + self.resumed))
         return ((buckets, every_shard) | "AllBuckets" >> beam.Flatten()
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShard(*self.args)))

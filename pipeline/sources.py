@@ -58,6 +58,8 @@ class Discovery:
     loops: list = dataclasses.field(default_factory=list)  # InputRefs of symlink loops (errors)
     hidden: list = dataclasses.field(default_factory=list)  # hidden files left out, relative
     duplicates: list = dataclasses.field(default_factory=list)  # [keys of one real file]
+    kinds: Optional[set] = None  # a labelled dataset's kinds of target (pipeline.formats)
+    unusable: list = dataclasses.field(default_factory=list)  # (ref, type, reason, message)
 
     @property
     def label_names(self):
@@ -77,7 +79,8 @@ class Discovery:
                    for ref in self.loops]
                 + [(ref, "ValueError", "unsupported format", f"unsupported format: "
                     f"{printable(ref.path)} (augbatch reads {SUPPORTED} files)")
-                   for ref in self.skipped])
+                   for ref in self.skipped]
+                + list(self.unusable))
 
 
 def printable(text):
@@ -238,6 +241,14 @@ def discover(job):
     hidden = sorted(printable(_relative(f, item.base)) for item in found if item.is_folder
                     for f in item.files if _hidden(_relative(f, item.base)))
     kind = job.input_kind
+    from pipeline import formats
+    if kind == "auto":
+        kind = formats.detect(found) or "auto"
+    if kind in formats.READERS:  # a labelled dataset (COCO, YOLO, VOC, mask pairs, manifest)
+        listing = formats.discover(kind, job, found)
+        _check_unique(listing.refs + [r for r, *_ in listing.rejected] + loops)
+        return Discovery(kind, listing.refs, listing.label_map, [], [], loops, hidden,
+                         kinds=listing.kinds, unusable=listing.rejected)
     if kind == "auto":
         images = [f for f in all_files if _is_image(f)]
         records = [f for f in all_files if any(h in f.lower() for h in TFRECORD_HINTS)]
@@ -260,12 +271,13 @@ def discover(job):
     label_map = _labels(job, classes)
     refs, skipped, outside = [], [], []
     for f, r, item in visible:
+        folder = printable(r.split("/")[0]) if "/" in r else None
         if not _is_image(f):
             skipped.append(_ref(f, item.base))
-        elif label_map and ("/" not in r or r.split("/")[0] not in label_map):
+        elif label_map and folder not in label_map:
             outside.append(_ref(f, item.base))
         else:
-            refs.append(_ref(f, item.base, label_map[r.split("/")[0]] if label_map else None))
+            refs.append(_ref(f, item.base, label_map[folder] if label_map else None))
     _check_unique(refs + outside + loops + skipped)
     return Discovery("folder", refs, label_map, skipped, outside, loops, hidden,
                      _duplicates(refs, found))

@@ -412,9 +412,12 @@ def _hint(name):
 
 def peek_kinds(discovery, job, records=16):
     """The kinds of target in the first records of the first TFRecord input (what validation
-    checks the chain against before anything runs); none for image folders."""
+    checks the chain against before anything runs); none for image folders; a labelled
+    dataset's (COCO, YOLO ...) as its discovery found them."""
     import tensorflow as tf
     from pipeline import sources
+    if discovery.kinds is not None:
+        return set(discovery.kinds)
     if discovery.kind != "tfrecord" or not discovery.refs:
         return set()
     kinds = set()

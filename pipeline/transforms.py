@@ -11,11 +11,12 @@ from typing import Optional
 import apache_beam as beam
 import numpy as np
 
-from pipeline import progress, sources
+from pipeline import balance, progress, sources
 from pipeline import targets as targets_mod
 from pipeline.chain import example_seed
 
 ERRORS = "errors"
+ORIENTED = "oriented"  # the EXIF orientation (2-8) of each input that has one
 TARGET_COUNTS = "target_counts"  # per batch: objects kept, dropped, clipped; copies dropped
 log = logging.getLogger("augbatch")
 
@@ -31,6 +32,7 @@ class Input:
     label_text: Optional[str] = None
     extra: bytes = b""  # serialized tf.train.Features passed through to every output
     targets: Optional[object] = None  # targets.Targets: boxes, masks, keypoints
+    split: Optional[str] = None  # the dataset's split (train, val ...) it was found in
 
 
 @dataclasses.dataclass
@@ -39,6 +41,7 @@ class Decoded:
     image: np.ndarray  # uint8 [H, W, channels]
     format: str  # jpeg, png, gif, bmp
     native_channels: int
+    oriented: int = 1  # the EXIF orientation applied at decode (1: the pixels as stored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,7 @@ class OutputRecord:
     copy_index: int
     label: Optional[int]
     payload: bytes  # serialized tf.train.Example
+    split: Optional[str] = None  # written to this split's shards
 
 
 # TensorFlow's decorations around the message: op and graph node names, "[Op:DecodeImage]".
@@ -244,13 +248,38 @@ class UnsupportedFormat(ValueError):
 
 def sniff(data):
     """(format, width, height) from the header alone, without decoding the pixels."""
+    return header(data)[:3]
+
+
+def header(data):
+    """(format, width, height, EXIF orientation 1-8) from the header alone (the stored
+    width and height; 1 where there is no EXIF orientation or it is not 1-8)."""
     from PIL import Image
     with Image.open(io.BytesIO(data)) as im:
         fmt = PIL_FORMATS.get(im.format)
         if fmt is None:
             raise UnsupportedFormat(f"unsupported image format {im.format} (augbatch reads "
                                     f"{sources.SUPPORTED})")
-        return fmt, im.width, im.height
+        try:
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+        except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
+            orientation = 1
+        return fmt, im.width, im.height, orientation if 1 <= orientation <= 8 else 1
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image, orientation):
+    """[H, W, ...] pixels as stored -> as a viewer shows them, for an EXIF orientation 1-8
+    (what PIL.ImageOps.exif_transpose does, on arrays; moves only, no arithmetic)."""
+    if orientation in (5, 6, 7, 8):  # the stored rows are the shown columns
+        image = np.swapaxes(image, 0, 1)
+    if orientation in (2, 3, 6, 7):  # (after the swap) mirrored left-right
+        image = image[:, ::-1]
+    if orientation in (3, 4, 7, 8):  # upside down
+        image = image[::-1]
+    return np.ascontiguousarray(image)
 
 
 def to_channels(image, channels):
@@ -284,8 +313,9 @@ class DecodeImage(beam.DoFn):
     frame. Each file that cannot be used is one error record with the reason.
     """
 
-    def __init__(self, channels, max_pixels):
+    def __init__(self, channels, max_pixels, exif_orientation=True):
         self.channels, self.max_pixels = channels, max_pixels
+        self.exif_orientation = exif_orientation  # turn photos upright (input.exif_orientation)
 
     def setup(self):
         from PIL import Image
@@ -299,7 +329,7 @@ class DecodeImage(beam.DoFn):
             yield error("decode", ValueError("empty file (0 bytes)"), *where, reason="empty file")
             return
         try:
-            fmt, width, height = sniff(item.data)
+            fmt, width, height, orientation = header(item.data)
         except UnsupportedFormat as e:
             yield error("decode", e, *where, reason="unsupported image format")
             return
@@ -320,6 +350,9 @@ class DecodeImage(beam.DoFn):
                         message=self._why(item.data, fmt, e))
             return
         progress.count(progress.DECODED)
+        turned = orientation if self.exif_orientation else 1
+        if turned != 1:  # the photo as a viewer shows it; its targets were drawn on that
+            image = upright(image, turned)
         if item.targets is not None:
             try:
                 targets_mod.decode(item.targets, image.shape[0], image.shape[1])
@@ -327,7 +360,9 @@ class DecodeImage(beam.DoFn):
                 yield error("decode", e, *where, reason="bad targets",
                             message=f"{_where(item)}: {e}")
                 return
-        yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1])
+        yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1], turned)
+        if orientation != 1:
+            yield beam.pvalue.TaggedOutput(ORIENTED, orientation)
 
     @staticmethod
     def _decode(data, fmt):
@@ -363,6 +398,11 @@ def fail_once_for_tests(stage):
     except FileExistsError:
         return
     raise RuntimeError(f"{FAIL_ONCE_ENV}: injected failure at {stage}")
+
+
+def augments(job, split):
+    """Whether inputs of `split` get augmented copies (an input of no split always does)."""
+    return split is None or split in job.augment_splits
 
 
 def output_format(job_format, source_format):
@@ -436,7 +476,11 @@ class AugmentAndEncode(beam.DoFn):
         import concurrent.futures
         from pipeline import augment, quiet
         quiet.native_logs_follow_tf_level()
-        self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(self.job))
+        # With augment.balance inputs get different numbers of copies: each is given to the
+        # runner as one row per copy (copy c of an input is the same image either way).
+        runner_job = (dataclasses.replace(self.job, copies=1) if self.job.balance_plan
+                      else self.job)
+        self.runner = self._shared_runner.acquire(lambda: augment.ChainRunner(runner_job))
         self.pool = concurrent.futures.ThreadPoolExecutor(self.runner.in_flight,
                                                           thread_name_prefix="augment")
         self.pending = collections.deque()
@@ -518,21 +562,27 @@ class AugmentAndEncode(beam.DoFn):
         job = self.job
         if first_try:
             fail_once_for_tests("augment")
-        copies = [(item, c) for item in items for c in range(1, job.copies + 1)]
+        # Inputs of a split that is not augmented (val, test) are written untouched only.
+        augmented = [item for item in items if augments(job, item.input.split)]
+        how_many = [balance.copies_of(job, item.input.key, item.input.label)
+                    for item in augmented]
+        copies = [(item, c) for item, n in zip(augmented, how_many) for c in range(1, n + 1)]
         formats = [output_format(job.format, item.format) for item, _ in copies]
         out = []
         if copies:
             seeds = np.array([example_seed(job.seed, item.input.key, c) for item, c in copies],
                              np.int32)
             # One array per input: the runner makes the copies inside the graph.
-            images = np.stack([item.image for item in items])
+            images = np.stack([item.image for item in augmented])
+            if job.balance_plan:  # one row per copy (the runner makes one copy of each)
+                images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
             out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
                      counts) for (item, c), data, fmt, (targets, counts)
                     in zip(copies, encoded, formats, carried)]
-        if job.keep_original:
-            out += [self._original(item) for item in items]
+        out += [self._original(item) for item in items
+                if job.keep_original or not augments(job, item.input.split)]
         return out
 
     def _carry(self, copies, seeds, shape):
@@ -570,7 +620,8 @@ class AugmentAndEncode(beam.DoFn):
 
     def _original(self, item):
         fmt = output_format(self.job.format, item.format)
-        if fmt == item.format and item.native_channels == self.job.channels:
+        if (fmt == item.format and item.native_channels == self.job.channels
+                and item.oriented == 1):
             data = item.input.data  # the untouched original bytes
         else:
             data = self.runner.encode(item.image[None], [fmt])[0]
@@ -579,5 +630,6 @@ class AugmentAndEncode(beam.DoFn):
     def _record(self, item, copy_index, data, fmt, shape, targets, counts):
         from pipeline import example
         payload = example.build(item.input, copy_index, data, fmt, shape, self.job.seed,
-                                self.config_hash, targets)
-        return OutputRecord(item.input.key, copy_index, item.input.label, payload)
+                                self.config_hash, targets, self.job.tfds)
+        return OutputRecord(item.input.key, copy_index, item.input.label, payload,
+                            item.input.split)

@@ -111,7 +111,8 @@ def mixed_folder(tmp_path):
 
 
 def expand(*args):
-    return CliRunner().invoke(main, ["expand", "--copies", "1", "--format", "png", *args])
+    return CliRunner().invoke(main, ["expand", "--copies", "1", "--format", "png", "--plain-copies",
+                                     *args])
 
 
 def test_by_default_bad_inputs_are_reported_and_the_run_succeeds(mixed_folder, tmp_path):
@@ -165,7 +166,7 @@ def test_error_limits_from_the_config_and_not_exceeded(mixed_folder, tmp_path):
 def test_accounting_check_fails_loudly_when_an_input_is_lost(mixed_folder, tmp_path):
     """The check itself, given the manifest of a real run with one written input taken away."""
     job = config.load(None, overrides={"input": (str(mixed_folder),),
-                                       "output": str(tmp_path / "out")})
+                                       "output": str(tmp_path / "out"), "plain_copies": True})
     manifest = run.run_expand(job)
     discovery = sources.discover(job)
     run.check_accounting(manifest, discovery)  # the real run is complete

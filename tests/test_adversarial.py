@@ -74,7 +74,7 @@ def test_overwrite_refuses_files_no_earlier_run_wrote(tmp_path):
     for name in names:
         (out / name).write_text(f"the user's own {name}\n")
     before = snapshot(out)
-    result = invoke("expand", "-i", images, "-o", out, "--overwrite")
+    result = invoke("expand", "-i", images, "-o", out, "--overwrite", "--plain-copies")
     assert result.exit_code == 2, result.output
     assert (f"error: --overwrite refused: {out} holds 6 files augbatch did not write: "
             ".augbatch-tmp/keep.txt, augmented-2023-final.tfrecord.bak, "
@@ -106,17 +106,24 @@ def test_a_name_that_is_not_utf8_keeps_its_bytes_escaped(tmp_path):
         f.write(png(1))
     with open(os.path.join(folder, b"d\xe9faut.jpg"), "wb") as f:
         f.write(b"not an image")
+    summer = os.path.join(os.fsencode(root), b"\xe9t\xe9")  # a class folder's name too
+    os.makedirs(summer)
+    with open(os.path.join(summer, b"sun.png"), "wb") as f:
+        f.write(png(2))
     out = tmp_path / "out"
-    manifest = expand(root, out, copies=1)
-    assert {(r["source_id"], r["copy_index"]) for r in read_outputs(out)} == {
-        ("cat/caf\\xe9.png", 0), ("cat/caf\\xe9.png", 1)}
+    manifest = expand(root, out, copies=1, plain_copies=True)
+    rows = read_outputs(out)
+    assert {(r["source_id"], r["copy_index"], r["image/class/text"].decode()) for r in rows} == {
+        ("cat/caf\\xe9.png", 0, "cat"), ("cat/caf\\xe9.png", 1, "cat"),
+        ("\\xe9t\\xe9/sun.png", 0, "\\xe9t\\xe9"), ("\\xe9t\\xe9/sun.png", 1, "\\xe9t\\xe9")}
+    assert manifest["input"]["label_map"] == {"\\xe9t\\xe9": 0, "cat": 1}
     with open(out / "errors.jsonl", encoding="utf-8") as f:  # valid UTF-8, one record
         errors = [json.loads(line) for line in f]
     assert [(e["key"], e["reason"]) for e in errors] == [("cat/d\\xe9faut.jpg", "not an image")]
     assert errors[0]["source"] == f"{root}/cat/d\\xe9faut.jpg"
     assert sorted(os.listdir(out)) == ["augmented-00000-of-00001.tfrecord", "errors.jsonl",
                                        "manifest.json"]  # complete: nothing left in temp
-    assert (manifest["counts"]["written"], manifest["counts"]["errored"]) == (1, 1)
+    assert (manifest["counts"]["written"], manifest["counts"]["errored"]) == (2, 1)
     assert_accounted(manifest)
 
 
@@ -151,7 +158,7 @@ def test_an_explicit_label_map_is_used_and_written_to_the_manifest(tmp_path):
     assert {r["source_id"]: int(r["image/class/label"])
             for r in read_outputs(tmp_path / "out")} == {"bird/bird_0.png": 3, "cat/cat_0.png": 7}
     os.makedirs(os.path.join(root, "dog"))  # a class the map does not know
-    result = invoke("expand", "-c", cfg, "-i", root, "-o", tmp_path / "out2")
+    result = invoke("expand", "-c", cfg, "-i", root, "-o", tmp_path / "out2", "--copies", "0")
     assert result.exit_code == 2
     assert "error: class folder 'dog' not in the config's input.labels" in result.stderr
     assert not (tmp_path / "out2").exists()
@@ -185,7 +192,7 @@ def test_a_second_run_is_refused_while_one_writes_and_a_dead_ones_lock_is_taken_
     try:
         assert holder.stdout.readline() == "locked\n"
         before = snapshot(out)
-        result = invoke("expand", "-i", images, "-o", out, "--overwrite")
+        result = invoke("expand", "-i", images, "-o", out, "--overwrite", "--plain-copies")
         assert result.exit_code == 2, result.output
         assert (f"error: another augbatch run is writing to {out}: run holder (process "
                 f"{holder.pid} on here, started then)") in result.stderr
@@ -195,7 +202,7 @@ def test_a_second_run_is_refused_while_one_writes_and_a_dead_ones_lock_is_taken_
         holder.wait()
     assert (out / ".augbatch.lock").exists()
 
-    result = invoke("expand", "-i", images, "-o", out)  # the dead run's files are still there
+    result = invoke("expand", "-i", images, "-o", out, "--plain-copies")  # the dead run's files are still there
     assert result.exit_code == 2 and "is not empty (2 files)" in result.stderr
     manifest = expand(images, out, overwrite=True)  # its exact shard names and temp files go
     assert "run holder (process" in caplog.text and "did not finish" in caplog.text
@@ -215,7 +222,7 @@ def test_a_second_run_is_refused_while_one_writes_and_a_dead_ones_lock_is_taken_
 ])
 def test_options_are_checked_before_anything_runs(tmp_path, args, message):
     images = make_images(tmp_path / "images", {"cat": 1})
-    base = ["expand", "-o", tmp_path / "out"] + ([] if "--input" in args else ["-i", images])
+    base = ["expand", "--plain-copies", "-o", tmp_path / "out"] + ([] if "--input" in args else ["-i", images])
     result = invoke(*base, *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr, result.stderr
@@ -275,7 +282,7 @@ def test_an_output_folder_inside_the_input_is_never_read(tmp_path):
     manifest = expand(images, os.path.join(images, "out"), overwrite=True)
     assert manifest["input"]["label_names"] == ["cat"]  # not a class named 'out'
     assert_accounted(manifest)
-    result = invoke("expand", "-i", out, "-o", records)
+    result = invoke("expand", "-i", out, "-o", records, "--plain-copies")
     assert result.exit_code == 2 and f"--input {out} is the output folder" in result.stderr
 
 
@@ -393,7 +400,7 @@ def test_an_empty_tfrecord_is_an_error_and_writing_nothing_fails_the_run(tmp_pat
     only = tmp_path / "only"
     os.makedirs(only)
     (only / "empty.tfrecord").write_bytes(b"")
-    result = invoke("-q", "expand", "-i", only, "-o", tmp_path / "out2")
+    result = invoke("-q", "expand", "-i", only, "-o", tmp_path / "out2", "--plain-copies")
     assert result.exit_code == 3, result.output
     assert "error: nothing was written: all 1 inputs failed" in result.stderr
     assert "1 x empty TFRecord file (read)" in result.stderr
@@ -442,7 +449,8 @@ def photos(folder):
 
 
 def cli_process(*args):
-    return subprocess.Popen([sys.executable, "-m", "cli", "-q", "expand", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "cli", "-q", "expand", "--plain-copies",
+                             *map(str, args)],
                             cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
                             stderr=subprocess.PIPE, text=True)
 
@@ -491,7 +499,8 @@ def test_sigterm_keeps_committed_work_and_resume_gives_the_clean_bytes(tmp_path,
 
     def job(output):
         return config.load(None, overrides={"input": (images,), "output": str(output),
-                                            "copies": 3, "format": "png", "num_shards": 2})
+                                            "copies": 3, "format": "png", "num_shards": 2,
+                                            "plain_copies": True})
     caplog.set_level("INFO", logger="augbatch")
     resumed = run.run_expand(job(out), resume=True)
     assert f"resuming: the {kept} inputs the interrupted run finished are reused" in caplog.text
@@ -513,7 +522,7 @@ def test_sigterm_keeps_committed_work_and_resume_gives_the_clean_bytes(tmp_path,
     if (tmp_path / "other").exists():  # kept (else the run ended before the signal)
         before = snapshot(tmp_path / "other")
         result = invoke("expand", "-i", images, "-o", tmp_path / "other", "--copies", "2",
-                        "--resume")
+                        "--resume", "--plain-copies")
         assert result.exit_code == 2
         assert "--resume: the interrupted run in" in result.stderr
         assert "differs from this one in config_hash" in result.stderr
@@ -531,7 +540,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_file(tmp_path):
     result = subprocess.run(
         unshare + ["sh", "-c", script, "sh", str(out), sys.executable, "-m", "cli", "-q",
                    "expand", "-i", images, "-o", str(out / "run"), "--copies", "2",
-                   "--format", "png"],
+                   "--format", "png", "--plain-copies"],
         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OUT=str(out)),
         capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
@@ -547,7 +556,8 @@ def test_a_run_leaves_nothing_in_the_temp_folder(tmp_path):
     temp = tmp_path / "temp"
     os.makedirs(temp)
     result = subprocess.run([sys.executable, "-m", "cli", "-q", "expand", "-i", images, "-o",
-                             str(tmp_path / "out"), "--copies", "1"], cwd=ROOT,
+                             str(tmp_path / "out"), "--copies", "1", "--plain-copies"],
+                            cwd=ROOT,
                             env=dict(os.environ, TMPDIR=str(temp), TF_CPP_MIN_LOG_LEVEL="3"),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

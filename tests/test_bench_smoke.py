@@ -25,8 +25,8 @@ def test_bench_reports_every_row(tmp_path):
     assert sorted(rows) == sorted([
         "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --kernel tensorflow",
         "augbatch --xla tfrecord", "augbatch --xla threads x2",
-        "augbatch --xla multi_processing x2", "B1 colour", "augbatch --xla colour",
-        "augbatch colour"] + peer)
+        "augbatch --xla multi_processing x2", "augbatch dask x2", "B1 colour",
+        "augbatch --xla colour", "augbatch colour"] + peer)
     for row in rows.values():
         assert row["outputs"] == 8, row  # 8 inputs x 1 copy, every contender
         assert row["img_per_s"] > 0 and row["img_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0

@@ -36,7 +36,7 @@ def test_python_yaml_tags_are_refused_and_never_run(tmp_path, tag):
 
 @pytest.mark.parametrize("text, message, hint", [
     ("augment:\n  copise: 3\n", "error: augment.copise: unknown key (did you mean 'copies'?)",
-     "hint: keys of augment: chain, copies, keep_original, seed"),
+     "hint: keys of augment: balance, chain, copies, keep_original, plain_copies, seed"),
     ("augmnet:\n  copies: 3\n", "error: augmnet: unknown key (did you mean 'augment'?)",
      "hint: top-level keys: "),
     ("errors:\n  max_erors: 3\n",

@@ -144,9 +144,10 @@ def test_nothing_is_written_outside_the_output_directory(tmp_path):
     # The input given through a path with '..' segments.
     run.run_expand(config.load(None, overrides={
         "input": (str(work / "data" / ".." / "data" / "images"),), "output": str(out_images),
-        "copies": 1}))
+        "copies": 1, "plain_copies": True}))
     run.run_expand(config.load(None, overrides={
-        "input": (str(records),), "output": str(out_records), "copies": 1}))
+        "input": (str(records),), "output": str(out_records), "copies": 1,
+        "plain_copies": True}))
 
     new = sorted(set(all_files(tmp_path)) - set(before))
     assert all(name.startswith("out/images/") or name.startswith("out/records/")

@@ -151,7 +151,7 @@ def test_one_tfrecord_file_becomes_several_bundles(two_workers, tmp_path):
     with two_workers.client() as client, get_task_stream(client) as stream:
         result = CliRunner().invoke(cli.main, [
             "expand", "-q", "-i", record_file, "-o", str(tmp_path / "out"), "--copies", "1",
-            "--dask-address", two_workers.address])
+            "--plain-copies", "--dask-address", two_workers.address])
     assert result.exit_code == 0, result.output + two_workers.logs()
     decode_bundles = [t["key"] for t in stream.data if "Decode/" in str(t["key"])]
     assert len(decode_bundles) >= 2 * 2, decode_bundles  # 2 per worker thread, at least
@@ -181,7 +181,7 @@ def expand_with_fault(c, photos, out, fault=None):
         watcher.start()
     started = time.monotonic()
     result = CliRunner().invoke(cli.main, [
-        "expand", "-q", "-i", photos, "-o", str(out), "--copies", "3",
+        "expand", "-q", "-i", photos, "-o", str(out), "--copies", "3", "--plain-copies",
         "--dask-address", c.address, "--", f"--dask_no_progress_timeout={TIMEOUT}"])
     if fault:
         watcher.join(30)

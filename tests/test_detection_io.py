@@ -217,3 +217,30 @@ def test_the_detection_sample_config_runs_as_the_readme_says(tmp_path, monkeypat
     assert report.exit_code == 0, report.output
     assert "objects (image/object/*)" in report.output and "cup" in report.output
     assert "verify: OK" in report.output
+
+
+def test_preview_draws_the_boxes_and_masks(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    sheet = tmp_path / "look.png"
+    result = CliRunner().invoke(main, ["preview", "-c", "sample_configs/detection.yaml",
+                                       "-n", "2", "--copies", "2", "-o", str(sheet)])
+    assert result.exit_code == 0, result.output
+    pixels = np.asarray(Image.open(sheet).convert("RGB")).reshape(-1, 3)
+    from pipeline.preview import COLOURS
+    outlined = sum(int((pixels == colour).all(1).sum()) for colour in COLOURS)
+    assert outlined > 100  # box outlines in their class colours
+
+
+def test_validate_checks_the_chain_against_the_inputs_targets(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    good = CliRunner().invoke(main, ["validate", "sample_configs/detection.yaml"])
+    assert good.exit_code == 0, good.output
+    assert "boxes, instance masks: every op carries them" in good.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: sample_data/detection/objects.tfrecord\naugment:\n  chain:\n"
+                   "    - {op: keras.layers.RandomRotation, factor: 0.1}\n")
+    refused = CliRunner().invoke(main, ["validate", str(bad)])
+    assert refused.exit_code == 2 and "augment.chain[0].op" in refused.output
+    listed = CliRunner().invoke(main, ["list-ops", "--family", "tf.image"]).output
+    assert "tf.image.rot90  [tf.image, fixed, moves targets]" in listed
+    assert "tf.image.random_hue  [tf.image, random, targets unchanged]" in listed

@@ -62,6 +62,18 @@ def test_readme_reading_snippet_reads_our_output(small_folder, tmp_path, monkeyp
     assert sorted(set(labels.numpy())) == [0, 1, 2]
 
 
+def test_readme_tfds_snippet_reads_a_tfds_output(small_folder, tmp_path, monkeypatch):
+    run_job(small_folder, tmp_path / "out" / "sample", [{"op": "tf.image.random_flip_left_right"}],
+            copies=1, num_shards=2, tfds=True)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(snippet("read-tfds"), scope)
+    assert scope["builder"].info.splits["train"].num_examples == 18
+    images, labels = next(iter(scope["dataset"]))
+    assert images.shape == (18, 128, 128, 3)  # 9 inputs x (original + 1 copy), one batch
+    assert sorted(set(labels.numpy())) == [0, 1, 2]
+
+
 def test_readme_keras_layer_snippet_builds_a_working_model(monkeypatch):
     monkeypatch.chdir(ROOT)
     scope = {}

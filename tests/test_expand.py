@@ -165,7 +165,7 @@ def test_config_errors_name_the_config_path(tmp_path, chain, message):
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
-    config = _write_config(tmp_path, [])
+    config = _write_config(tmp_path, [{"op": "tf.image.random_flip_left_right"}])
     result = CliRunner().invoke(main, ["expand", "-c", config, "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "input: no input given" in result.output

@@ -202,6 +202,7 @@ def test_a_scheme_without_a_filesystem_is_a_user_error(small_folder, tmp_path):
     with pytest.raises(UserError, match="no Beam filesystem for nosuchfs://"):
         runners.check_filesystems([small_folder, "nosuchfs://bucket/out"])
     result = CliRunner().invoke(cli.main, [
-        "expand", "-i", small_folder, "-o", "nosuchfs://bucket/out", "--copies", "1"])
+        "expand", "-i", small_folder, "-o", "nosuchfs://bucket/out", "--copies", "1",
+        "--plain-copies"])
     assert result.exit_code == 2, result.output
     assert "no Beam filesystem for nosuchfs://" in result.output

@@ -99,3 +99,33 @@ def test_a_model_holding_the_layer_saves_and_loads_back_augmenting_the_same(
         np.testing.assert_array_equal(restored(images, training=True).numpy(),
                                       original(images, training=True).numpy())
     np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
+
+
+def test_boxes_and_masks_follow_the_chain_in_the_layer():
+    from pipeline.keras_layer import augmentation_layer
+    images = np.full((6, 48, 64, 3), 20.0, np.float32)
+    images[:, 10:30, 16:40] = 230.0
+    masks = np.zeros((6, 48, 64, 1), np.int32)
+    masks[:, 10:30, 16:40] = 5
+    boxes = {"boxes": np.tile([[[10 / 48, 16 / 64, 30 / 48, 40 / 64], [0, 0, 0.02, 0.02]]],
+                              [6, 1, 1]).astype(np.float32),
+             "labels": np.tile([[1, 2]], [6, 1])}
+    layer = augmentation_layer([
+        {"op": "tf.image.random_flip_left_right"},
+        {"op": "tfa.image.rotate", "max_degrees": 30, "interpolation": "nearest"},
+        {"op": "tfa.image.translate", "dx": [-10, 10], "dy": [-6, 6]},
+        {"op": "tf.image.random_brightness", "max_delta": 0.05}], seed=3)
+    out = layer({"images": images, "bounding_boxes": boxes, "segmentation_masks": masks},
+                training=True)
+    for image, box, label, mask in zip(out["images"].numpy(), out["bounding_boxes"]["boxes"],
+                                       out["bounding_boxes"]["labels"].numpy(),
+                                       out["segmentation_masks"].numpy()):
+        ys, xs = np.nonzero(image[..., 0] > 125)
+        truth = [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
+        assert label[0] == 1
+        np.testing.assert_allclose(box[0].numpy() * [48, 64, 48, 64], truth, atol=1.01)
+        assert set(np.unique(mask)) <= {0, 5}
+        assert ((mask[..., 0] == 5) == (image[..., 0] > 125)).mean() > 0.99
+    assert (out["bounding_boxes"]["labels"].numpy()[:, 1] == -1).any()  # pushed out: -1
+    same = layer({"images": images, "bounding_boxes": boxes}, training=False)
+    np.testing.assert_array_equal(same["bounding_boxes"]["boxes"], boxes["boxes"])

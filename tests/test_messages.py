@@ -74,7 +74,8 @@ def test_counts_agree_and_read_as_english(tmp_path):
     shutil.copy(os.path.join(SAMPLE_IMAGES, "objects", "coffee_01.jpg"),
                 os.path.join(photos, "beside.jpg"))
     command = [sys.executable, os.path.join(ROOT, "cli.py"), "expand", "-i", photos, "-o",
-               str(tmp_path / "out"), "--copies", "1", "--num-shards", "1", "--max-errors", "0"]
+               str(tmp_path / "out"), "--copies", "1", "--num-shards", "1", "--max-errors", "0",
+               "--plain-copies"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 3, done.stderr

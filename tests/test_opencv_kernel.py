@@ -99,7 +99,8 @@ def test_the_kernel_is_in_the_config_hash_and_tensorflow_keeps_the_old_one(tmp_p
 
 def test_kernel_in_the_config_and_on_the_command_line(small_folder, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("input: in\noutput: out\nruntime: {kernel: tensorflow}\n")
+    path.write_text("input: in\noutput: out\naugment: {copies: 0}\n"
+                    "runtime: {kernel: tensorflow}\n")
     assert config.load(str(path)).kernel == "tensorflow"
     path.write_text("input: in\noutput: out\nruntime: {kernel: cv2}\n")
     with pytest.raises(ConfigError, match="runtime.kernel: expected one of opencv, tensorflow"):

@@ -86,7 +86,8 @@ def test_xla_changes_the_draws_and_the_config_hash(two_sizes, tmp_path):
     plain = make_job(two_sizes, tmp_path / "a", STANDARD)
     compiled = make_job(two_sizes, tmp_path / "b", STANDARD, xla=True)
     assert plain.config_hash != compiled.config_hash
-    assert config.load(None, {"input": ("x",), "output": "y", "xla": True}).xla
+    assert config.load(None, {"input": ("x",), "output": "y", "xla": True,
+                              "plain_copies": True}).xla
 
 
 # --- the chain's fast forms give the chain's pixels ----------------------------------------------
@@ -305,7 +306,7 @@ def test_device_choice():
 def test_device_gpu_without_gpu_is_a_user_error_before_any_output(small_folder, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["expand", "-i", small_folder, "-o", str(out),
-                                       "--device", "gpu"])
+                                       "--device", "gpu", "--plain-copies"])
     assert result.exit_code == 2
     assert "--device gpu: TensorFlow sees no GPU" in result.output
     assert "Traceback" not in result.output

@@ -90,7 +90,7 @@ def test_status_line_and_durations():
 
 def expand_args(small_folder, out, *extra):
     return ["expand", "--input", small_folder, "--output", str(out), "--copies", "1",
-            "--seed", "3", *extra]
+            "--seed", "3", "--plain-copies", *extra]
 
 
 def test_expand_prints_progress_lines_and_summary(small_folder, tmp_path):

@@ -120,6 +120,16 @@ def test_runner_names_and_options_are_assembled():
             runners.assemble(**bad)
 
 
+def test_more_local_dask_workers_than_cores_is_said(caplog):
+    cores = os.cpu_count() or 1
+    with caplog.at_level("WARNING", logger="augbatch"):
+        assert runners.assemble(dask_workers=cores)[1] == cores
+        assert not caplog.records
+        assert runners.assemble(dask_workers=cores + 2)[1] == cores + 2
+    assert f"--dask-workers {cores + 2} on {cores} CPU cores" in caplog.text
+    assert "run slower" in caplog.text
+
+
 # --- built, not run: Dataflow, Flink, Spark ----------------------------------------------------
 
 def files_under(path):
@@ -297,7 +307,10 @@ stats = [windowed.value for windowed in out(write_shard.finish_bundle())]
 all_errors = errors(read_out) + errors(decode_out) + errors(augment_out)
 summary, args = loaded["Summary"]
 target_counts = tagged(augment_out, "target_counts")
-side_values = iter([stats, all_errors, len(refs), target_counts])  # AsList x2, AsSingleton, AsList
+oriented = tagged(decode_out, "oriented")  # (EXIF orientations, counted per orientation)
+orientations = [(o, oriented.count(o)) for o in sorted(set(oriented))]
+# AsList x2, AsSingleton, AsList x2
+side_values = iter([stats, all_errors, len(refs), target_counts, orientations])
 out(summary.process(None, *[next(side_values) if "Placeholder" in type(a).__name__ else a
                             for a in args]))
 print(json.dumps({"pipeline": pipeline.__file__, "loaded": sorted(fns),

@@ -4,6 +4,7 @@ Exact equality wherever both sides run the same TF kernels in the same order; th
 (adjust_hsv_in_yiq vs tfa's C++ kernel) is stated where it is used.
 """
 import glob
+import inspect
 import os
 
 import numpy as np
@@ -337,3 +338,20 @@ def test_interpolate_bilinear(indexing):
     points = tf.constant(np.random.default_rng(2).uniform(-5, 70, (4, 200, 2)), tf.float32)
     assert_same(core.interpolate_bilinear(grid, points, indexing),
                 tfa.image.interpolate_bilinear(grid, points, indexing))
+
+
+def test_signatures_are_tfas():
+    """Argument names, order and defaults as tfa's."""
+    def params(fn):
+        fn = getattr(fn, "python_function", fn)
+        return [(p.name, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    public = [n for n in dir(tfa.image)
+              if not n.startswith("_") and callable(getattr(tfa.image, n))]
+    shared = [n for n in public if hasattr(core, n)]
+    assert set(public) - set(shared) == {  # as tfa_core's docstring says
+        "connected_components", "euclidean_dist_transform", "interpolate_spline", "resampler",
+        "sparse_image_warp"}
+    for name in shared:
+        ours, theirs = params(getattr(core, name)), params(getattr(tfa.image, name))
+        assert ours == theirs, name

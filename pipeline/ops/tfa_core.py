@@ -1,12 +1,23 @@
 """tfa.image ops re-implemented on core TensorFlow only (no tensorflow_addons import).
 
 tensorflow-addons is end-of-life and does not import on TF >= 2.16 / Keras 3. Every function here
-has the signature and the math of its `tfa.image` namesake (tensorflow-addons 0.23.0), so callers
-get the same pixels on either stack; tests/test_tfa_core.py compares them against tfa itself.
-Arguments after the first few are best passed by keyword: `transform`, `rotate` and `translate`
-put `fill_value` before `output_shape`/after `fill_mode` where tfa has `name` in between.
-tfa's stateful `random_cutout` / `random_hsv_in_yiq` become `stateless_random_*` variants that
-take a `seed` int [2] tensor, as tf.random.stateless_* do.
+has the signature (argument names, order and defaults) and the math of its `tfa.image` namesake
+(tensorflow-addons 0.23.0), so callers get the same pixels on either stack;
+tests/test_tfa_core.py compares them against tfa itself. As in tfa: images may be 2-, 3- or 4-D,
+their rank known only when the graph runs; median_filter2d, interpolate_bilinear and
+dense_image_warp are tf.functions (get_concrete_function works); a bad filter_shape is a
+ValueError; a grid narrower or lower than 2 pixels fails with tfa's message; flows and query
+points may be any float type (tests/test_tfa_core_compat.py, on both stacks).
+
+What differs from tfa.image 0.23.0:
+- random_cutout and random_hsv_in_yiq draw a stateless seed from TensorFlow's global random
+  state (honouring tf.random.set_seed and the op-level `seed`, like tfa), then call
+  stateless_random_cutout / stateless_random_hsv_in_yiq (extra here: `seed` an int [2] tensor,
+  as tf.random.stateless_* take). Same distributions, not tfa's numbers.
+- adjust_hsv_in_yiq is tfa's matrix formulation in TensorFlow ops; tfa runs a C++ kernel for
+  it, which differs in the last bits (the tolerance is stated in tests/test_tfa_core.py).
+- Not here: connected_components, euclidean_dist_transform, interpolate_spline, resampler and
+  sparse_image_warp (augbatch's ops use none of them).
 """
 import tensorflow as tf
 
@@ -16,10 +27,23 @@ _IMAGE_DTYPES = {tf.uint8, tf.int32, tf.int64, tf.float16, tf.float32, tf.float6
 # --- shape helpers ---------------------------------------------------------------------------
 
 def _to_4d(image):
-    """[H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C], original rank)."""
+    """[H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C], original rank). The rank may be
+    unknown until run time (then it is returned as a tensor, and checked when the graph runs)."""
     ndims = image.shape.rank
+    if ndims is None:
+        ndims = tf.rank(image)
+        check = tf.debugging.assert_equal(
+            (ndims >= 2) & (ndims <= 4), True, message="`image` must be a 2/3/4-D tensor")
+        with tf.control_dependencies([check]):
+            shape = tf.shape(image)
+        # One leading 1 unless already 4-D, one trailing 1 if 2-D.
+        lead = tf.ones([tf.cast(ndims <= 3, tf.int32)], tf.int32)
+        trail = tf.ones([tf.cast(ndims == 2, tf.int32)], tf.int32)
+        image4 = tf.reshape(image, tf.concat([lead, shape, trail], 0))
+        image4.set_shape([None] * 4)
+        return image4, ndims
     if ndims not in (2, 3, 4):
-        raise ValueError(f"`image` must be a 2/3/4-D tensor with known rank, got {image.shape}")
+        raise ValueError(f"`image` must be a 2/3/4-D tensor, got {image.shape}")
     if ndims == 2:
         return image[None, :, :, None], ndims
     return (image[None] if ndims == 3 else image), ndims
@@ -27,6 +51,10 @@ def _to_4d(image):
 
 def _from_4d(image, ndims):
     """Undo `_to_4d`."""
+    if isinstance(ndims, tf.Tensor):  # the rank was unknown: drop what _to_4d added
+        shape = tf.shape(image)
+        return tf.reshape(image, shape[tf.cast(ndims <= 3, tf.int32):
+                                       4 - tf.cast(ndims == 2, tf.int32)])
     if ndims == 2:
         return tf.squeeze(image, [0, 3])
     return tf.squeeze(image, [0]) if ndims == 3 else image
@@ -36,10 +64,13 @@ def _pair(value, what):
     """An int or a 2-sequence -> tuple of 2 ints (keras normalize_tuple)."""
     if isinstance(value, int):
         return (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
+    try:
+        pair = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2:  # ValueError, as tfa raises for e.g. (3, None, 3)
         raise ValueError(f"{what} must be an int or a tuple of 2 ints, got {value}")
-    return value
+    return pair
 
 
 def _wrap(image):
@@ -58,8 +89,8 @@ def _unwrap(image, replace):
 
 # --- projective transforms -------------------------------------------------------------------
 
-def transform(images, transforms, interpolation="nearest", fill_mode="constant", fill_value=0.0,
-              output_shape=None, *, name=None):
+def transform(images, transforms, interpolation="nearest", fill_mode="constant", output_shape=None,
+              name=None, fill_value=0.0):
     """Apply projective transform(s) [a0 a1 a2 b0 b1 b2 c0 c1] (output -> input) to image(s)."""
     with tf.name_scope(name or "transform"):
         images = tf.convert_to_tensor(images, name="images")
@@ -81,49 +112,53 @@ def transform(images, transforms, interpolation="nearest", fill_mode="constant",
         return _from_4d(out, ndims)
 
 
-def flat_transforms_to_matrices(transforms):
+def flat_transforms_to_matrices(transforms, name=None):
     """[8] or [N, 8] flat transforms -> [N, 3, 3] matrices (output -> input coordinates)."""
-    transforms = tf.convert_to_tensor(transforms, name="transforms")
-    if transforms.shape.rank not in (1, 2):
-        raise ValueError(f"Transforms should be 1D or 2D, got: {transforms}")
-    transforms = tf.reshape(transforms, [-1, 8])
-    ones = tf.ones([tf.shape(transforms)[0], 1], transforms.dtype)
-    return tf.reshape(tf.concat([transforms, ones], axis=1), [-1, 3, 3])
+    with tf.name_scope(name or "flat_transforms_to_matrices"):
+        transforms = tf.convert_to_tensor(transforms, name="transforms")
+        if transforms.shape.rank not in (1, 2):
+            raise ValueError(f"Transforms should be 1D or 2D, got: {transforms}")
+        transforms = tf.reshape(transforms, [-1, 8])
+        ones = tf.ones([tf.shape(transforms)[0], 1], transforms.dtype)
+        return tf.reshape(tf.concat([transforms, ones], axis=1), [-1, 3, 3])
 
 
-def matrices_to_flat_transforms(transform_matrices):
+def matrices_to_flat_transforms(transform_matrices, name=None):
     """[3, 3] or [N, 3, 3] matrices (output -> input) -> [N, 8] flat transforms."""
-    matrices = tf.convert_to_tensor(transform_matrices, name="transform_matrices")
-    if matrices.shape.rank not in (2, 3):
-        raise ValueError(f"Matrices should be 2D or 3D, got: {matrices}")
-    flat = tf.reshape(matrices, [-1, 9])
-    return (flat / flat[:, 8:9])[:, :8]
+    with tf.name_scope(name or "matrices_to_flat_transforms"):
+        matrices = tf.convert_to_tensor(transform_matrices, name="transform_matrices")
+        if matrices.shape.rank not in (2, 3):
+            raise ValueError(f"Matrices should be 2D or 3D, got: {matrices}")
+        flat = tf.reshape(matrices, [-1, 9])
+        return (flat / flat[:, 8:9])[:, :8]
 
 
-def compose_transforms(transforms):
+def compose_transforms(transforms, name=None):
     """Compose a list of flat transforms into one that applies them all, in list order."""
     assert transforms, "transforms cannot be empty"
-    composed = flat_transforms_to_matrices(transforms[0])
-    for tr in transforms[1:]:
-        composed = tf.matmul(composed, flat_transforms_to_matrices(tr))
-    return matrices_to_flat_transforms(composed)
+    with tf.name_scope(name or "compose_transforms"):
+        composed = flat_transforms_to_matrices(transforms[0])
+        for tr in transforms[1:]:
+            composed = tf.matmul(composed, flat_transforms_to_matrices(tr))
+        return matrices_to_flat_transforms(composed)
 
 
-def angles_to_projective_transforms(angles, image_height, image_width):
+def angles_to_projective_transforms(angles, image_height, image_width, name=None):
     """[N, 8] transforms rotating images counterclockwise by `angles` (radians) about the centre."""
-    angles = tf.convert_to_tensor(angles, tf.float32, name="angles")
-    if angles.shape.rank not in (0, 1):
-        raise ValueError("angles should have rank 0 or 1.")
-    angles = tf.reshape(angles, [-1])
-    cos, sin = tf.math.cos(angles), tf.math.sin(angles)
-    x_offset = ((image_width - 1) - (cos * (image_width - 1) - sin * (image_height - 1))) / 2.0
-    y_offset = ((image_height - 1) - (sin * (image_width - 1) + cos * (image_height - 1))) / 2.0
-    zeros = tf.zeros_like(angles)
-    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+    with tf.name_scope(name or "angles_to_projective_transforms"):
+        angles = tf.convert_to_tensor(angles, tf.float32, name="angles")
+        if angles.shape.rank not in (0, 1):
+            raise ValueError("angles should have rank 0 or 1.")
+        angles = tf.reshape(angles, [-1])
+        cos, sin = tf.math.cos(angles), tf.math.sin(angles)
+        x_offset = ((image_width - 1) - (cos * (image_width - 1) - sin * (image_height - 1))) / 2
+        y_offset = ((image_height - 1) - (sin * (image_width - 1) + cos * (image_height - 1))) / 2
+        zeros = tf.zeros_like(angles)
+        return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
 
 
-def rotate(images, angles, interpolation="nearest", fill_mode="constant", fill_value=0.0, *,
-           name=None):
+def rotate(images, angles, interpolation="nearest", fill_mode="constant", name=None,
+           fill_value=0.0):
     """Rotate image(s) counterclockwise by `angles` radians (scalar, or one per image)."""
     with tf.name_scope(name or "rotate"):
         images = tf.convert_to_tensor(images)
@@ -135,20 +170,21 @@ def rotate(images, angles, interpolation="nearest", fill_mode="constant", fill_v
         return _from_4d(out, ndims)
 
 
-def translations_to_projective_transforms(translations):
+def translations_to_projective_transforms(translations, name=None):
     """[N, 8] transforms shifting images by [dx, dy] (a [2] vector or an [N, 2] matrix)."""
-    translations = tf.convert_to_tensor(translations, tf.float32, name="translations")
-    if translations.shape.rank not in (1, 2):
-        raise TypeError("Translations should have static rank 1 or 2.")
-    translations = tf.reshape(translations, [-1, 2])
-    ones = tf.ones_like(translations[:, 0])
-    zeros = tf.zeros_like(ones)
-    return tf.stack([ones, zeros, -translations[:, 0], zeros, ones, -translations[:, 1],
-                     zeros, zeros], axis=1)
+    with tf.name_scope(name or "translations_to_projective_transforms"):
+        translations = tf.convert_to_tensor(translations, tf.float32, name="translations")
+        if translations.shape.rank not in (1, 2):
+            raise TypeError("Translations should have static rank 1 or 2.")
+        translations = tf.reshape(translations, [-1, 2])
+        ones = tf.ones_like(translations[:, 0])
+        zeros = tf.zeros_like(ones)
+        return tf.stack([ones, zeros, -translations[:, 0], zeros, ones, -translations[:, 1],
+                         zeros, zeros], axis=1)
 
 
-def translate(images, translations, interpolation="nearest", fill_mode="constant",
-              fill_value=0.0, *, name=None):
+def translate(images, translations, interpolation="nearest", fill_mode="constant", name=None,
+              fill_value=0.0):
     """Shift image(s) by [dx, dy] pixels (one vector, or one per image)."""
     with tf.name_scope(name or "translate"):
         return transform(images, translations_to_projective_transforms(translations),
@@ -199,8 +235,14 @@ def _gaussian_kernel(sigma, size):
 
 
 @tf.function  # like tfa: grappler constant-folds the kernel, which eager rounds differently
-def gaussian_filter2d(image, filter_shape=(3, 3), sigma=1.0, padding="REFLECT", constant_values=0):
+def gaussian_filter2d(image, filter_shape=(3, 3), sigma=1.0, padding="REFLECT", constant_values=0,
+                      name=None):
     """Gaussian blur of image(s); `sigma` is a float or (sigma_y, sigma_x)."""
+    with tf.name_scope(name or "gaussian_filter2d"):
+        return _gaussian_filter2d(image, filter_shape, sigma, padding, constant_values)
+
+
+def _gaussian_filter2d(image, filter_shape, sigma, padding, constant_values):
     sigma = tuple(sigma) if isinstance(sigma, (list, tuple)) else (sigma, sigma)
     if len(sigma) != 2:
         raise ValueError("sigma should be a float or a tuple/list of 2 floats")
@@ -219,8 +261,13 @@ def gaussian_filter2d(image, filter_shape=(3, 3), sigma=1.0, padding="REFLECT", 
 
 
 @tf.function  # like tfa: in a graph, grappler turns `/ area` into a multiply by 1 / area
-def mean_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values=0):
+def mean_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values=0, name=None):
     """Box (mean) filter of image(s)."""
+    with tf.name_scope(name or "mean_filter2d"):
+        return _mean_filter2d(image, filter_shape, padding, constant_values)
+
+
+def _mean_filter2d(image, filter_shape, padding, constant_values):
     image4, ndims = _to_4d(tf.convert_to_tensor(image, name="image"))
     orig_dtype = image4.dtype
     if not orig_dtype.is_floating:
@@ -232,8 +279,14 @@ def mean_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values
     return tf.cast(_from_4d(out, ndims), orig_dtype)
 
 
-def median_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values=0):
+@tf.function  # as tfa makes it (get_concrete_function works)
+def median_filter2d(image, filter_shape=(3, 3), padding="REFLECT", constant_values=0, name=None):
     """Median filter of image(s); even windows average the two middle values."""
+    with tf.name_scope(name or "median_filter2d"):
+        return _median_filter2d(image, filter_shape, padding, constant_values)
+
+
+def _median_filter2d(image, filter_shape, padding, constant_values):
     image4, ndims = _to_4d(tf.convert_to_tensor(image, name="image"))
     fh, fw = _pair(filter_shape, "filter_shape")
     b, h, w, c = tf.unstack(tf.shape(image4))
@@ -291,6 +344,17 @@ def stateless_random_cutout(images, mask_size, seed, constant_values=0):
     return _from_4d(out, ndims)
 
 
+def random_cutout(images, mask_size, constant_values=0, seed=None):
+    """tfa.image.random_cutout: `stateless_random_cutout` seeded from TF's global random state
+    (and the op-level `seed`), so a call draws anew as tfa's does (not the same numbers)."""
+    return stateless_random_cutout(images, mask_size, _stateful_seed(seed), constant_values)
+
+
+def _stateful_seed(seed):
+    """An int32 [2] stateless seed drawn from TF's global random state (op-level `seed`)."""
+    return tf.random.uniform([2], -2 ** 31, 2 ** 31 - 1, tf.int32, seed=seed)
+
+
 # --- color -----------------------------------------------------------------------------------
 
 def blend(image1, image2, factor):
@@ -315,8 +379,13 @@ def blend(image1, image2, factor):
     return tf.where(factor == 0.0, image1, tf.where(factor == 1.0, image2, out))
 
 
-def equalize(image, bins=256):
+def equalize(image, bins=256, name=None):
     """Histogram-equalize each channel of image(s) like PIL.ImageOps.equalize."""
+    with tf.name_scope(name or "equalize"):
+        return _equalize(image, bins)
+
+
+def _equalize(image, bins):
     image4, ndims = _to_4d(tf.convert_to_tensor(image))
     b, h, w, c = tf.unstack(tf.shape(image4))
     values = tf.reshape(tf.transpose(tf.cast(image4, tf.int32), [0, 3, 1, 2]), [b * c, h * w])
@@ -336,8 +405,13 @@ def equalize(image, bins=256):
     return _from_4d(tf.cast(result, image4.dtype), ndims)
 
 
-def sharpness(image, factor):
+def sharpness(image, factor, name=None):
     """PIL-style sharpness: blend a 3x3 smoothed copy (border kept) with the image by `factor`."""
+    with tf.name_scope(name or "sharpness"):
+        return _sharpness(image, factor)
+
+
+def _sharpness(image, factor):
     image4, ndims = _to_4d(tf.convert_to_tensor(image))
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
     degenerate = tf.cast(_depthwise(tf.cast(image4, tf.float32), kernel), image4.dtype)
@@ -352,8 +426,13 @@ _YIQ_INVERSE = ((1.0, 1.0, 1.0), (0.95617069, -0.2726886, -1.103744),
                 (0.62143257, -0.64681324, 1.70062309))
 
 
-def adjust_hsv_in_yiq(image, delta_hue=0, scale_saturation=1, scale_value=1):
+def adjust_hsv_in_yiq(image, delta_hue=0, scale_saturation=1, scale_value=1, name=None):
     """Rotate hue by delta_hue (radians) and scale saturation/value of RGB image(s) in YIQ space."""
+    with tf.name_scope(name or "adjust_hsv_in_yiq"):
+        return _adjust_hsv_in_yiq(image, delta_hue, scale_saturation, scale_value)
+
+
+def _adjust_hsv_in_yiq(image, delta_hue, scale_saturation, scale_value):
     image = tf.convert_to_tensor(image, name="image")
     if image.shape.rank is not None and image.shape.rank < 3:
         raise ValueError("input must be at least 3-D.")
@@ -389,20 +468,42 @@ def stateless_random_hsv_in_yiq(image, max_delta_hue, lower_saturation, upper_sa
                              draw(2, lower_value, upper_value))
 
 
+def random_hsv_in_yiq(image, max_delta_hue=0, lower_saturation=1, upper_saturation=1,
+                      lower_value=1, upper_value=1, seed=None, name=None):
+    """tfa.image.random_hsv_in_yiq: `stateless_random_hsv_in_yiq` seeded from TF's global
+    random state (and the op-level `seed`), so a call draws anew as tfa's does."""
+    with tf.name_scope(name or "random_hsv_in_yiq"):
+        return stateless_random_hsv_in_yiq(image, max_delta_hue, lower_saturation,
+                                           upper_saturation, lower_value, upper_value,
+                                           _stateful_seed(seed))
+
+
 # --- dense warp ------------------------------------------------------------------------------
 
-def interpolate_bilinear(grid, query_points, indexing="ij"):
+@tf.function  # as tfa makes it (get_concrete_function works)
+def interpolate_bilinear(grid, query_points, indexing="ij", name=None):
     """Bilinearly sample grid [B, H, W, C] at query_points [B, N, 2] (clamped to the border)."""
     if indexing not in ("ij", "xy"):
         raise ValueError("Indexing mode must be 'ij' or 'xy'")
+    with tf.name_scope(name or "interpolate_bilinear"):
+        return _interpolate_bilinear(grid, query_points, indexing)
+
+
+def _interpolate_bilinear(grid, query_points, indexing):
     grid, query_points = tf.convert_to_tensor(grid), tf.convert_to_tensor(query_points)
-    b, h, w, c = tf.unstack(tf.shape(grid))
-    queries = tf.unstack(query_points, axis=2, num=2)
+    shape = tf.shape(grid)  # a rank unknown until run time is checked then
+    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    checks = [tf.debugging.assert_rank(grid, 4, message="Grid must be 4 dimensional."),
+              tf.debugging.assert_greater_equal(h, 2, message="Grid height must be at least 2."),
+              tf.debugging.assert_greater_equal(w, 2, message="Grid width must be at least 2.")]
+    with tf.control_dependencies(checks):
+        queries = [query_points[:, :, 0], query_points[:, :, 1]]
     if indexing == "xy":
         queries = queries[::-1]
     floors, alphas = [], []
     for query, size in zip(queries, (h, w)):
-        floor = tf.minimum(tf.maximum(0.0, tf.math.floor(query)), tf.cast(size - 2, query.dtype))
+        zero = tf.zeros([], query.dtype)  # not 0.0: float16/float64 queries inside tf.function
+        floor = tf.minimum(tf.maximum(zero, tf.math.floor(query)), tf.cast(size - 2, query.dtype))
         floors.append(tf.cast(floor, tf.int32))
         alpha = tf.clip_by_value(tf.cast(query - floor, grid.dtype), 0.0, 1.0)
         alphas.append(alpha[:, :, None])
@@ -420,11 +521,18 @@ def interpolate_bilinear(grid, query_points, indexing="ij"):
     return ay * (bottom - top) + top
 
 
-def dense_image_warp(image, flow):
+@tf.function  # as tfa makes it (get_concrete_function works)
+def dense_image_warp(image, flow, name=None):
     """Warp image [B, H, W, C]: output[b, y, x] = image[b, y - flow[..., 0], x - flow[..., 1]]."""
+    with tf.name_scope(name or "dense_image_warp"):
+        return _dense_image_warp(image, flow)
+
+
+def _dense_image_warp(image, flow):
     image, flow = tf.convert_to_tensor(image), tf.convert_to_tensor(flow)
-    b, h, w, c = tf.unstack(tf.shape(image))
+    shape = tf.shape(image)
+    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
     grid_x, grid_y = tf.meshgrid(tf.range(w), tf.range(h))
     grid = tf.cast(tf.stack([grid_y, grid_x], axis=2), flow.dtype)[None]
     queries = tf.reshape(grid - flow, [b, h * w, 2])
-    return tf.reshape(interpolate_bilinear(image, queries), [b, h, w, c])
+    return tf.reshape(_interpolate_bilinear(image, queries, "ij"), [b, h, w, c])
