@@ -1,8 +1,10 @@
-"""Run the benchmark: augbatch against hand-written tf.data, Keras ImageDataGenerator and the
-decode + re-encode floor, on one realistic dataset, in one invocation.
+"""Run the benchmark: augbatch against hand-written tf.data, Keras ImageDataGenerator,
+albumentations in a process pool (the peer a CPU user would pick) and the decode + re-encode
+floors, on one realistic dataset, in one invocation.
 
     python -m bench                        # 2,000 inputs (256 and 512 px), 3 interleaved runs
     python -m bench --inputs 40 --repeats 1 --rss-inputs 40   # a quick look
+    python -m bench --peer-python /path/to/venv/bin/python   # albumentations installed there
 
 Each row runs in its own process (`bench.variants`), warmed up first; rows are interleaved and
 each reports the median of its runs. Speeds are output images per second of wall time and per
@@ -27,8 +29,8 @@ MULTI_THREADING = ["--direct_num_workers=2", "--direct_running_mode=multi_thread
 
 def rows(folder, records):
     """(name, what it is, variants args). B1/F0 rows are the ratios' references."""
-    def augbatch(inputs, chain, xla, *beam_args):
-        runtime = json.dumps({"xla": xla})
+    def augbatch(inputs, chain, xla, *beam_args, kernel="opencv"):
+        runtime = json.dumps({"xla": xla, "kernel": kernel})
         return ["augbatch", "--inputs", inputs, "--chain", chain, "--runtime", runtime,
                 "--beam-args", json.dumps(beam_args)]
     return [
@@ -39,12 +41,18 @@ def rows(folder, records):
          augbatch(folder, "standard", True)),
         ("augbatch", "augbatch expand, standard chain, default (no XLA), folder",
          augbatch(folder, "standard", False)),
+        ("augbatch --kernel tensorflow", "augbatch expand, standard chain, TensorFlow's "
+         "resample kernel (the default before 'opencv'), folder",
+         augbatch(folder, "standard", False, kernel="tensorflow")),
         ("augbatch --xla tfrecord", "augbatch expand, standard chain, XLA, TFRecords",
          augbatch(records, "standard", True)),
         ("augbatch --xla threads x2", "as augbatch --xla, -- " + " ".join(MULTI_THREADING),
          augbatch(folder, "standard", True, *MULTI_THREADING)),
         ("augbatch --xla multi_processing x2", "as augbatch --xla, -- " +
          " ".join(MULTI_PROCESSING), augbatch(folder, "standard", True, *MULTI_PROCESSING)),
+        ("augbatch dask x2", "as augbatch, on a local Dask cluster of 2 worker processes (CPU: "
+         "client, scheduler and workers)", augbatch(folder, "standard", False)
+         + ["--dask-workers", "2"]),
         ("B1 colour", "hand-written tf.data, colour-only chain",
          ["B1", "--inputs", folder, "--chain", "colour"]),
         ("augbatch --xla colour", "augbatch expand, colour-only chain, XLA",
@@ -61,7 +69,7 @@ def rows(folder, records):
 
 
 # The peer's rows run in a Python that has albumentations (--peer-python); skipped without one.
-PEER_ROWS = ("P1", "P1 colour")
+PEER_ROWS = ("P0", "P1", "P1 colour")
 
 
 def peer_missing(python):

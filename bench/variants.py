@@ -13,6 +13,8 @@ as tf.train.Example records, and is timed after a warm-up run on a few other ima
 done, TensorFlow started, files in the page cache).
 """
 import argparse
+import atexit
+import contextlib
 import glob
 import io
 import json
@@ -210,8 +212,23 @@ def run_pool(folder, out_dir, copies, chain):
 
 # --- augbatch ---------------------------------------------------------------------------------
 
-def run_augbatch(inputs, out_dir, copies, chain, beam_args=(), **runtime):
+_clusters = contextlib.ExitStack()  # a local Dask cluster, kept warm from the warm-up run on
+atexit.register(_clusters.close)
+
+
+def _dask_args(workers):
+    """Beam args for a local Dask cluster of `workers` processes (started once per process)."""
+    if not hasattr(_dask_args, "address"):
+        from pipeline import runners
+        _dask_args.address = _clusters.enter_context(runners.dask_cluster(workers))
+    return ["--runner=pipeline.dask_runner.DaskRunner",
+            f"--dask_client_address={_dask_args.address}"]
+
+
+def run_augbatch(inputs, out_dir, copies, chain, beam_args=(), dask_workers=0, **runtime):
     from pipeline import config, run
+    if dask_workers:
+        beam_args = list(beam_args) + _dask_args(dask_workers)
     job = config.load(None, overrides={
         "input": (inputs,), "output": out_dir, "chain": CHAINS[chain], "copies": copies,
         "keep_original": False, "quality": QUALITY, "format": "jpeg", **runtime})
@@ -225,7 +242,8 @@ VARIANTS = {"F0": lambda a: run_tf_data(a.inputs, a.out, a.copies, None),
             "P0": lambda a: run_pool(a.inputs, a.out, a.copies, None),
             "P1": lambda a: run_pool(a.inputs, a.out, a.copies, a.chain),
             "augbatch": lambda a: run_augbatch(a.inputs, a.out, a.copies, a.chain,
-                                               a.beam_args, **json.loads(a.runtime))}
+                                               a.beam_args, a.dask_workers,
+                                               **json.loads(a.runtime))}
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -261,9 +279,19 @@ class PeakMemory:
 
 
 def cpu_seconds():
+    """CPU seconds of this process, its finished children and its live descendants (a Dask
+    cluster's workers, alive from the warm-up run to the end)."""
+    import psutil
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    live = 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            times = p.cpu_times()
+            live += times.user + times.system
+        except Exception:  # noqa: BLE001 - a child that just exited
+            pass
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + live
 
 
 def measure(args):
@@ -294,6 +322,8 @@ def main(argv=None):
     parser.add_argument("--warmup", help="a small class folder to run once before timing")
     parser.add_argument("--runtime", default="{}", help="augbatch Job fields, as JSON")
     parser.add_argument("--beam-args", default="[]", help="augbatch: Beam options, as JSON")
+    parser.add_argument("--dask-workers", type=int, default=0, help="augbatch: run on a local "
+                        "Dask cluster of this many worker processes (0: none)")
     args = parser.parse_args(argv)
     args.beam_args = json.loads(args.beam_args)
     result = measure(args)

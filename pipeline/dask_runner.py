@@ -8,12 +8,18 @@ operations. Measured against the DirectRunner, its translation:
      `errors` output arrive mixed);
   3. computes a side input inside the task that reads it (a nested compute per side input:
      the work upstream of it runs again, and a worker thread blocks while it does);
-  4. computes only the last transform applied, so any other leaf of the graph never runs.
+  4. computes only the last transform applied, so any other leaf of the graph never runs;
+  5. holds each step's whole output of a partition as one list in memory;
+  6. ignores Reshuffle (one TFRecord file's records stay one bundle).
 This runner keeps Beam's translations for Create, GroupByKey and Flatten and replaces the ParDo
-translation and the graph walk so that finish_bundle outputs are kept, each consumer gets only
-its tagged output, side inputs are ordinary graph dependencies (computed once) and every leaf is
-computed. It takes the same options (--dask_client_address, --dask_npartitions, ...) and closes
-its client when the run ends.
+translation and the graph walk: ParDos that read another ParDo's output run fused in one task
+per partition (elements passed from DoFn to DoFn as emitted, finish_bundle outputs included),
+each consumer gets only its tagged output, side inputs are ordinary graph dependencies
+(computed once) and every leaf is computed; partitions hold at most INPUTS_PER_PARTITION inputs
+and Reshuffle spreads. It takes the same options (--dask_client_address, --dask_npartitions,
+...), checks that the cluster runs this augbatch, watches the run until it ends (or fails
+loudly: scheduler lost, no progress, workers dying) and closes its client. The Beam internals
+it needs are in pipeline/beam_internals.py.
 """
 import collections
 import concurrent.futures
@@ -315,7 +321,8 @@ class DaskRunnerResult(internals.DaskRunnerResult):
         exc = future.exception()
         if isinstance(exc, dask.distributed.KilledWorker):
             return UserError(
-                f"Dask workers died while running step {_step_of(exc.task)}: "
+                f"Dask workers died while running step {_step_of(exc.task)} (with the steps "
+                "fused after it): "
                 f"{exc.allowed_failures + 1} workers in a row died on the same part of it "
                 f"(the last one: {exc.last_worker.address})",
                 hint="see the workers' logs; a worker that runs out of memory is killed (give "

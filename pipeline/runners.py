@@ -72,8 +72,8 @@ def assemble(runner=None, beam_args=(), dask_address=None, dask_workers=None):
     args = _without_runner(beam_args) + [f"--runner={named}"]
     local_workers = 0
     if named == RUNNERS["dask"]:
-        try:
-            import dask.distributed  # noqa: F401
+        try:  # also makes Beam's --dask_* options known
+            import pipeline.dask_runner  # noqa: F401
         except ImportError:
             raise UserError("the Dask runner needs dask.distributed",
                             hint='pip install "augbatch[dask]"') from None
@@ -81,7 +81,13 @@ def assemble(runner=None, beam_args=(), dask_address=None, dask_workers=None):
         if dask_address:
             args.append(f"--dask_client_address={dask_address}")
         elif not given.get("address") and not given.get("scheduler_file"):
-            local_workers = dask_workers or os.cpu_count() or 1
+            cores = os.cpu_count() or 1
+            local_workers = dask_workers or cores
+            if local_workers > cores:
+                log.warning("--dask-workers %d on %d CPU cores: each worker runs TensorFlow on "
+                            "its own, so more workers than cores run slower, not faster "
+                            "(--dask-workers %d, or leave it out: one per core)",
+                            local_workers, cores, cores)
     return args, local_workers
 
 
@@ -92,8 +98,12 @@ def dask_cluster(workers):
     from dask.distributed import LocalCluster
     if not log.isEnabledFor(logging.DEBUG):  # the scheduler logs every connection at INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
+    import dask
+    # Dask's statistical profiler samples every thread of a worker each 10 ms: CPU spent even
+    # while idle, more with TensorFlow's threads. The workers get this config from here.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
     log.info("local Dask cluster: %d worker processes at %s (dashboard %s)", workers,
              cluster.scheduler_address, cluster.dashboard_link)
     try:

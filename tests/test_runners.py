@@ -120,6 +120,16 @@ def test_runner_names_and_options_are_assembled():
             runners.assemble(**bad)
 
 
+def test_more_local_dask_workers_than_cores_is_said(caplog):
+    cores = os.cpu_count() or 1
+    with caplog.at_level("WARNING", logger="augbatch"):
+        assert runners.assemble(dask_workers=cores)[1] == cores
+        assert not caplog.records
+        assert runners.assemble(dask_workers=cores + 2)[1] == cores + 2
+    assert f"--dask-workers {cores + 2} on {cores} CPU cores" in caplog.text
+    assert "run slower" in caplog.text
+
+
 # --- built, not run: Dataflow, Flink, Spark ----------------------------------------------------
 
 def files_under(path):
