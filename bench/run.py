@@ -1,8 +1,10 @@
-"""Run the benchmark: augbatch against hand-written tf.data, Keras ImageDataGenerator and the
-decode + re-encode floor, on one realistic dataset, in one invocation.
+"""Run the benchmark: augbatch against hand-written tf.data, Keras ImageDataGenerator,
+albumentations in a process pool (the peer a CPU user would pick) and the decode + re-encode
+floors, on one realistic dataset, in one invocation.
 
     python -m bench                        # 2,000 inputs (256 and 512 px), 3 interleaved runs
     python -m bench --inputs 40 --repeats 1 --rss-inputs 40   # a quick look
+    python -m bench --peer-python /path/to/venv/bin/python   # albumentations installed there
 
 Each row runs in its own process (`bench.variants`), warmed up first; rows are interleaved and
 each reports the median of its runs. Speeds are output images per second of wall time and per
@@ -27,8 +29,8 @@ MULTI_THREADING = ["--direct_num_workers=2", "--direct_running_mode=multi_thread
 
 def rows(folder, records):
     """(name, what it is, variants args). B1/F0 rows are the ratios' references."""
-    def augbatch(inputs, chain, xla, *beam_args):
-        runtime = json.dumps({"xla": xla})
+    def augbatch(inputs, chain, xla, *beam_args, kernel="opencv"):
+        runtime = json.dumps({"xla": xla, "kernel": kernel})
         return ["augbatch", "--inputs", inputs, "--chain", chain, "--runtime", runtime,
                 "--beam-args", json.dumps(beam_args)]
     return [
@@ -39,6 +41,9 @@ def rows(folder, records):
          augbatch(folder, "standard", True)),
         ("augbatch", "augbatch expand, standard chain, default (no XLA), folder",
          augbatch(folder, "standard", False)),
+        ("augbatch --kernel tensorflow", "augbatch expand, standard chain, TensorFlow's "
+         "resample kernel (the default before 'opencv'), folder",
+         augbatch(folder, "standard", False, kernel="tensorflow")),
         ("augbatch --xla tfrecord", "augbatch expand, standard chain, XLA, TFRecords",
          augbatch(records, "standard", True)),
         ("augbatch --xla threads x2", "as augbatch --xla, -- " + " ".join(MULTI_THREADING),
@@ -64,7 +69,7 @@ def rows(folder, records):
 
 
 # The peer's rows run in a Python that has albumentations (--peer-python); skipped without one.
-PEER_ROWS = ("P1", "P1 colour")
+PEER_ROWS = ("P0", "P1", "P1 colour")
 
 
 def peer_missing(python):
@@ -100,19 +105,27 @@ def summarize(name, what, runs):
 
 
 def startup_cost(folder, out):
-    """Seconds from `augbatch expand` starting to its exit, on one input with one copy: the
-    fixed cost of a run (imports, TensorFlow, the pipeline, tracing; the image is ~ms)."""
+    """Seconds from `augbatch expand` starting to its exit, on one input with one copy of the
+    standard chain: the fixed cost of a run (imports, TensorFlow, the pipeline, tracing the
+    chain; the image is ~ms)."""
+    from bench.variants import STANDARD_CHAIN
     one = os.path.join(out, "one-input")
     if not os.path.isdir(one):
         classes = sorted(os.listdir(folder))
         first = sorted(os.listdir(os.path.join(folder, classes[0])))[0]
         os.makedirs(os.path.join(one, classes[0]))
         os.link(os.path.join(folder, classes[0], first), os.path.join(one, classes[0], first))
+    config = os.path.join(out, "startup.json")
+    with open(config, "w") as f:
+        json.dump({"augment": {"chain": STANDARD_CHAIN}}, f)
     started = time.perf_counter()
-    subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "--quiet", "expand", "-i", one,
-                    "-o", os.path.join(out, "one-output"), "--overwrite", "--copies", "1"],
-                   cwd=ROOT, check=True, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "--quiet", "expand",
+                           "-c", config, "-i", one, "-o", os.path.join(out, "one-output"),
+                           "--overwrite", "--copies", "1"],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode:
+        raise RuntimeError(f"augbatch expand failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
 
 

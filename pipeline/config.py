@@ -429,7 +429,8 @@ def load(config_path=None, overrides=None, allow_python_ops=False, require_paths
 
 def check_changes(job):
     """Refuse copies that would all be the input again: an empty chain with copies > 0 (a
-    forgotten or mistyped chain), unless plain copies are asked for (augment.plain_copies)."""
+    forgotten or mistyped chain), unless plain copies are asked for (augment.plain_copies);
+    and a class balanced to 0 copies without copy 0 (its inputs would vanish)."""
     if job.balance and job.balance[0] == "copies" and not job.keep_original:
         for name, copies in job.balance[1]:
             if copies == 0:

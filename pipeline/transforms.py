@@ -260,10 +260,12 @@ def header(data):
         if fmt is None:
             raise UnsupportedFormat(f"unsupported image format {im.format} (augbatch reads "
                                     f"{sources.SUPPORTED})")
-        try:
-            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
-        except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
-            orientation = 1
+        orientation = 1
+        if "exif" in im.info or im.format == "TIFF":  # (parsing EXIF costs: only if there)
+            try:
+                orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+            except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
+                pass
         return fmt, im.width, im.height, orientation if 1 <= orientation <= 8 else 1
 
 

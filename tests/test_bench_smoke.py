@@ -18,15 +18,15 @@ def test_bench_reports_every_row(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     # The peer's rows (albumentations) run where it is installed, else a note says why not.
-    peer = ["P1", "P1 colour"] if "P1" in report["vs_peer"] else []
-    assert peer or "note: rows P1, P1 colour (albumentations) skipped" in done.stdout
+    peer = ["P0", "P1", "P1 colour"] if "P1" in report["vs_peer"] else []
+    assert peer or "note: rows P0, P1, P1 colour (albumentations) skipped" in done.stdout
 
     rows = {r["row"]: r for r in report["results"]}
     assert sorted(rows) == sorted([
-        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --xla tfrecord",
-        "augbatch --xla threads x2", "augbatch --xla multi_processing x2",
-        "augbatch dask x2", "B1 colour",
-        "augbatch --xla colour", "augbatch colour", "P0"] + peer)
+        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --kernel tensorflow",
+        "augbatch --xla tfrecord", "augbatch --xla threads x2",
+        "augbatch --xla multi_processing x2", "augbatch dask x2", "B1 colour",
+        "augbatch --xla colour", "augbatch colour"] + peer)
     for row in rows.values():
         assert row["outputs"] == 8, row  # 8 inputs x 1 copy, every contender
         assert row["img_per_s"] > 0 and row["img_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0
