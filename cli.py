@@ -330,8 +330,8 @@ def preview(config_path, inputs, num_inputs, copies, seed, tile_size, allow_pyth
               help="Seed of the sample (same seed, same images).")
 @click.option("--image-key", help="Feature holding the encoded image  [default: the "
               "manifest's, else image/encoded]")
-@click.option("--label-key", default="image/class/label", show_default=True,
-              help="Integer feature holding the label.")
+@click.option("--label-key", help="Integer feature holding the label  [default: the "
+              "manifest's, else image/class/label]")
 def inspect_(target, verify, sheet, sample, seed, image_key, label_key):
     """Summarize TFRecord files: counts, image sizes and formats, errors; optionally verify.
 

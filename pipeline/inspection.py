@@ -121,8 +121,7 @@ def _first(feature):
     return values.value[0] if values is not None and len(values.value) else None
 
 
-def scan(target, image_key=None, label_key="image/class/label", verify=False, sample=0,
-         seed=0):
+def scan(target, image_key=None, label_key=None, verify=False, sample=0, seed=0):
     """Read every record under `target` into a Report; `sample` records (seeded) are kept."""
     import tensorflow as tf
     from pipeline import transforms as T
@@ -130,6 +129,8 @@ def scan(target, image_key=None, label_key="image/class/label", verify=False, sa
     manifest = _read_json(FileSystems.join(folder, MANIFEST))
     if image_key is None:
         image_key = ((manifest or {}).get("features", {}).get("image") or "image/encoded")
+    if label_key is None:  # (output.tfds writes them under TFDS's keys)
+        label_key = ((manifest or {}).get("features", {}).get("label") or "image/class/label")
     report = Report(target, files, image_key, label_key, manifest=manifest,
                     errors=_read_errors(FileSystems.join(folder, ERRORS)), verified=verify)
     rng, seen = random.Random(seed), 0

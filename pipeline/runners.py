@@ -139,7 +139,8 @@ def check_filesystems(paths):
             scheme = path.split("://", 1)[0]
             extra = FILESYSTEM_EXTRAS.get(scheme)
             raise UserError(f"{path}: no Beam filesystem for {scheme}:// is installed",
-                            hint=f'pip install "apache-beam[{extra}]==2.77.0"' if extra else
+                            hint=DATAFLOW_INSTALL if extra == "gcp" else
+                            f'pip install "apache-beam[{extra}]==2.77.0"' if extra else
                             "see Beam's list of filesystems") from None
 
 

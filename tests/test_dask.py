@@ -51,8 +51,10 @@ class Cluster:
         self.folder.mkdir(exist_ok=True)
         scheduler_file = folder / "scheduler.json"
         scheduler_file.unlink(missing_ok=True)  # an earlier cluster's
+        # --idle-timeout / --death-timeout: nothing outlives a test run killed midway.
         self.scheduler = self._start("scheduler", ["dask", "scheduler", "--host", "127.0.0.1",
                                                    "--port", "0", "--no-dashboard",
+                                                   "--idle-timeout", "600",
                                                    "--scheduler-file", str(scheduler_file)])
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():

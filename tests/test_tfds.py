@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from pipeline import config
+from pipeline import config, inspection
 from pipeline.errors import ConfigError
 from tests.conftest import ROOT, assert_accounted, run_job, shard_bytes
 
@@ -30,6 +30,10 @@ def test_a_class_folder_run_loads_with_builder_from_directory(small_folder, tmp_
     assert sorted(int(row["label"]) for row in rows) == [0] * 6 + [1] * 6 + [2] * 6
     image, label = next(iter(builder.as_dataset(split="train", as_supervised=True)))
     assert image.dtype.name == "uint8" and label.dtype.name == "int64"
+    # augbatch inspect reads the keys the manifest names.
+    report = inspection.scan(str(out), verify=True)
+    assert report.problems == [] and sum(report.labels.values()) == 18
+    assert sorted(report.labels) == [0, 1, 2]
     # The shards keep augbatch's names (the template in dataset_info.json says so).
     assert sorted(shard_bytes(out)) == ["augmented-00000-of-00002.tfrecord",
                                         "augmented-00001-of-00002.tfrecord"]
@@ -53,6 +57,16 @@ def test_boxes_and_class_masks_load_as_tfds_objects(tmp_path):
         np.testing.assert_allclose(row["objects"]["bbox"].numpy(), boxes.reshape(-1, 4))
         assert row["objects"]["label"].numpy().tolist() == record["label"]
         assert row["image"].shape[-1] == 3
+        # Instance masks: one per box, the image's size, 0/1 (nearest sampled), tight boxes.
+        masks = row["objects"]["mask"].numpy()
+        height, width = row["image"].shape[:2]
+        assert masks.shape == (len(boxes), height, width, 1)
+        assert set(np.unique(masks)) <= {0, 1}
+        for mask, box in zip(masks[..., 0], boxes):
+            ys, xs = np.nonzero(mask)
+            tight = [ys.min() / height, xs.min() / width, (ys.max() + 1) / height,
+                     (xs.max() + 1) / width]
+            np.testing.assert_allclose(tight, box, atol=1e-5)
 
     seg = tmp_path / "seg"
     run_job(os.path.join(DETECTION, "segmentation.tfrecord"), seg,
