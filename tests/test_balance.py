@@ -66,7 +66,8 @@ def test_rare_classes_are_oversampled_to_the_target(tmp_path):
 
 def test_copies_per_class(tmp_path):
     images = folder(tmp_path / "images", {"common": 3, "rare": 1})
-    manifest, rows = expand(images, tmp_path / "out", copies=1, balance={"copies": {"common": 0, "rare": 4}})
+    manifest, rows = expand(images, tmp_path / "out", copies=1,
+                            balance={"copies": {"common": 0, "rare": 4}})
     assert manifest["balance"] == {"before": {"common": 3, "rare": 1},
                                    "after": {"common": 3, "rare": 5}}
     per_key = copies_per_key(rows)

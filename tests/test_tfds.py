@@ -57,6 +57,16 @@ def test_boxes_and_class_masks_load_as_tfds_objects(tmp_path):
         np.testing.assert_allclose(row["objects"]["bbox"].numpy(), boxes.reshape(-1, 4))
         assert row["objects"]["label"].numpy().tolist() == record["label"]
         assert row["image"].shape[-1] == 3
+        # Instance masks: one per box, the image's size, 0/1 (nearest sampled), tight boxes.
+        masks = row["objects"]["mask"].numpy()
+        height, width = row["image"].shape[:2]
+        assert masks.shape == (len(boxes), height, width, 1)
+        assert set(np.unique(masks)) <= {0, 1}
+        for mask, box in zip(masks[..., 0], boxes):
+            ys, xs = np.nonzero(mask)
+            tight = [ys.min() / height, xs.min() / width, (ys.max() + 1) / height,
+                     (xs.max() + 1) / width]
+            np.testing.assert_allclose(tight, box, atol=1e-5)
 
     seg = tmp_path / "seg"
     run_job(os.path.join(DETECTION, "segmentation.tfrecord"), seg,
