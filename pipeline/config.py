@@ -89,8 +89,8 @@ def config_hash(job):
                 "format": job.format, "quality": job.quality}
     if job.xla:  # XLA draws other random numbers than TensorFlow's kernels
         decisive["xla"] = True
-    elif job.kernel != "tensorflow":  # its pixels differ a little from TensorFlow's kernel
-        decisive["kernel"] = job.kernel
+    elif job.kernel != "tensorflow" and _resamples(job.chain):  # its pixels differ a little
+        decisive["kernel"] = job.kernel  # from TensorFlow's kernel (colour-only chains: same)
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
     if job.augment_splits != ("train",):  # which splits get copies
@@ -103,6 +103,20 @@ def config_hash(job):
         decisive["label_map"] = dict(job.label_map)
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _resamples(steps):
+    """Whether a chain has a geometric op that resamples (the kernel choice changes its pixels)."""
+    from pipeline.ops import geometry, registry
+    for step in steps:
+        if "op" in step:
+            op = registry.get(step["op"])
+            if (op.targets == registry.TRANSFORMED
+                    and isinstance(op.build(step["params"]), geometry.Projective)):
+                return True
+        elif any(_resamples(step.get(kind, [])) for kind in chain_mod.GROUPS):
+            return True
+    return False
 
 
 def _plain(value):

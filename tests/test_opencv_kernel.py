@@ -92,6 +92,9 @@ def test_the_kernel_is_in_the_config_hash_and_tensorflow_keeps_the_old_one(tmp_p
     default = make_job("x", tmp_path, STANDARD)
     tf_kernel = make_job("x", tmp_path, STANDARD, kernel="tensorflow")
     assert default.kernel == "opencv" and default.config_hash != tf_kernel.config_hash
+    colour = [{"op": "tf.image.random_brightness", "max_delta": 0.1}]  # no resample: no change
+    assert (make_job("x", tmp_path, colour).config_hash
+            == make_job("x", tmp_path, colour, kernel="tensorflow").config_hash)
     # With XLA the geometric ops are compiled: the kernel setting changes nothing.
     assert make_job("x", tmp_path, STANDARD, xla=True).config_hash == make_job(
         "x", tmp_path, STANDARD, xla=True, kernel="tensorflow").config_hash
