@@ -104,6 +104,17 @@ def error(stage, exc, key, source, record_index=None, reason=None, message=None)
 
 # --- read --------------------------------------------------------------------------------------
 
+def read_image_file(ref, max_bytes):
+    """(bytes, None) of the image file `ref` names, or (None, its error record): any read
+    failure is this input's error."""
+    progress.count(progress.READ)
+    try:
+        return sources.read_bytes(ref.path, max_bytes), None
+    except Exception as e:  # noqa: BLE001
+        reason, message = sources.read_failure(ref.path, e)
+        return None, error("read", e, ref.key, ref.path, reason=reason, message=message)
+
+
 class ReadImageFile(beam.DoFn):
     """InputRef of an image file -> Input. `label_names`: label -> class name (a dict, or a
     list indexed by label); `max_bytes`: larger files are refused unread."""
@@ -114,12 +125,9 @@ class ReadImageFile(beam.DoFn):
         self.max_bytes = max_bytes
 
     def process(self, ref):
-        progress.count(progress.READ)
-        try:
-            data = sources.read_bytes(ref.path, self.max_bytes)
-        except Exception as e:  # noqa: BLE001 - any read failure is this input's error
-            reason, message = sources.read_failure(ref.path, e)
-            yield error("read", e, ref.key, ref.path, reason=reason, message=message)
+        data, failed = read_image_file(ref, self.max_bytes)
+        if failed is not None:
+            yield failed
             return
         text = self.label_names.get(ref.label) if ref.label is not None else None
         yield Input(key=ref.key, source=ref.path, record_index=None, data=data,

@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import progress, sources
+from pipeline import sources
 from pipeline import targets as targets_mod
 from pipeline.formats import coco, manifest, masks, voc, yolo
 
@@ -176,12 +176,9 @@ class ReadAnnotated(beam.DoFn):
 
     def process(self, ref):
         from pipeline import transforms as T
-        progress.count(progress.READ)
-        try:
-            data = sources.read_bytes(ref.path, self.max_bytes)
-        except Exception as e:  # noqa: BLE001 - any read failure is this input's error
-            reason, message = sources.read_failure(ref.path, e)
-            yield T.error("read", e, ref.key, ref.path, reason=reason, message=message)
+        data, failed = T.read_image_file(ref, self.max_bytes)
+        if failed is not None:
+            yield failed
             return
         found = None
         try:
