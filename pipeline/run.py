@@ -30,7 +30,7 @@ from pipeline import __version__, balance, formats, progress, sinks, sources, ta
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
-from pipeline.example import FEATURE_KEYS
+from pipeline.example import FEATURE_KEYS, OPS_KEY
 
 log = logging.getLogger("augbatch")
 SHARD_TARGET_BYTES = 128 << 20
@@ -771,7 +771,8 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings, tfds_file
            if job.balance_plan else {}),
         "features": ({"image": tfds_output.IMAGE, "label": tfds_output.LABEL, "layout": "tfds"}
                      if job.tfds else {"image": "image/encoded", "label": "image/class/label",
-                                       "written": list(FEATURE_KEYS)}),
+                                       "written": list(FEATURE_KEYS)
+                                       + ([OPS_KEY] if job.record_ops else [])}),
         "beam_args": list(beam_args),
         "versions": versions(),
         "timings": timings,
