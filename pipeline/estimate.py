@@ -7,10 +7,12 @@ inputs that fail to read or decode, and copies the target rules drop, write fewe
 Bytes and time are measured: a few inputs spread evenly over the inputs in key order (always the
 same ones) go through the run's own read, decode and augment+encode steps, each with its first
 copies (copy c of an input is the same image whatever the number of copies, so these are
-records the run writes, byte for byte). What the sample writes per byte of input, times the
-bytes of all the inputs, is the estimate: inputs of differing sizes weigh by their file size.
-The time is this machine's, step after step in one process: a rough single-machine figure
-(building the chain, once per worker, is left out; a run overlaps its steps on every core).
+records the run writes, byte for byte). The bytes are the sample's per input times the inputs,
+or its bytes out per byte in times the inputs' file sizes (inputs of differing sizes), whichever
+the sample's own spread says is the tighter; that spread (~95%) is said with the estimate. The
+time is this machine's: the sample's read and decode per input and augment+encode per output,
+one input after another, times the run's inputs and outputs; a rough single-machine figure
+(building the chain, once per worker, is left out; a run overlaps inputs on every core).
 
 The sample is bounded: at most SAMPLE_INPUTS inputs and SAMPLE_COPIES copies each, one copy of
 an input over SAMPLE_PIXELS pixels, and no further input once SAMPLE_SECONDS have gone by.

@@ -398,7 +398,7 @@ def dry_run(job, beam_args=(), accelerator=None, max_output_bytes=None):
     report = runners.render(p, options, {"inputs": inputs,
                                          "output": f"{shards} in {job.output}"}, notes)
     if found is None:
-        return report + "\nestimate: none (the inputs are not listed: a dry run stays offline)", None
+        return report + "\nestimate: none (the inputs are not listed offline)", None
     if isinstance(found, str):
         return report + f"\nestimate: none ({found})", None
     return report + "\n" + "\n".join(found.lines()), found
