@@ -53,6 +53,7 @@ class Estimate:
     sampled: int = 0  # inputs measured
     sampled_copies: int = 0  # copies made of each (at most)
     failed: int = 0  # sampled inputs that failed (they write nothing)
+    targets: bool = False  # the sample holds boxes, masks or keypoints (rules may drop copies)
     note: str = ""  # why bytes and time are missing
 
     @property
@@ -64,7 +65,8 @@ class Estimate:
         count = "" if self.exact_count else "~"
         out = [f"records: {count}{self.records} ({count}{self.inputs} inputs: "
                f"{self.copies} augmented copies + {self.originals} originals; inputs that fail "
-               "write none)"]
+               "write none" + (", copies the target rules drop neither" if self.targets else "")
+               + ")"]
         if self.bytes is None:
             return out + [f"bytes, time: not estimated ({self.note})"]
         if self.spread is None:
@@ -168,16 +170,18 @@ def estimate(job, discovery):
         inputs, total_in, exact = (len(discovery.refs),
                                    run._total_bytes(ref.path for ref in discovery.refs), True)
     sample = [_unwrap(item) for item in sample]
+    with_targets = any(getattr(item, "targets", None) is not None for item in sample)
     if discovery.kind == "tfrecord":  # labels (for balance) known from the sampled records
         plans = [outputs_of(job, item.key, getattr(item, "label", None), None)
                  for item in sample]
         copies = round(inputs * sum(c for c, _ in plans) / max(1, len(plans)))
         found = Estimate(inputs, inputs * int(job.keep_original), copies,
-                         exact and job.balance_plan is None)
+                         exact and job.balance_plan is None, targets=with_targets)
     else:
         plans = [outputs_of(job, ref.key, ref.label, getattr(ref, "split", None))
                  for ref in discovery.refs]
-        found = Estimate(inputs, sum(o for _, o in plans), sum(c for c, _ in plans), True)
+        found = Estimate(inputs, sum(o for _, o in plans), sum(c for c, _ in plans), True,
+                         targets=with_targets)
     if not sample or not total_in:
         found.note = "no input to sample"
         return found
@@ -220,7 +224,7 @@ def _measure(job, found, sample, total_in):
 
     # Per sampled input: bytes in, copy-0 bytes, mean bytes of a copy, seconds of read+decode,
     # seconds per record made.
-    rows, framed, started = [], [], time.monotonic()
+    rows, gzipped, started = [], _Gzipped(), time.monotonic()
     per_input = found.records / max(1, found.inputs)
     for item in sample:
         if rows and time.monotonic() - started > SAMPLE_SECONDS:
@@ -249,7 +253,9 @@ def _measure(job, found, sample, total_in):
             continue
         sizes = {r.copy_index: len(r.payload) + FRAMING for r in made}
         original = sizes.pop(0, 0)
-        framed += [r.payload for r in made]
+        if job.compression == "gzip":
+            for r in made:
+                gzipped.add(r.payload)
         rows.append((size, original, sum(sizes.values()) / len(sizes) if sizes else 0,
                      read_decode, seconds / len(made)))
         found.sampled_copies = max(found.sampled_copies, len(sizes))
@@ -263,13 +269,13 @@ def _measure(job, found, sample, total_in):
         return found
     found.bytes, found.spread = _scaled(size_in, out, found.inputs, total_in)
     if job.compression == "gzip":
-        found.bytes = round(found.bytes * _gzip_ratio(framed))
+        found.bytes = round(found.bytes * gzipped.ratio())
     made = [row[4] for row in rows if row[4]]
     found.per_output = sum(made) / len(made)
     found.seconds = (found.inputs * sum(row[3] for row in rows) / len(rows)
                      + found.records * found.per_output)
     everything = found.sampled >= found.inputs and found.sampled_copies >= most
-    if everything and found.exact_count:
+    if everything and found.exact_count and not found.targets:
         found.spread = 0.0
     elif found.spread is not None:
         found.spread = max(found.spread, FLOOR)
@@ -301,13 +307,21 @@ def _variance(values):
     return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def _gzip_ratio(payloads):
-    """How much gzip shrinks these records (framing aside: a few bytes)."""
-    raw = b"".join(payloads)
-    if not raw:
-        return 1.0
-    packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return len(packer.compress(raw) + packer.flush()) / len(raw)
+class _Gzipped:
+    """How much gzip shrinks the records added (streamed: the sample's records are not kept)."""
+
+    def __init__(self):
+        self.packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED,
+                                       16 + zlib.MAX_WBITS)
+        self.raw = self.packed = 0
+
+    def add(self, payload):
+        self.raw += len(payload)
+        self.packed += len(self.packer.compress(payload))
+
+    def ratio(self):
+        self.packed += len(self.packer.flush())
+        return self.packed / self.raw if self.raw else 1.0
 
 
 def check_limit(found, limit):
