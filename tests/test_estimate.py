@@ -14,7 +14,7 @@ from PIL import Image
 
 import cli
 from pipeline import estimate, sources
-from tests.conftest import SAMPLE_IMAGES, SAMPLE_TFRECORDS, make_job
+from tests.conftest import ROOT, SAMPLE_IMAGES, SAMPLE_TFRECORDS, make_job
 
 CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.random_crop_and_resize", "scale": [0.8, 1.0]},
@@ -113,6 +113,21 @@ def test_tfrecord_inputs_are_counted_record_by_record(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert records == manifest["counts"]["outputs"] == 3 * manifest["counts"]["written"]
     assert 0.5 * written_bytes(out) <= size <= 2 * written_bytes(out)
+
+
+def test_inputs_with_boxes_are_estimated_through_the_target_rules(tmp_path):
+    config = os.path.join(ROOT, "sample_configs", "detection.yaml")
+    out = tmp_path / "out"
+    dry = invoke("expand", "-c", config, "-o", out, "--copies", 2, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "copies the target rules drop neither" in dry.output
+    assert "every input and copy measured" not in dry.output  # (a copy may be dropped)
+    records, size = reported(dry.output)
+    run = invoke("expand", "-q", "-c", config, "-o", out, "--copies", 2)
+    assert run.exit_code == 0, run.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert records == manifest["counts"]["outputs"] == 12
+    assert 0.95 * written_bytes(out) <= size <= 1.05 * written_bytes(out)
 
 
 def test_the_sample_is_bounded_in_inputs_copies_pixels_and_time(tmp_path, monkeypatch):
