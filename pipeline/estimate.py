@@ -18,6 +18,7 @@ The sample is bounded: at most SAMPLE_INPUTS inputs and SAMPLE_COPIES copies eac
 an input over SAMPLE_PIXELS pixels, and no further input once SAMPLE_SECONDS have gone by.
 """
 import dataclasses
+import gzip
 import itertools
 import math
 import os
@@ -26,6 +27,7 @@ import time
 import zlib
 from typing import Optional
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import balance, progress, sources
@@ -130,25 +132,28 @@ def outputs_of(job, key, label, split):
 
 def _count_records(paths):
     """(records, their bytes, exact) of TFRecord files, walking the record headers (a seek past
-    each record); files not reached in COUNT_SECONDS are scaled by their size."""
-    started, records, payload, counted, rest = time.monotonic(), 0, 0, 0, 0
-    for i, path in enumerate(paths):
-        if i and time.monotonic() - started > COUNT_SECONDS:
-            rest = sum(m.size_in_bytes for r in FileSystems.match(paths[i:])
-                       for m in r.metadata_list)
-            break
+    each record's data). Past COUNT_SECONDS the walk stops and what it found is scaled by the
+    share of the files' bytes it went through (of gzip files: their compressed bytes)."""
+    sizes = [sum(m.size_in_bytes for m in found.metadata_list)
+             for found in FileSystems.match(list(paths))]
+    started, records, payload, walked = time.monotonic(), 0, 0, 0
+    for path, size in zip(paths, sizes):
         try:
-            with sources.open_records(path) as stream:
+            sources._check_regular(path)  # (a FIFO would block)
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+                gzipped = raw.read(2) == b"\x1f\x8b"
+                raw.seek(0)
+                stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
                 while len(header := stream.read(12)) == 12:
                     length = int.from_bytes(header[:8], "little")
                     stream.seek(length + 4, os.SEEK_CUR)
                     records, payload = records + 1, payload + length
+                    if time.monotonic() - started > COUNT_SECONDS:
+                        scale = sum(sizes) / max(1, walked + raw.tell())
+                        return round(records * scale), round(payload * scale), False
         except Exception:  # noqa: BLE001 - a damaged file: the run reports it
             pass
-        counted += sum(m.size_in_bytes for m in FileSystems.match([path])[0].metadata_list)
-    if rest and counted:
-        scale = (counted + rest) / counted
-        return round(records * scale), round(payload * scale), False
+        walked += size
     return records, payload, True
 
 

@@ -2,6 +2,7 @@
 how long, from a few sampled inputs run through the real steps; `--max-output-bytes` refuses a run
 whose estimate is over it (nothing written) and fails, keeping nothing, a run that comes out over
 it. Real TensorFlow, real Beam runs, real files."""
+import gzip
 import json
 import os
 import re
@@ -113,6 +114,25 @@ def test_tfrecord_inputs_are_counted_record_by_record(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert records == manifest["counts"]["outputs"] == 3 * manifest["counts"]["written"]
     assert 0.5 * written_bytes(out) <= size <= 2 * written_bytes(out)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_tfrecord_records_are_counted_by_their_headers_and_scaled_past_the_time_budget(
+        tmp_path, monkeypatch, compress):
+    folder = tmp_path / "records"
+    os.makedirs(folder)
+    for name in sorted(os.listdir(SAMPLE_TFRECORDS)):
+        data = open(os.path.join(SAMPLE_TFRECORDS, name), "rb").read()
+        with (gzip.open if compress else open)(folder / name, "wb") as f:
+            f.write(data)
+    paths = sorted(str(folder / name) for name in os.listdir(folder))
+    records, payload, exact = estimate._count_records(paths)
+    real = sum(len(sources.records_of(open(os.path.join(SAMPLE_TFRECORDS, name), "rb").read()))
+               for name in os.listdir(SAMPLE_TFRECORDS))
+    assert (records, exact) == (real, True)
+    monkeypatch.setattr(estimate, "COUNT_SECONDS", 0.0)  # stops after the first record
+    scaled, _, exact = estimate._count_records(paths)
+    assert not exact and 1 < scaled and 0.2 * real <= scaled <= 5 * real
 
 
 def test_inputs_with_boxes_are_estimated_through_the_target_rules(tmp_path):
