@@ -227,10 +227,9 @@ def _measure(job, found, sample, total_in):
             steps[n].setup()
         return steps[n]
 
-    # Per sampled input: bytes in, copy-0 bytes, mean bytes of a copy, seconds of read+decode,
-    # seconds per record made.
+    # Per sampled input: bytes in, copy-0 bytes, mean bytes of a copy, seconds of its decode,
+    # seconds per record its augment+encode made.
     rows, gzipped, started = [], _Gzipped(), time.monotonic()
-    per_input = found.records / max(1, found.inputs)
     for item in sample:
         if rows and time.monotonic() - started > SAMPLE_SECONDS:
             break
@@ -247,13 +246,13 @@ def _measure(job, found, sample, total_in):
             continue
         pixels = decoded.image.shape[0] * decoded.image.shape[1]
         step = augment_step(max(min(copies, 1), min(copies, SAMPLE_PIXELS // max(1, pixels))))
-        read_decode = time.monotonic() - tick
+        decoding = time.monotonic() - tick
         tick = time.monotonic()
         made = [r for r in map(_unwrap, step.process_now([decoded]))
                 if isinstance(r, T.OutputRecord)]
         seconds = time.monotonic() - tick
         if not made:
-            rows.append((size, 0, 0, read_decode, 0))
+            rows.append((size, 0, 0, decoding, 0))
             found.failed += 1
             continue
         sizes = {r.copy_index: len(r.payload) + FRAMING for r in made}
@@ -262,7 +261,7 @@ def _measure(job, found, sample, total_in):
             for r in made:
                 gzipped.add(r.payload)
         rows.append((size, original, sum(sizes.values()) / len(sizes) if sizes else 0,
-                     read_decode, seconds / len(made)))
+                     decoding, seconds / len(made)))
         found.sampled_copies = max(found.sampled_copies, len(sizes))
     found.sampled = len(rows)
     # Per input of the whole run: w0 copy-0 records and n copies on average.
