@@ -49,6 +49,20 @@ def path_error(exc):
     return UserError(f"{path}: {exc.strerror or exc}")
 
 
+class Size(click.ParamType):
+    """A number of bytes: 1000000, 500MB, 1.5G, 2GiB (pipeline/estimate.py reads it)."""
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from pipeline import estimate
+        try:
+            return estimate.parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 def first_line(exc, limit=300):
     text = str(exc).strip().splitlines()
     return (text[0][:limit] if text else "") or type(exc).__name__
@@ -218,14 +232,18 @@ def main(ctx, debug, quiet):
 @click.option("--accelerator", metavar="HINT", help="Resource hint for the augment step, e.g. "
               "'type:nvidia-tesla-t4;count:1;install-nvidia-driver' (GPUs on Dataflow).")
 @click.option("--dry-run", is_flag=True, help="Build the pipeline for the chosen runner and "
-              "print its steps and options; run nothing, write nothing.")
+              "print its steps and options, and estimate the records, bytes and time of the "
+              "run from a few sampled inputs; run nothing, write nothing.")
+@click.option("--max-output-bytes", type=Size(), metavar="SIZE", help="Refuse the run (exit "
+              "2, nothing written) if its estimate is over SIZE (e.g. 500MB, 2GiB); a run whose "
+              "files still come out over it fails and keeps nothing.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def expand(config_path, inputs, output, input_kind, copies, keep_original, plain_copies, seed,
            num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
            kernel, allow_python_ops, overwrite, resume,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
-           accelerator, dry_run, beam_args):
+           accelerator, dry_run, max_output_bytes, beam_args):
     """Write N augmented copies of every input image as sharded TFRecords.
 
     Flags override the config. Anything after `--` goes to Apache Beam as pipeline options
@@ -265,11 +283,17 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, plain
         if local_workers:
             beam_args.append("--dask_client_address=<a local cluster of "
                              f"{local_workers} workers, started at run time>")
-        click.echo(run.dry_run(job, beam_args, accelerator=accelerator))
+        report, found = run.dry_run(job, beam_args, accelerator=accelerator,
+                                    max_output_bytes=max_output_bytes)
+        click.echo(report)
+        if found is not None and max_output_bytes is not None:
+            from pipeline import estimate
+            estimate.check_limit(found, max_output_bytes)  # the run would be refused: exit 2
         return
     with runners.started(beam_args, local_workers) as beam_args:
         manifest = run.run_expand(job, beam_args, overwrite=overwrite, show_progress=not quiet,
-                                  accelerator=accelerator, resume=resume)
+                                  accelerator=accelerator, resume=resume,
+                                  max_output_bytes=max_output_bytes)
     if not quiet:
         from pipeline import progress
         for line in progress.summary(manifest):
