@@ -30,7 +30,7 @@ from pipeline import __version__, balance, formats, progress, sinks, sources, ta
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
-from pipeline.example import FEATURE_KEYS
+from pipeline.example import FEATURE_KEYS, OPS_KEY
 
 log = logging.getLogger("augbatch")
 SHARD_TARGET_BYTES = 128 << 20
@@ -260,19 +260,8 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     their records (--resume): those inputs are not read again."""
     refs = [ref for ref in discovery.refs if ref.key not in done]
     refs = p | "Inputs" >> beam.Create(refs) | "Spread" >> beam.Reshuffle()
-    if discovery.kind == "folder":
-        names = {label: name for name, label in discovery.label_map.items()}
-        read = refs | "Read" >> beam.ParDo(T.ReadImageFile(
-            names, sources.max_file_bytes(job.max_pixels))).with_outputs(T.ERRORS, main="inputs")
-    elif discovery.kind != "tfrecord":  # a labelled dataset: images and their annotations
-        read = refs | "Read" >> beam.ParDo(formats.ReadAnnotated(
-            discovery.kind, sources.max_file_bytes(job.max_pixels),
-            job.exif_orientation)).with_outputs(
-                T.ERRORS, main="inputs")
-    else:
-        read = refs | "Read" >> beam.ParDo(T.ReadTFRecordFile(
-            job.image_feature, job.label_feature, 2 * sources.max_file_bytes(job.max_pixels),
-            frozenset(done))).with_outputs(T.ERRORS, main="inputs")
+    read = refs | "Read" >> beam.ParDo(read_step(job, discovery, done)).with_outputs(
+        T.ERRORS, main="inputs")
     # What discovery found but cannot use (images beside the class folders, symlink loops,
     # files of other formats).
     outside = p | "Rejected" >> beam.Create([T.ErrorRecord(
@@ -310,6 +299,18 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
                              beam.pvalue.AsList(shard_stats), beam.pvalue.AsList(errors),
                              beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts),
                              beam.pvalue.AsList(orientations)))
+
+
+def read_step(job, discovery, done=frozenset()):
+    """The DoFn reading the inputs discovery found: InputRef -> Input(s) or error records."""
+    if discovery.kind == "folder":
+        names = {label: name for name, label in discovery.label_map.items()}
+        return T.ReadImageFile(names, sources.max_file_bytes(job.max_pixels))
+    if discovery.kind != "tfrecord":  # a labelled dataset: images and their annotations
+        return formats.ReadAnnotated(discovery.kind, sources.max_file_bytes(job.max_pixels),
+                                     job.exif_orientation)
+    return T.ReadTFRecordFile(job.image_feature, job.label_feature,
+                              2 * sources.max_file_bytes(job.max_pixels), frozenset(done))
 
 
 def _added(counts):
@@ -366,9 +367,11 @@ def check_crc():
                     "(install a google-crc32c wheel for this platform)")
 
 
-def dry_run(job, beam_args=(), accelerator=None):
+def dry_run(job, beam_args=(), accelerator=None, max_output_bytes=None):
     """Build the whole pipeline for the runner `beam_args` name, without running it or writing
-    anything (not even the output directory): the --dry-run report."""
+    anything (not even the output directory): the --dry-run report, with the estimate of what
+    the run writes (pipeline/estimate.py). Returns (report, the Estimate or None); the caller
+    refuses the run with estimate.check_limit once the report is shown."""
     from pipeline import runners
     job = runners.on_any_worker(job)
     options = beam_options(beam_args)
@@ -380,6 +383,7 @@ def dry_run(job, beam_args=(), accelerator=None):
         num_shards = pick_num_shards(job, discovery)
         inputs = f"{inputs_found(discovery)} from {', '.join(job.input)}"
         shards = progress.plural(sinks.total_shards(num_shards), "shard")
+        found = _estimate(job, discovery, strict=max_output_bytes is not None)
     else:  # listing an object store needs the network (and credentials): a dry run stays off
         kind = "folder" if job.input_kind == "auto" else job.input_kind
         discovery = sources.Discovery(kind, [], {}, [], [])
@@ -387,11 +391,30 @@ def dry_run(job, beam_args=(), accelerator=None):
         inputs = f"{', '.join(job.input)} (not listed: a dry run stays offline)"
         shards = (progress.plural(sinks.total_shards(num_shards), "shard") if job.num_shards else
                   "shards as the inputs' size asks (decided at run time)")
+        found = None
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
                    job.config_hash, accelerator)
-    return runners.render(p, options, {"inputs": inputs, "output": f"{shards} in {job.output}"},
-                          notes)
+    report = runners.render(p, options, {"inputs": inputs,
+                                         "output": f"{shards} in {job.output}"}, notes)
+    if found is None:
+        return report + "\nestimate: none (the inputs are not listed offline)", None
+    if isinstance(found, str):
+        return report + f"\nestimate: none ({found})", None
+    return report + "\n" + "\n".join(found.lines()), found
+
+
+def _estimate(job, discovery, strict=False):
+    """The Estimate for a dry run; one that cannot be made is why, as text, unless `strict`
+    (--max-output-bytes needs it: then it raises)."""
+    from pipeline import estimate
+    try:
+        return estimate.estimate(job, discovery)
+    except Exception as e:  # noqa: BLE001 - the dry run's other findings still count
+        if strict:
+            raise
+        log.debug("no estimate", exc_info=True)
+        return f"the sample failed: {T.message_of(e)}"
 
 
 def with_balance_plan(job, discovery):
@@ -410,11 +433,13 @@ def inputs_found(discovery):
 
 
 def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelerator=None,
-               resume=False):
+               resume=False, max_output_bytes=None):
     """Run `job`; return the manifest (also written to OUTPUT/manifest.json).
     `show_progress`: a live progress display on stderr while the pipeline runs.
     `accelerator`: a resource hint for the augment step (see build_pipeline).
     `resume`: reuse what an interrupted run of this very job committed in OUTPUT.
+    `max_output_bytes`: refuse the run if its estimate (pipeline/estimate.py) is over it, before
+    anything is written; and fail it, keeping nothing, if its shards come out over it.
 
     Everything is written in OUTPUT/.augbatch-tmp and moved to its final name only when the
     whole run is done (the manifest last). A run that fails deletes its temporary files; one
@@ -438,6 +463,12 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     job = with_balance_plan(job, discovery)
     _warn_about(discovery)
     num_shards = pick_num_shards(job, discovery)
+    limit = None
+    if max_output_bytes is not None:
+        from pipeline import estimate
+        limit = (max_output_bytes, estimate.estimate(job, discovery))
+        log.info("estimate: %s", "; ".join(limit[1].lines()))
+        estimate.check_limit(limit[1], max_output_bytes)
     created = not FileSystems.exists(job.output)
     if created:
         FileSystems.mkdirs(job.output)
@@ -462,7 +493,7 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
             lock.write(_run_record(job, num_shards))
         with own_tempdir():
             manifest = _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress,
-                            accelerator, started, resumed)
+                            accelerator, started, resumed, limit)
     except BaseException as e:
         stopped = isinstance(e, KeyboardInterrupt) or stops.stopped_by
         kept = 0
@@ -539,8 +570,9 @@ def _resume(output, tmp_dir, fingerprint):
 
 
 def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelerator, started,
-         resumed):
-    """The pipeline, then the commit: the manifest of the finished run."""
+         resumed, limit=None):
+    """The pipeline, then the commit: the manifest of the finished run. `limit`: (the
+    --max-output-bytes, the Estimate) the shards must stay under, else nothing is committed."""
     done, resumed_buckets = resumed
     options = beam_options(beam_args)
     log.info("%s -> %s in %s (runner %s)", inputs_found(discovery),
@@ -567,15 +599,32 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
                          {"discover_s": discovered_at - started,
                           "pipeline_s": finished - discovered_at,
                           "total_s": time.time() - started}, extra)
+    if limit:  # what the run was allowed and what it expected to write
+        manifest["estimate"] = dict(limit[1].to_dict(), max_output_bytes=limit[0])
     with FileSystems.create(FileSystems.join(tmp_dir, "manifest.json")) as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
     check_accounting(manifest, discovery)
     names = ([shard["shard"] for shard in summary["shards"]] + extra
              + ["errors.jsonl", "manifest.json"])
+    if limit:  # (the run's failure path deletes the temporary folder: nothing is kept)
+        _check_written(tmp_dir, names, *limit)
     FileSystems.rename([FileSystems.join(tmp_dir, n) for n in names],
                        [FileSystems.join(job.output, n) for n in names])  # the manifest last
     _delete_tree(tmp_dir)
     return manifest
+
+
+def _check_written(tmp_dir, names, max_output_bytes, found):
+    """Fail a run whose files came out over --max-output-bytes (its estimate was under)."""
+    written = sum(m.size_in_bytes for r in FileSystems.match(
+        [FileSystems.join(tmp_dir, n) for n in names]) for m in r.metadata_list)
+    if written > max_output_bytes:
+        from pipeline import estimate
+        raise UserError(f"--max-output-bytes {estimate.size_text(max_output_bytes)}: the run "
+                        f"wrote {estimate.size_text(written)} ({written} bytes), over the limit "
+                        f"(its estimate was {estimate.size_text(found.bytes or 0)}); its files "
+                        "were deleted and nothing of it was kept",
+                        hint="raise --max-output-bytes, or write fewer copies or smaller images")
 
 
 def _write_tfds_files(job, discovery, summary, tmp_dir):
@@ -771,7 +820,8 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings, tfds_file
            if job.balance_plan else {}),
         "features": ({"image": tfds_output.IMAGE, "label": tfds_output.LABEL, "layout": "tfds"}
                      if job.tfds else {"image": "image/encoded", "label": "image/class/label",
-                                       "written": list(FEATURE_KEYS)}),
+                                       "written": list(FEATURE_KEYS)
+                                       + ([OPS_KEY] if job.record_ops else [])}),
         "beam_args": list(beam_args),
         "versions": versions(),
         "timings": timings,

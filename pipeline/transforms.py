@@ -2,6 +2,8 @@
 record on the ERRORS output (never an exception that kills the job, never a silent drop)."""
 import collections
 import dataclasses
+import functools
+import hashlib
 import io
 import logging
 import os
@@ -33,6 +35,12 @@ class Input:
     extra: bytes = b""  # serialized tf.train.Features passed through to every output
     targets: Optional[object] = None  # targets.Targets: boxes, masks, keypoints
     split: Optional[str] = None  # the dataset's split (train, val ...) it was found in
+
+    @functools.cached_property
+    def sha256(self):
+        """The hex sha256 of `data` (in augment/ops: replay tells a changed input by it),
+        computed once for all the input's copies."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclasses.dataclass
@@ -568,7 +576,8 @@ class AugmentAndEncode(beam.DoFn):
 
     def _augment_encode(self, items, first_try=False):
         """The TensorFlow work of a batch (in the pool): [(item, copy index, bytes, format,
-        shape)] for every copy and, with keep_original, the original."""
+        shape, targets, counts, op steps)] for every copy and, with keep_original, the
+        original."""
         job = self.job
         if first_try:
             fail_once_for_tests("augment")
@@ -588,9 +597,11 @@ class AugmentAndEncode(beam.DoFn):
                 images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
+            ops = (self.runner.ops(seeds, images.shape[1], images.shape[2]) if job.record_ops
+                   else [None] * len(copies))
             out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
-                     counts) for (item, c), data, fmt, (targets, counts)
-                    in zip(copies, encoded, formats, carried)]
+                     counts, steps) for (item, c), data, fmt, (targets, counts), steps
+                    in zip(copies, encoded, formats, carried, ops)]
         out += [self._original(item) for item in items
                 if job.keep_original or not augments(job, item.input.split)]
         return out
@@ -635,11 +646,13 @@ class AugmentAndEncode(beam.DoFn):
             data = item.input.data  # the untouched original bytes
         else:
             data = self.runner.encode(item.image[None], [fmt])[0]
-        return item, 0, data, fmt, item.image.shape, item.input.targets, None
+        return item, 0, data, fmt, item.image.shape, item.input.targets, None, []
 
-    def _record(self, item, copy_index, data, fmt, shape, targets, counts):
+    def _record(self, item, copy_index, data, fmt, shape, targets, counts, steps):
+        """The record of one output; `steps`: what was done to it (chain.op_records)."""
         from pipeline import example
+        ops = example.ops_json(item.input.sha256, steps) if self.job.record_ops else None
         payload = example.build(item.input, copy_index, data, fmt, shape, self.job.seed,
-                                self.config_hash, targets, self.job.tfds)
+                                self.config_hash, targets, self.job.tfds, ops)
         return OutputRecord(item.input.key, copy_index, item.input.label, payload,
                             item.input.split)
