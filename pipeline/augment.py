@@ -442,6 +442,8 @@ class ChainRunner:
     def ops(self, seeds, height, width):
         """What was done to each copy: per copy (rows of `seeds`), a list of one dict per op
         step (chain.op_records), for the augment/ops feature."""
+        if not any(chain_mod.op_paths(self.job.chain)):  # plain copies: nothing done
+            return [[] for _ in range(len(seeds))]
         with self._geometry_lock:
             if self._record is None:
                 record = build_record(self.job.chain, self.job.xla, self.job.channels)

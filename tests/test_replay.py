@@ -125,6 +125,12 @@ def test_images_are_unchanged_and_opting_out_restores_the_records(photos, run, t
                     record_ops=False).config_hash == manifest["config_hash"]  # not hashed
 
 
+def test_plain_copies_record_no_op(photos, tmp_path):
+    run_job(photos, tmp_path / "plain", [], copies=1, plain_copies=True)
+    found = records(tmp_path / "plain")
+    assert len(found) == 6 and all(ops_of(e)["ops"] == [] for e in found.values())
+
+
 def test_record_ops_is_validated(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output: {record_ops: maybe}\naugment: {chain: [tf.image.flip_left_right]}\n")
