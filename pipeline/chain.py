@@ -429,6 +429,8 @@ def _recorded_op(step, body, path):
 
     def run(images, seeds):
         with draw.op_step(path, step["op"], seeds) as noted:
+            if op.family == "python":  # user code draws with numpy: its seed says it all
+                return images  # (and it is not run again: it keeps the size)
             if moves is None:
                 out = body(images, seeds)
                 return images if op.keeps_shape else out
@@ -455,12 +457,15 @@ def build_record(steps, start=0):
     import tensorflow as tf
     from pipeline.ops import draw
 
+    fn = build(steps, start=start, record=True)  # (once: Keras layers made once)
+
     def run(seeds, images):
         with draw.recording() as recorder:
-            out = build(steps, start=start, record=True)(images, seeds)
+            out = fn(images, seeds)
         run.steps = [(s.path, s.name, [p for p, _ in s.conditions]) for s in recorder.steps]
         notes = [{"conditions": [m for _, m in s.conditions], "draws": list(s.draws),
-                  "move": tuple(s.move) if s.move is not None else (), "seeds": s.seeds}
+                  "move": tuple(map(tf.convert_to_tensor, s.move)) if s.move is not None
+                  else (), "seeds": s.seeds}  # (a fixed output size is a Python int)
                  for s in recorder.steps]
         return notes, out
     run.steps = []

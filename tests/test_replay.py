@@ -212,6 +212,24 @@ def test_recorded_one_of_branch_is_the_one_that_made_the_pixels(photos, tmp_path
     assert len(branches) >= 2
 
 
+def test_every_op_can_be_recorded():
+    """Registry-driven: each op of this stack traces in record mode and says something (a
+    failure here would fail every input of a run using that op)."""
+    from pipeline.ops import registry
+    ops = {name: op for name, op in registry.all_ops().items()
+           if op.test_params is not None and op.family != "python"}
+    steps = chain.normalize([{"op": name, **op.test_params} for name, op in ops.items()])
+    record = augment.build_record(steps)
+    notes = tf.function(record, autograph=False)(
+        tf.constant([[1, 2], [3, 4]]), tf.constant(48), tf.constant(64))
+    entries = chain.op_records(record.steps(), tf.nest.map_structure(np.asarray, notes), 2)
+    assert [e["op"] for e in entries[0]] == list(ops)
+    for entry in entries[0] + entries[1]:
+        assert entry["ran"]
+        if ops[entry["op"]].random:  # what it drew, its move, or (TF's own draws) its seed
+            assert {"drew", "seed", "box", "angle", "flip", "identity", "matrix"} & set(entry)
+
+
 def test_describe_move_reads_crops_flips_and_rotations():
     assert chain.describe_move([1, 0, 0, 0, 1, 0, 0, 0], 10, 20, 10, 20) == {}
     assert chain.describe_move([-1, 0, 19, 0, 1, 0, 0, 0], 10, 20, 10, 20) == {"flip": "x"}
