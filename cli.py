@@ -148,7 +148,8 @@ def _quiet_at_exit(unraisable):
 def main(ctx, debug, quiet):
     """augbatch: N augmented copies of every image, as deterministic sharded TFRecords.
 
-    Look first with `preview`, write with `expand`, check the result with `inspect`.
+    Look first with `preview`, write with `expand`, check the result with `inspect`, make
+    one copy again from its record with `replay`.
     Each command has its own --help with examples.
 
     \b
@@ -156,6 +157,7 @@ def main(ctx, debug, quiet):
       augbatch preview -c sample_configs/light_classification.yaml -o preview.png
       augbatch expand --config sample_configs/light_classification.yaml --output out/
       augbatch inspect out/ --verify
+      augbatch replay out/ objects/coffee_01.jpg:2
       augbatch list-ops --family tf.image
       augbatch validate sample_configs/mixed_chain.yaml
     """
@@ -314,8 +316,10 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, plain
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("-o", "--output", default="preview.png", show_default=True,
               type=click.Path(dir_okay=False), help="The sheet to write (.png, .jpg or .webp).")
+@click.option("--explain", is_flag=True, help="Caption each copy with what was done to it "
+              "(the ops that ran and what they drew: angle, crop size, brightness delta...).")
 def preview(config_path, inputs, num_inputs, copies, seed, tile_size, allow_python_ops,
-            output):
+            output, explain):
     """Draw a contact sheet of augmented copies, to check a config before a long run.
 
     One row per sampled input: the original (framed in blue), then copies 1..N, each
@@ -328,11 +332,12 @@ def preview(config_path, inputs, num_inputs, copies, seed, tile_size, allow_pyth
     Examples:
       augbatch preview -c sample_configs/light_classification.yaml -o preview.png
       augbatch preview -c cfg.yaml -i data/train -n 4 --copies 6 --seed 7 -o look.png
+      augbatch preview -c cfg.yaml --explain -o explained.png
     """
     from pipeline import config, preview as preview_mod
     job = config.load(config_path, overrides={"input": inputs or None, "output": "-",
                                               "seed": seed}, allow_python_ops=allow_python_ops)
-    rows = preview_mod.write(job, output, num_inputs, copies, tile_size)
+    rows = preview_mod.write(job, output, num_inputs, copies, tile_size, explain)
     shown = max((len(row.copies) for row in rows), default=0)
     click.echo(f"preview: {output} ({len(rows)} inputs, original + {shown} copies each, "
                f"seed {job.seed})")
@@ -356,7 +361,9 @@ def preview(config_path, inputs, num_inputs, copies, seed, tile_size, allow_pyth
               "manifest's, else image/encoded]")
 @click.option("--label-key", help="Integer feature holding the label  [default: the "
               "manifest's, else image/class/label]")
-def inspect_(target, verify, sheet, sample, seed, image_key, label_key):
+@click.option("--record", "record_ref", metavar="KEY:COPY", help="Show one record instead: "
+              "its lineage and what each op of the chain did to it (augment/ops).")
+def inspect_(target, verify, sheet, sample, seed, image_key, label_key, record_ref):
     """Summarize TFRecord files: counts, image sizes and formats, errors; optionally verify.
 
     TARGET is an output folder of `expand` (its manifest.json and errors.jsonl are read too),
@@ -370,8 +377,15 @@ def inspect_(target, verify, sheet, sample, seed, image_key, label_key):
       augbatch inspect out/ --verify
       augbatch inspect 'data/train-*.tfrecord' --sheet sample.png --sample 36 --seed 1
       augbatch inspect data/ --image-key image/raw --label-key label
+      augbatch inspect out/ --record objects/coffee_01.jpg:2
     """
     from pipeline import inspection
+    if record_ref:
+        from pipeline import replay as replay_mod
+        found = replay_mod.find_record(target, *replay_mod.parse_ref(record_ref))
+        for line in replay_mod.lineage_lines(found):
+            click.echo(line)
+        return
     if sheet:
         from pipeline import preview as preview_mod
         preview_mod.check_extension(sheet)
@@ -391,6 +405,50 @@ def inspect_(target, verify, sheet, sample, seed, image_key, label_key):
     elif report.problems:
         click.echo(f"warning: {len(report.problems)} problems, e.g. {report.problems[0]} "
                    "(--verify lists them all)", err=True)
+
+
+@main.command()
+@click.argument("output_dir")
+@click.argument("record_ref", metavar="KEY:COPY")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Also write the replayed copy as an image (.png, .jpg or .webp).")
+@click.option("--allow-python-ops", is_flag=True,
+              help="Allow the run's `python` ops, which import and run code named in its "
+                   "config.")
+def replay(output_dir, record_ref, output, allow_python_ops):
+    """Make one copy again from its record and check it is the stored one, byte for byte.
+
+    OUTPUT_DIR is the folder `augbatch expand` wrote; KEY:COPY names a record (copy 0 is the
+    original). The run's config comes from its manifest.json; the input is read again from
+    where the run read it. Refused (exit 2) if the record is not there, was written with
+    another config, or its input is gone or changed. Exit 1 if the copy made again differs.
+
+    \b
+    Examples:
+      augbatch replay out/ objects/coffee_01.jpg:2
+      augbatch replay out/ objects/coffee_01.jpg:2 -o copy2.png
+    """
+    from pipeline import replay as replay_mod
+    if output:
+        from pipeline import preview as preview_mod
+        preview_mod.check_extension(output)
+    key, copy = replay_mod.parse_ref(record_ref)
+    replayed = replay_mod.replay(output_dir, key, copy, allow_python_ops)
+    for line in replay_mod.lineage_lines(replayed.found):
+        click.echo(line)
+    if output:
+        replay_mod.save_image(replayed, output)
+        click.echo(f"image: {output}")
+    if replayed.same_record:
+        click.echo(f"replay: identical: {key} copy {copy} made again is the stored record, "
+                   f"byte for byte (image {len(replayed.image)} bytes)")
+    elif replayed.same_image:
+        click.echo(f"replay: the image is identical, byte for byte ({len(replayed.image)} "
+                   "bytes); other features of the record differ")
+    else:
+        click.echo(f"replay: DIFFERS: {key} copy {copy} made again is not the stored image",
+                   err=True)
+        click.get_current_context().exit(1)
 
 
 @main.command()

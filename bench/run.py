@@ -123,6 +123,8 @@ def summarize(name, what, runs):
     return {"row": name, "what": what, "outputs": runs[0]["outputs"],
             "img_per_s": statistics.median(speeds), "img_per_s_best": max(speeds),
             "img_per_cpu_s": statistics.median(per_cpu),
+            "main_thread_share": statistics.median(r["main_thread_cpu_s"] / r["cpu_s"]
+                                                   for r in runs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs}
 
 
@@ -169,9 +171,12 @@ def rss_scaling(out, small_inputs, copies):
 def table(results, reference):
     """Medians; 'best' is each row's fastest run (the least disturbed by other load), and
     'B1 best' compares best with best. 'vs P1' / 'P1 CPU': speed over the peer's
-    (albumentations, same chain) in wall time and per CPU-second, when it ran."""
+    (albumentations, same chain) in wall time and per CPU-second, when it ran. 'main': the
+    main thread's share of the CPU (for augbatch: Beam, decoding, building the records; a
+    pool's main thread only writes)."""
     lines = [f"{'row':38s} {'img/s':>7s} {'best':>6s} {'img/CPU-s':>9s} {'RSS MB':>7s} "
-             f"{'vs B1':>6s} {'B1 best':>7s} {'vs F0':>6s} {'vs P1':>6s} {'P1 CPU':>6s}"]
+             f"{'vs B1':>6s} {'B1 best':>7s} {'vs F0':>6s} {'vs P1':>6s} {'P1 CPU':>6s} "
+             f"{'main':>5s}"]
     by_name = {r["row"]: r for r in results}
     for r in results:
         own_data = r["row"] in OWN_DATA
@@ -184,7 +189,7 @@ def table(results, reference):
                      f"{r['img_per_cpu_s']:9.0f} {r['peak_rss_mb']:7.0f} "
                      f"{ratio('img_per_s', b1)} {ratio('img_per_s_best', b1, 7)} "
                      f"{ratio('img_per_s', f0)} {ratio('img_per_s', peer)} "
-                     f"{ratio('img_per_cpu_s', peer)}")
+                     f"{ratio('img_per_cpu_s', peer)} {r['main_thread_share']:5.0%}")
     return "\n".join(lines)
 
 

@@ -389,10 +389,13 @@ def measure(args):
         shutil.rmtree(warm.out, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     with PeakMemory() as memory:
-        started, cpu = time.perf_counter(), cpu_seconds()
+        started, cpu, main = time.perf_counter(), cpu_seconds(), time.thread_time()
         outputs = run(args)
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    return {"outputs": outputs, "wall_s": wall, "cpu_s": cpu,
+        main = time.thread_time() - main
+    # The main thread's share of the CPU: for augbatch, Beam's work, decoding and building the
+    # records (TensorFlow's ops and the augment pool run on other threads).
+    return {"outputs": outputs, "wall_s": wall, "cpu_s": cpu, "main_thread_cpu_s": main,
             "peak_rss_mb": memory.peak / 2 ** 20}
 
 

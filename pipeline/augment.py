@@ -301,6 +301,39 @@ def build_geometry(steps, xla=False):
     return run
 
 
+def build_record(steps, xla=False, channels=3):
+    """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
+    the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
+    draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced."""
+    parts = []
+    for kind, start, part in plan(steps, xla):
+        fn = chain_mod.build_record(part, start)
+        traced = fn
+        if kind == "xla":
+            traced = tf.function(fn, jit_compile=True, autograph=False)
+        parts.append((fn, traced))
+
+    def one(seed, images):  # one copy: a batch of one draws without loops
+        notes = []
+        for _, traced in parts:
+            part_notes, images = traced(seed[None], images)
+            notes += part_notes
+        return [tf.nest.map_structure(lambda t: t[0] if t.shape.rank else t, note)
+                for note in notes]
+
+    def run(seeds, height, width):
+        # The copies one at a time inside the graph: one call for the batch, no loop per
+        # draw; one blank image of the input's size for all (only its size is read).
+        blank = tf.zeros(tf.stack([1, height, width, channels]))
+        signature = tf.function(one, autograph=False).get_concrete_function(
+            tf.TensorSpec([2], tf.int32), blank).structured_outputs
+        signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), signature)
+        return tf.map_fn(lambda seed: one(seed, blank), seeds, fn_output_signature=signature,
+                         parallel_iterations=PARALLEL_COPIES)
+    run.steps = lambda: [step for fn, _ in parts for step in fn.steps]
+    return run
+
+
 def _dtype(index, runs):
     """What run `index` of the chain returns: float32 pixels, uint8 after the last run."""
     return tf.uint8 if index == len(runs) - 1 else tf.float32
@@ -390,6 +423,7 @@ class ChainRunner:
             quiet.spend_xla_notice()
         self._shapes = set()
         self._geometry = None  # traced on the first input with targets
+        self._record = None  # traced on the first batch, when the job records its ops
         self._geometry_lock = threading.Lock()
 
     def geometry(self, seeds, height, width):
@@ -404,6 +438,23 @@ class ChainRunner:
         with self._one_call:
             moves = self._geometry(seeds, np.int32(height), np.int32(width))
         return [(t.numpy(), int(h), int(w)) for t, h, w in moves]
+
+    def ops(self, seeds, height, width):
+        """What was done to each copy: per copy (rows of `seeds`), a list of one dict per op
+        step (chain.op_records), for the augment/ops feature."""
+        if not any(chain_mod.op_paths(self.job.chain)):  # plain copies: nothing done
+            return [[] for _ in range(len(seeds))]
+        with self._geometry_lock:
+            if self._record is None:
+                record = build_record(self.job.chain, self.job.xla, self.job.channels)
+                self._record = (_trace(record, [tf.TensorSpec([None, 2], tf.int32),
+                                                tf.TensorSpec([], tf.int32),
+                                                tf.TensorSpec([], tf.int32)]), record.steps())
+        traced, steps = self._record
+        with self._one_call:
+            notes = traced(seeds, np.int32(height), np.int32(width))
+        return chain_mod.op_records(steps, tf.nest.map_structure(lambda t: t.numpy(), notes),
+                                    len(seeds))
 
     def _build(self, parallel):
         job = self.job

@@ -27,10 +27,12 @@ USED = [
     ("apache_beam.runners.dask.overrides", "dask_overrides"),
     ("apache_beam.runners.dask.overrides", "_Create"),
     ("apache_beam.runners.dask.overrides", "_Reshuffle"),
+    ("apache_beam.runners.dask.overrides", "_GroupByKeyOnly"),
     ("apache_beam.runners.dask.transform_evaluator", "TRANSLATIONS"),
     ("apache_beam.runners.dask.transform_evaluator", "NoOp"),
     ("apache_beam.runners.dask.transform_evaluator", "Flatten"),
     ("apache_beam.runners.dask.transform_evaluator", "get_windowed_value"),
+    ("apache_beam.runners.dask.transform_evaluator", "defenestrate"),
     ("apache_beam.transforms.resources", "ResourceHint._name_to_known_hints"),
     ("apache_beam.pipeline", "Pipeline._root_transform"),
     ("apache_beam.pvalue", "AsSideInput._view_options"),
@@ -38,8 +40,10 @@ USED = [
 
 DaskRunner, DaskRunnerResult, DaskOptions = (beam_dask.DaskRunner, beam_dask.DaskRunnerResult,
                                              beam_dask.DaskOptions)
-CREATE, RESHUFFLE = dask_overrides._Create, dask_overrides._Reshuffle  # Dask's replacements
-windowed = dask_evaluator.get_windowed_value
+# Dask's replacements for Create, Reshuffle and GroupByKey
+CREATE, RESHUFFLE = dask_overrides._Create, dask_overrides._Reshuffle
+GROUP_BY_KEY = dask_overrides._GroupByKeyOnly
+windowed, unwindowed = dask_evaluator.get_windowed_value, dask_evaluator.defenestrate
 
 
 def output_handler(window_fn, main_receiver, tagged_receivers):

@@ -13,6 +13,8 @@ function of (seed, key, copy, op) whatever the batch holds.
 import hashlib
 import numbers
 
+import numpy as np
+
 from pipeline.errors import ConfigError, did_you_mean, quote
 from pipeline.ops import registry
 
@@ -143,14 +145,17 @@ def op_paths(steps, path="augment.chain"):
 
 # --- building ----------------------------------------------------------------------------------
 
-def build(steps, fuse=True, start=0):
+def build(steps, fuse=True, start=0, record=False, path="augment.chain"):
     """The chain as ``fn(images float32 [B,H,W,C] in [0,1], seeds int32 [B,2]) -> images``.
 
     Call it inside a tf.function (the DoFn and the Keras layer do).
     Consecutive geometric ops that resample alike are fused into one resample (`fuse`).
+    `record`: the chain in record mode (traced inside draw.recording(); see `build_record`).
     """
     from pipeline.ops import geometry
-    fns = [_build_step(step) for step in steps]
+    fns = [_build_step(step, record, f"{path}[{start + i}]") for i, step in enumerate(steps)]
+    if record:
+        fuse = False  # each op's own geometry is recorded
     # Fusion keeps each op's own seed (its position in the chain) and resamples only when the
     # ops share interpolation and fill, so the draws and the geometry stay the same; see
     # geometry.fuse_runs for where the pixels can differ from one-by-one.
@@ -171,23 +176,35 @@ def build(steps, fuse=True, start=0):
     return run
 
 
-def _build_step(step):
+def _build_step(step, record=False, path=None):
     if "op" in step:
         body = registry.get(step["op"]).build(step["params"])
+        if record:
+            body = _recorded_op(step, body, path)
     elif "sequence" in step:
-        body = build(step["sequence"])
-    elif "one_of" in step:
-        body = _one_of([_build_step(s) for s in step["one_of"]], step["weights"])
+        body = build(step["sequence"], record=record, path=f"{path}.sequence")
     else:
-        body = _some_of([_build_step(s) for s in step["some_of"]], step["n"])
+        kind = "one_of" if "one_of" in step else "some_of"
+        children = [_build_step(s, record, f"{path}.{kind}[{i}]")
+                    for i, s in enumerate(step[kind])]
+        where = f"{path}.{kind}" if record else None
+        body = (_one_of(children, step["weights"], where) if kind == "one_of"
+                else _some_of(children, step["n"], where))
     if step["probability"] < 1.0:
-        return _with_probability(body, step["probability"])
+        return _with_probability(body, step["probability"],
+                                 f"{path}.probability" if record else None)
     return body
 
 
-def _apply_where(fn, mask, images, seeds):
-    """fn on the examples where `mask` holds, the others untouched (no wasted work)."""
+def _apply_where(fn, mask, images, seeds, record=None):
+    """fn on the examples where `mask` holds, the others untouched (no wasted work).
+    `record`: in record mode, the config path deciding `mask` (fn is traced for all)."""
     import tensorflow as tf
+    if record:
+        from pipeline.ops import draw
+        with draw.only_where(record, mask):
+            fn(images, seeds)
+        return images  # (groups and probabilities take only steps that keep the size)
     parts = tf.cast(mask, tf.int32)
     index = tf.dynamic_partition(tf.range(tf.shape(images)[0]), parts, 2)
     kept, chosen = tf.dynamic_partition(images, parts, 2)
@@ -199,20 +216,20 @@ def _apply_where(fn, mask, images, seeds):
     return tf.dynamic_stitch(index, [kept, changed])
 
 
-def _with_probability(fn, probability):
+def _with_probability(fn, probability, record=None):
     from pipeline.ops import draw, geometry
 
     def chosen(seeds):
         return draw.coin(draw.fold_in(seeds, _COIN), probability)
 
     def run(images, seeds):
-        return _apply_where(fn, chosen(seeds), images, seeds)
+        return _apply_where(fn, chosen(seeds), images, seeds, record)
     if isinstance(fn, geometry.Projective):
         return fn.sometimes(chosen, standalone=run)  # still fusable, with the same coin
     return run
 
 
-def _one_of(fns, weights):
+def _one_of(fns, weights, record=None):
     import tensorflow as tf
     from pipeline.ops import draw
     bounds = tf.constant(weights, tf.float32)
@@ -224,12 +241,12 @@ def _one_of(fns, weights):
                           len(fns) - 1)
         for index, fn in enumerate(fns):
             images = _apply_where(lambda x, s, fn=fn, i=index: fn(x, draw.fold_in(s, i)),
-                                  tf.equal(pick, index), images, seeds)
+                                  tf.equal(pick, index), images, seeds, record)
         return images
     return run
 
 
-def _some_of(fns, n):
+def _some_of(fns, n, record=None):
     import tensorflow as tf
     from pipeline.ops import draw
 
@@ -241,7 +258,7 @@ def _some_of(fns, n):
         chosen = rank < count[:, None]
         for index, fn in enumerate(fns):
             images = _apply_where(lambda x, s, fn=fn, i=index: fn(x, draw.fold_in(s, i)),
-                                  chosen[:, index], images, seeds)
+                                  chosen[:, index], images, seeds, record)
         return images
     return run
 
@@ -386,3 +403,155 @@ def _some_of_geometry(step):
                            height, width)
         return out
     return run
+
+
+# --- what was done to each copy (the augment/ops feature) --------------------------------------
+# The chain traced once more in record mode: the same steps, seeds, coins and picks as `build`,
+# but each op notes what it drew (ops/draw.py's recorder) and, for a geometric op, its move,
+# instead of changing pixels. Only the notes are returned, so TensorFlow prunes the pixel work.
+
+MAX_NOTED = 8  # draws per op kept in a record; an op drawing more (noise) records its seed
+
+
+def _recorded_op(step, body, path):
+    """One op in record mode: `fn(images, seeds) -> images` of the size the op outputs (the
+    pixels are not the op's: nothing reads them)."""
+    import tensorflow as tf
+    from pipeline.ops import draw, geometry
+    op = registry.get(step["op"])
+    moves = None
+    if op.targets == registry.TRANSFORMED:
+        if isinstance(body, geometry.Projective):
+            def moves(seeds, height, width):
+                return body.projective(seeds, _f(height), _f(width)), height, width
+        elif op.geometry is not None:
+            moves = op.geometry(**step["params"])
+
+    def run(images, seeds):
+        with draw.op_step(path, step["op"], seeds) as noted:
+            if moves is None:
+                out = body(images, seeds)
+                return images if op.keeps_shape else out
+            shape = tf.shape(images)
+            transforms, height, width = moves(seeds, shape[1], shape[2])
+            noted.move = (transforms, shape[1], shape[2], height, width)
+            del noted.draws[:]  # (the move says what they were)
+            if isinstance(body, geometry.Projective) and body.finish is not None:
+                body.finish(images, seeds)  # its per-pixel draws (idg's brightness ...)
+            if op.keeps_shape:
+                return images
+            return tf.zeros(tf.stack([shape[0], height, width, shape[3]]), images.dtype)
+    return run
+
+
+def build_record(steps, start=0):
+    """``fn(seeds [B, 2], images) -> (notes, images)``: what each op step of
+    ``build(steps, start=start)`` does to each example of the size of `images` (float32
+    [B or 1, H, W, C]; their pixels do not matter), and images of the size it outputs.
+    `notes`, one per
+    op step: {"conditions": [bool [B]], "draws": [[B, ...]], "move": (transforms [B, 8], in
+    height, in width, out height, out width) or (), "seeds": [B, 2]} (sizes may be [B] too); `fn.steps` holds their
+    (config path, op name, [config paths of the conditions]) once traced."""
+    import tensorflow as tf
+    from pipeline.ops import draw
+
+    def run(seeds, images):
+        with draw.recording() as recorder:
+            out = build(steps, start=start, record=True)(images, seeds)
+        run.steps = [(s.path, s.name, [p for p, _ in s.conditions]) for s in recorder.steps]
+        notes = [{"conditions": [m for _, m in s.conditions], "draws": list(s.draws),
+                  "move": tuple(s.move) if s.move is not None else (), "seeds": s.seeds}
+                 for s in recorder.steps]
+        return notes, out
+    run.steps = []
+    return run
+
+
+def op_records(steps, notes, count):
+    """The notes of `build_record` (as numpy) -> per example, a list of one dict per op step:
+    {"at": config path, "op": name, "ran": bool, "by": what skipped it, then what it drew:
+    a move (describe_move; "identity": true for none, e.g. a flip whose coin said no),
+    "drew": [values], or "seed" for an op drawing inside TensorFlow's own random ops}."""
+    def rows(value):  # [B, ...] -> B Python values (lists), or a scalar for every row
+        value = np.asarray(value)
+        return value.reshape(count, -1).tolist() if value.ndim > 1 else (
+            value.tolist() if value.ndim else [value.item()] * count)
+    columns = []  # per step: its values as Python lists, one row per example
+    for (path, name, where), note in zip(steps, notes):
+        draws = [rows(d) if np.ndim(d) > 1 else [[v] for v in rows(d)] for d in note["draws"]]
+        columns.append((path, name, list(zip(where, map(rows, note["conditions"]))), draws,
+                        [rows(v) for v in note["move"]], rows(note["seeds"]),
+                        registry.get(name).random))
+    out = []
+    for row in range(count):
+        entries = []
+        for path, name, conditions, draws, move, seeds, random in columns:
+            entry = {"at": path, "op": name, "ran": True}
+            skipped = next((p for p, mask in conditions if not mask[row]), None)
+            if skipped:
+                entry.update(ran=False, by=skipped)
+                entries.append(entry)
+                continue
+            if move:
+                entry.update(describe_move(*[v[row] for v in move]) or {"identity": True})
+            drawn = [value for d in draws for value in d[row]]
+            if drawn and len(drawn) <= MAX_NOTED:
+                entry["drew"] = [_plain_number(v) for v in drawn]
+            elif random and (drawn or not move):
+                entry["seed"] = [int(s) for s in seeds[row]]
+            entries.append(entry)
+        out.append(entries)
+    return out
+
+
+def _plain_number(value, digits=4):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (numbers.Integral, np.integer)):
+        return int(value)
+    return round(float(value), digits)
+
+
+def describe_move(transform, in_h, in_w, out_h, out_w):
+    """A geometric op's transform (8 numbers, output pixel -> input point, geometry.py's
+    convention) in words: {"box": [x0, y0, x1, y1]} the input region shown (pixel edges) for
+    crops, zooms and shifts, "flip": "x", "y" or "xy" for a mirrored one (a flip alone: no
+    box); else "angle" (degrees,
+    counter-clockwise as tfa.image.rotate), "scale" [sx, sy], "shift" [dx, dy] (where the
+    input's centre went, pixels) and "flip": "x" when mirrored first; "matrix" for what these
+    cannot say (perspective, shear). {} for no move."""
+    t = [float(v) for v in transform]
+    size = [int(in_h), int(in_w), int(out_h), int(out_w)]
+    if (max(abs(a - b) for a, b in zip(t, (1, 0, 0, 0, 1, 0, 0, 0))) < 1e-6
+            and size[:2] == size[2:]):
+        return {}
+    r = lambda v, digits=2: round(float(v), digits) + 0.0  # noqa: E731 (+0.0: no -0.0)
+    if abs(t[6]) > 1e-9 or abs(t[7]) > 1e-9:
+        return {"matrix": [r(v, 5) for v in t]}
+    a0, a1, a2, b0, b1, b2 = t[:6]
+    if abs(a1) < 1e-6 and abs(b0) < 1e-6:  # axis-aligned: a window of the input, maybe mirrored
+        xs = sorted(a0 * e + a2 + 0.5 for e in (-0.5, out_w - 0.5))
+        ys = sorted(b1 * e + b2 + 0.5 for e in (-0.5, out_h - 0.5))
+        box = [r(xs[0], 1), r(ys[0], 1), r(xs[1], 1), r(ys[1], 1)]
+        flip = ("x" if a0 < 0 else "") + ("y" if b1 < 0 else "")
+        out = {"flip": flip} if flip else {}
+        if box != [0, 0, int(in_w), int(in_h)] or size[:2] != size[2:]:  # (not a mere flip)
+            out["box"] = box
+        return out
+    forward = np.linalg.inv(np.array([[a0, a1, a2], [b0, b1, b2], [0, 0, 1]]))
+    linear = forward[:2, :2]
+    out = {}
+    if np.linalg.det(linear) < 0:  # mirrored: a flip of x first, then the rest
+        linear = linear @ np.diag([-1.0, 1.0])
+        out["flip"] = "x"
+    sx = float(np.hypot(linear[0, 0], linear[1, 0]))
+    sy = float(np.linalg.det(linear)) / sx
+    angle = np.degrees(np.arctan2(-linear[1, 0], linear[0, 0]))
+    centre = forward @ [(int(in_w) - 1) / 2, (int(in_h) - 1) / 2, 1]
+    out.update(angle=r(angle), scale=[r(sx, 3), r(sy, 3)],
+               shift=[r(centre[0] - (int(out_w) - 1) / 2, 1),
+                      r(centre[1] - (int(out_h) - 1) / 2, 1)])
+    shear = float(linear[:, 0] @ linear[:, 1]) / (sx * sy)
+    if abs(shear) > 1e-3:
+        out["matrix"] = [r(v, 5) for v in t]
+    return out

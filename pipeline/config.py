@@ -68,6 +68,9 @@ class Job:
     tfds: bool = False  # records and files in TensorFlow Datasets' layout (output.tfds)
     balance: Optional[tuple] = None  # ("copies", ((class, copies), ...)) or ("target", n)
     balance_plan: Optional[tuple] = None  # balance.make_plan's, made by the run from the inputs
+    # Write augment/ops (what was done to each copy) in every record (output.record_ops). Not
+    # hashed: the images do not depend on it; off, the records are as before it existed.
+    record_ops: bool = True
 
     @property
     def config_hash(self):
@@ -81,6 +84,24 @@ class Job:
         out["label_map"] = dict(self.label_map) if self.label_map else None
         out["augment_splits"] = list(self.augment_splits)
         return out
+
+
+def job_from_dict(data):
+    """The Job a manifest.json's "config" (Job.to_dict) describes (replay); fields this
+    augbatch does not know are left out."""
+    def tuples(value):
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+    fields = {f.name: data[f.name] for f in dataclasses.fields(Job) if f.name in data}
+    for name in ("input", "augment_splits", "balance", "balance_plan"):
+        if fields.get(name) is not None:
+            fields[name] = tuples(fields[name])
+    fields["chain"] = tuple(fields.get("chain") or ())
+    rules = dict(fields.get("target_rules") or {})
+    rules["keypoint_flip"] = tuple(rules.get("keypoint_flip") or ())
+    fields["target_rules"] = targets.Rules(**rules)
+    if fields.get("label_map"):
+        fields["label_map"] = tuple(sorted(fields["label_map"].items(), key=lambda kv: kv[1]))
+    return Job(**fields)
 
 
 def config_hash(job):
@@ -328,7 +349,8 @@ SCHEMA = {
     "output": {"path": ("output", _str), "num_shards": ("num_shards", _int(0, 100_000)),
                "compression": ("compression", _choice(*COMPRESSIONS)),
                "format": ("format", _choice(*FORMATS)), "quality": ("quality", _int(1, 100)),
-               "prefix": ("prefix", _prefix), "tfds": ("tfds", _bool)},
+               "prefix": ("prefix", _prefix), "tfds": ("tfds", _bool),
+               "record_ops": ("record_ops", _bool)},
     "augment": {"copies": ("copies", _int(0, 10_000)),
                 "keep_original": ("keep_original", _bool), "seed": ("seed", _int(-2**63, 2**63 - 1)),
                 "chain": ("chain", None), "splits": ("augment_splits", _names),

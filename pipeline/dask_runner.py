@@ -23,10 +23,13 @@ it needs are in pipeline/beam_internals.py.
 """
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 import time
+import uuid
 
 import dask
 import dask.bag
@@ -102,34 +105,79 @@ class _Outputs(dict):
         return self[tag]
 
 
-def _run_stage(elements, members, side_specs, *side_values):
-    """One dask partition through a stage of ParDos as one bundle, each element passed from
-    DoFn to DoFn as it is emitted (as Beam's own runners fuse steps): no step's whole output
-    is held, only what leaves the stage. finish_bundle outputs go on like the others.
-    (As in Beam's translation, each partition unpickles its own DoFns and runs their setup.)"""
-    results = []
-    side_inputs = [internals.side_input_map(spec, values)
-                   for spec, values in zip(side_specs, side_values)]
-    invokers, outputs = [], []
-    for index, member in enumerate(members):
-        outputs.append(_Outputs(results, index, member.kept))
-        handler = internals.output_handler(member.window_fn, outputs[index][None],
-                                           outputs[index])
-        invokers.append(internals.invoker(member.transform, handler,
-                                          side_inputs if index == 0 else ()))
-        if member.producer is not None:
-            outputs[member.producer][member.producer_tag].consumers.append(invokers[index])
-    for invoker in invokers:
-        invoker.invoke_setup()
-        invoker.invoke_start_bundle()
-    window_fn = members[0].window_fn
-    for element in elements:
-        invokers[0].invoke_process(internals.windowed(element, window_fn))
-    for invoker in invokers:  # producers first: what one emits here, the next processes
-        invoker.invoke_finish_bundle()
-    for invoker in invokers:
-        invoker.invoke_teardown()
+class _Stage:
+    """A stage's DoFns, set up, wired member to member, with their invokers: built once per
+    worker process and reused for every partition of the stage there (as Beam's own runners
+    reuse a DoFn instance for many bundles: building one unpickles and inspects every DoFn and
+    runs its setup, more CPU than a small partition's work)."""
+
+    def __init__(self, members, side_specs, side_values):
+        self.results = []
+        side_inputs = [internals.side_input_map(spec, values)
+                       for spec, values in zip(side_specs, side_values)]
+        self.invokers, outputs = [], []
+        for index, member in enumerate(members):
+            outputs.append(_Outputs(self.results, index, member.kept))
+            handler = internals.output_handler(member.window_fn, outputs[index][None],
+                                               outputs[index])
+            self.invokers.append(internals.invoker(member.transform, handler,
+                                                   side_inputs if index == 0 else ()))
+            if member.producer is not None:
+                outputs[member.producer][member.producer_tag].consumers.append(
+                    self.invokers[index])
+        self.window_fn = members[0].window_fn
+        for invoker in self.invokers:
+            invoker.invoke_setup()
+
+    def bundle(self, elements):
+        """One partition through the stage as one bundle, each element passed from DoFn to
+        DoFn as it is emitted (as Beam's own runners fuse steps): no step's whole output is
+        held, only what leaves the stage. finish_bundle outputs go on like the others."""
+        for invoker in self.invokers:
+            invoker.invoke_start_bundle()
+        for element in elements:
+            self.invokers[0].invoke_process(internals.windowed(element, self.window_fn))
+        for invoker in self.invokers:  # producers first: what one emits here, the next processes
+            invoker.invoke_finish_bundle()
+        results, self.results[:] = list(self.results), []
+        return results
+
+    def teardown(self):
+        for invoker in self.invokers:
+            invoker.invoke_teardown()
+
+
+# This worker process's built stages not running a partition now: {(run, stage): [_Stage]}.
+_idle_stages = collections.defaultdict(list)
+_idle_lock = threading.Lock()
+
+
+def _run_stage(elements, key, members, side_specs, *side_values):
+    """One dask partition through a stage (`key`: the run's and the stage's names) as one
+    bundle, on a _Stage of this process built before if one is idle."""
+    with _idle_lock:
+        idle = _idle_stages.get(key)
+        stage = idle.pop() if idle else None
+    if stage is None:
+        stage = _Stage(members, side_specs, side_values)
+    try:
+        results = stage.bundle(elements)
+    except BaseException:
+        stage.teardown()  # stopped in the middle of a bundle: not reused
+        raise
+    with _idle_lock:
+        _idle_stages[key].append(stage)
     return results
+
+
+def release_stages(run):
+    """Tears down this process's stages of `run` (on each worker when the run ends)."""
+    with _idle_lock:
+        stages = [stage for key in [k for k in _idle_stages if k[0] == run]
+                  for stage in _idle_stages.pop(key)]
+    for stage in stages:
+        stage.teardown()
+    return len(stages)
 
 
 def _concat(parts):
@@ -144,6 +192,31 @@ def _untag(item):
     return item[1]
 
 
+def _group_partition(items):
+    """A partition of (key, value) -> [{key: [values]}] (one element)."""
+    groups = {}
+    for key, value in items:
+        groups.setdefault(key, []).append(internals.unwindowed(value))
+    return [groups]
+
+
+def _merge_groups(groups_of_partitions):
+    merged = {}
+    for groups in groups_of_partitions:
+        for key, values in groups.items():
+            merged.setdefault(key, []).extend(values)
+    return list(merged.items())
+
+
+def _group_by_key(bag):
+    """GroupByKey: each partition grouped, the groups merged in one task, then spread over as
+    many partitions again. Beam's translation (a dask shuffle) makes partitions x partitions
+    tasks for each GroupByKey (~660 of a 150-photo run's 1000 tasks, each costing scheduler
+    and worker CPU); what the pipeline groups is small (counts, bucket file names)."""
+    return (bag.map_partitions(_group_partition).repartition(1)
+            .map_partitions(_merge_groups).repartition(bag.npartitions))
+
+
 def _is_pardo(node):
     return type(node.transform) is beam.ParDo  # exactly: Beam leaves subclasses to NoOp
 
@@ -153,8 +226,8 @@ class _Visitor(PipelineVisitor):
     output (and no side input) join its stage: one task per partition runs them all. The
     leaves are the bags nothing reads."""
 
-    def __init__(self, bag_kwargs, min_partitions):
-        self.bag_kwargs, self.min_partitions = bag_kwargs, min_partitions
+    def __init__(self, bag_kwargs, min_partitions, run):
+        self.bag_kwargs, self.min_partitions, self.run = bag_kwargs, min_partitions, run
         self.nodes = []  # every transform, producers first
         self.stage_of = {}  # ParDo node -> (its stage's root node, its index in the stage)
         self.stages = {}  # root node -> [member nodes]
@@ -217,7 +290,8 @@ class _Visitor(PipelineVisitor):
             side_values.append(self.bag_of(side.pvalue).reduction(list, _concat)
                                .to_delayed(optimize_graph=False))
         return self.bag_of(root.inputs[0]).map_partitions(
-            _run_stage, specs, side_specs, *side_values, token=root.full_label)
+            _run_stage, (self.run, root.full_label), specs, side_specs, *side_values,
+            token=root.full_label)
 
     def _other(self, node):
         inputs = [self.bag_of(pc) for pc in node.inputs if not isinstance(pc, pvalue.PBegin)]
@@ -225,11 +299,14 @@ class _Visitor(PipelineVisitor):
             values = node.transform.values
             return dask.bag.from_sequence(values, npartitions=max(
                 1, self.min_partitions, -(-len(values) // INPUTS_PER_PARTITION)))
+        if type(node.transform) is internals.GROUP_BY_KEY:
+            return _group_by_key(inputs[0])
         if type(node.transform) is internals.RESHUFFLE:  # Beam's translation: none at all
-            # Spread over at least min_partitions (one TFRecord file's records, read in one
-            # partition, reach several workers).
+            # Spread evenly over at least min_partitions (the record ranges of one TFRecord
+            # file come from one partition; dask's repartition alone splits each partition
+            # in place). What the pipeline reshuffles is small: file names, record ranges.
             target = self.bag_kwargs.get("npartitions") or self.min_partitions
-            return inputs[0].repartition(max(inputs[0].npartitions, target))
+            return inputs[0].repartition(1).repartition(max(inputs[0].npartitions, target))
         return internals.translate_other(node, inputs, self.bag_kwargs)
 
 
@@ -269,6 +346,7 @@ class DaskRunnerResult(internals.DaskRunnerResult):
     client (and so its connection to the cluster) is closed once the run has ended."""
 
     no_progress_timeout: float = NO_PROGRESS_TIMEOUT_S
+    run: str = ""  # names the run's stages on the workers (released when it ends)
 
     def wait_until_finish(self, duration=None):
         try:
@@ -281,6 +359,9 @@ class DaskRunnerResult(internals.DaskRunnerResult):
                 self.client.cancel(self.futures, force=True)
             raise
         finally:
+            if self.client.status == "running":  # the workers tear down this run's DoFns
+                with contextlib.suppress(OSError, TimeoutError):
+                    self.client.run(release_stages, self.run, on_error="ignore")
             self.client.close(timeout=10)
 
     def _watch(self):
@@ -338,14 +419,14 @@ class DaskRunner(internals.DaskRunner):
     """Runs a pipeline on a dask.distributed cluster (see the module docstring)."""
 
     @staticmethod
-    def translate(pipeline, options, threads=1):
+    def translate(pipeline, options, threads=1, run="dry-run"):
         """The dask bags of the pipeline's leaves, not computed (also used by --dry-run), for a
-        cluster of `threads` worker threads."""
+        cluster of `threads` worker threads; `run` names this run's stages on the workers."""
         dask_options = options.view_as(internals.DaskOptions).get_all_options(
             drop_default=True, current_only=True)
         internals.replace_for_dask(pipeline)
         visitor = _Visitor(internals.bag_kwargs(dask_options),
-                           PARTITIONS_PER_THREAD * threads)
+                           PARTITIONS_PER_THREAD * threads, run)
         pipeline.visit(visitor)
         return visitor.translate()
 
@@ -362,10 +443,11 @@ class DaskRunner(internals.DaskRunner):
             if not log.isEnabledFor(logging.DEBUG):  # its failures become augbatch's messages
                 logging.getLogger("distributed").setLevel(logging.CRITICAL)
             check_cluster(client)
-            leaves = self.translate(pipeline, options, sum(client.nthreads().values()))
+            run = uuid.uuid4().hex
+            leaves = self.translate(pipeline, options, sum(client.nthreads().values()), run)
             futures = client.compute(list(dask.optimize(*leaves)))
         except BaseException:
             client.close()
             raise
         return DaskRunnerResult(client, futures, options.view_as(WatchOptions)
-                                .dask_no_progress_timeout)
+                                .dask_no_progress_timeout, run)

@@ -1,5 +1,6 @@
 """The output tf.train.Example: the image, its label, its targets and its lineage."""
 import hashlib
+import json
 
 import tensorflow as tf
 
@@ -7,12 +8,24 @@ import tensorflow as tf
 FEATURE_KEYS = ("image/encoded", "image/format", "image/height", "image/width",
                 "image/channels", "image/class/label", "image/class/text", "image/source_id",
                 "augment/copy_index", "augment/seed", "augment/config_hash")
+# What was done to the copy (output.record_ops, on by default): JSON, see ops_json.
+OPS_KEY = "augment/ops"
 
 
-def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None, tfds=False):
+def ops_json(input_sha256, ops):
+    """The augment/ops value: the input's sha256 (its first 16 hex digits, to tell a changed
+    input at replay) and one entry per op step of the chain (chain.op_records; [] for copy 0,
+    the untouched input), as compact JSON."""
+    return json.dumps({"input_sha256": input_sha256[:16], "ops": ops},
+                      separators=(",", ":")).encode()
+
+
+def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None, tfds=False,
+          ops=None):
     """Serialized Example for one output of `item` (a transforms.Input), with `targets`
     (targets.Targets, for an input that has them) in the OD API / DeepLab features.
-    `tfds`: image, label and objects under TensorFlow Datasets' keys (tfds_output)."""
+    `tfds`: image, label and objects under TensorFlow Datasets' keys (tfds_output).
+    `ops`: the augment/ops value (ops_json), or None (output.record_ops off: not written)."""
     example = tf.train.Example()
     if item.extra:
         example.features.ParseFromString(item.extra)
@@ -43,6 +56,10 @@ def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None, t
     put("augment/copy_index", int(copy_index), "int64_list")
     put("augment/seed", int(seed), "int64_list")
     put("augment/config_hash", config_hash.encode(), "bytes_list")
+    if ops is not None:
+        put(OPS_KEY, ops, "bytes_list")
+    elif OPS_KEY in feature:  # an input's own record of ops says nothing of this copy
+        del feature[OPS_KEY]
     if tfds:
         from pipeline import tfds_output
         tfds_output.relayout(feature)

@@ -26,6 +26,7 @@ class Row:
     copies: List[np.ndarray] = dataclasses.field(default_factory=list)
     error: Optional[str] = None  # "decode: not a readable image ..." when the input fails
     original_written: bool = True  # expand writes copy 0 (keep_original)
+    ops: List[list] = dataclasses.field(default_factory=list)  # per copy: its augment/ops entries
 
 
 # --- sampling and reading ------------------------------------------------------------------------
@@ -37,23 +38,20 @@ def _rng(seed):
 def sample(job, n):
     """Up to n inputs of `job` (Inputs, or ErrorRecords of those that fail to read), picked at
     random but always the same for the same job.seed; sorted by key."""
-    from pipeline import formats, sources
+    from pipeline import sources
     from pipeline import transforms as T
     discovery = sources.discover(job)
     if not discovery.refs:
         raise UserError(f"no input images found in {', '.join(job.input)}",
                         hint="give a folder of images or TFRecord files with --input")
     rng = _rng(job.seed)
+    read = reader(job, discovery)
     if discovery.kind != "tfrecord":
         refs = rng.sample(discovery.refs, min(n, len(discovery.refs)))
-        read = (T.ReadImageFile({label: name for name, label in discovery.label_map.items()})
-                if discovery.kind == "folder" else formats.ReadAnnotated(
-                    discovery.kind, exif_orientation=job.exif_orientation))
     else:
         # A TFRecord's records are only known by reading it: read whole files in a random
         # order until there is enough to pick from.
         refs = rng.sample(discovery.refs, len(discovery.refs))
-        read = T.ReadTFRecordFile(job.image_feature, job.label_feature)
     found = []
     for ref in refs:
         found.extend(_unwrap(out) for out in read.process(ref))
@@ -62,6 +60,17 @@ def sample(job, n):
     if discovery.kind == "tfrecord":
         found = rng.sample(found, min(n, len(found)))
     return sorted(found, key=lambda item: item.key)
+
+
+def reader(job, discovery):
+    """The DoFn expand reads these inputs with (InputRef -> Inputs or error records)."""
+    from pipeline import formats
+    from pipeline import transforms as T
+    if discovery.kind == "tfrecord":
+        return T.ReadTFRecordFile(job.image_feature, job.label_feature)
+    if discovery.kind == "folder":
+        return T.ReadImageFile({label: name for name, label in discovery.label_map.items()})
+    return formats.ReadAnnotated(discovery.kind, exif_orientation=job.exif_orientation)
 
 
 def _unwrap(out):
@@ -85,8 +94,10 @@ def rows(job, n=6, copies=None):
     decode = T.DecodeImage(job.channels, job.max_pixels, job.exif_orientation)
     decode.setup()
     # The original is always shown (as copy 0, which expand writes when keep_original is on).
-    # (in augbatch's own layout, whatever output.tfds: the tiles read image/encoded)
-    shown = dataclasses.replace(job, copies=copies, keep_original=True, tfds=False)
+    # (in augbatch's own layout, whatever output.tfds: the tiles read image/encoded; with
+    # what was done to each copy recorded, for --explain)
+    shown = dataclasses.replace(job, copies=copies, keep_original=True, tfds=False,
+                                record_ops=True)
     augment = T.AugmentAndEncode(shown, shown.config_hash)
     augment.setup()
     out = []
@@ -106,10 +117,21 @@ def rows(job, n=6, copies=None):
                            f"{failed[0].message}"))
             continue
         images = {r.copy_index: _image_of(r.payload) for r in records}
+        ops = {r.copy_index: _ops_of(r.payload) for r in records}
         out.append(Row(item.key, item.label_text, original=images.pop(0),
                        copies=[images[c] for c in sorted(images)],
-                       original_written=job.keep_original))
+                       original_written=job.keep_original,
+                       ops=[ops[c] for c in sorted(images)]))
     return out
+
+
+def _ops_of(payload):
+    """The augment/ops entries of an output record (a serialized tf.train.Example)."""
+    import json
+    import tensorflow as tf
+    from pipeline.example import OPS_KEY
+    feature = tf.train.Example.FromString(payload).features.feature[OPS_KEY]
+    return json.loads(feature.bytes_list.value[0])["ops"]
 
 
 def _image_of(payload):
@@ -238,7 +260,8 @@ def render(grid, title_lines, tile_size=160):
     from PIL import Image, ImageDraw
     title_font, font = _font(15), _font(12)
     columns = max(len(row) for row in grid) if grid else 1
-    cell_w, cell_h = tile_size, tile_size + 2 * LINE + 4
+    captions = max((len(tile.caption) for row in grid for tile in row), default=2)
+    cell_w, cell_h = tile_size, tile_size + max(2, captions) * LINE + 4
     width = max(PAD + columns * (cell_w + PAD), 480)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     title = [(i, text) for i, line in enumerate(title_lines)
@@ -266,7 +289,7 @@ def render(grid, title_lines, tile_size=160):
             if tile.highlight:
                 draw.rectangle([left - 2, top - 2, left + cell_w + 1, top + tile_size + 1],
                                outline=ACCENT, width=2)
-            for i, line in enumerate(tile.caption[:2]):
+            for i, line in enumerate(tile.caption):
                 draw.text((left, top + tile_size + 3 + i * LINE),
                           _fit_text(draw, line, font, cell_w), fill=INK if i == 0 else FAINT,
                           font=font)
@@ -277,8 +300,9 @@ def _size(array):
     return f"{array.shape[1]}x{array.shape[0]}"
 
 
-def tiles_of(row):
-    """The Tiles of one preview Row: original first, then its copies."""
+def tiles_of(row, explain=False):
+    """The Tiles of one preview Row: original first, then its copies (`explain`: captioned
+    with what was done to each, replay.caption)."""
     if row.error:
         return [Tile(None, [row.key, "not written (errors.jsonl)"], text=row.error)]
     # The label, unless the key already shows it (class folders).
@@ -287,8 +311,10 @@ def tiles_of(row):
     original = "original" if row.original_written else "input (not written)"
     out = [Tile(row.original, [row.key, f"{original}{label} · {_size(row.original)}"],
                 highlight=True)]
-    out += [Tile(image, [row.key, f"copy {c} · {_size(image)}"])
-            for c, image in enumerate(row.copies, start=1)]
+    from pipeline import replay
+    out += [Tile(image, [row.key, f"copy {c} · {_size(image)}"]
+                 + (replay.caption(ops) if explain else []))
+            for c, (image, ops) in enumerate(zip(row.copies, row.ops), start=1)]
     return out
 
 
@@ -312,8 +338,9 @@ def chain_summary(job):
     return "chain: " + (" > ".join(names) if names else "(empty: copies equal the original)")
 
 
-def write(job, path, n=6, copies=None, tile_size=160):
-    """Preview `job` on n sampled inputs into the image file `path`; return the Rows."""
+def write(job, path, n=6, copies=None, tile_size=160, explain=False):
+    """Preview `job` on n sampled inputs into the image file `path`; return the Rows.
+    `explain`: each copy's tile says what was done to it."""
     check_extension(path)  # before the work, not after
     copies = min(job.copies, 8) if copies is None else copies
     preview_rows = rows(job, n, copies)
@@ -322,5 +349,5 @@ def write(job, path, n=6, copies=None, tile_size=160):
              f"original + {copies} copies · {job.format}"
              + (f" q{job.quality}" if job.format != "png" else ""),
              chain_summary(job)]
-    save(render([tiles_of(row) for row in preview_rows], title, tile_size), path)
+    save(render([tiles_of(row, explain) for row in preview_rows], title, tile_size), path)
     return preview_rows

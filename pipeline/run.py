@@ -30,7 +30,7 @@ from pipeline import __version__, balance, formats, progress, sinks, sources, ta
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
-from pipeline.example import FEATURE_KEYS
+from pipeline.example import FEATURE_KEYS, OPS_KEY
 
 log = logging.getLogger("augbatch")
 SHARD_TARGET_BYTES = 128 << 20
@@ -260,6 +260,10 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     their records (--resume): those inputs are not read again."""
     refs = [ref for ref in discovery.refs if ref.key not in done]
     refs = p | "Inputs" >> beam.Create(refs) | "Spread" >> beam.Reshuffle()
+    if discovery.kind == "tfrecord":  # each file read in ranges of records, spread like files
+        refs = (refs | "Ranges" >> beam.FlatMap(sources.record_ranges,
+                                                2 * sources.max_file_bytes(job.max_pixels))
+                | "SpreadRanges" >> beam.Reshuffle())
     read = refs | "Read" >> beam.ParDo(read_step(job, discovery, done)).with_outputs(
         T.ERRORS, main="inputs")
     # What discovery found but cannot use (images beside the class folders, symlink loops,
@@ -267,10 +271,7 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     outside = p | "Rejected" >> beam.Create([T.ErrorRecord(
         ref.key, ref.path, None, "read", error_type, message, reason)
         for ref, error_type, reason, message in discovery.rejected])
-    inputs = read.inputs
-    if discovery.kind == "tfrecord":
-        inputs = inputs | "SpreadRecords" >> beam.Reshuffle()
-    decoded = inputs | "Decode" >> beam.ParDo(T.DecodeImage(
+    decoded = read.inputs | "Decode" >> beam.ParDo(T.DecodeImage(
         job.channels, job.max_pixels, job.exif_orientation)).with_outputs(
         T.ERRORS, T.ORIENTED, main="images")
     orientations = decoded[T.ORIENTED] | "CountOrientations" >> beam.combiners.Count.PerElement()
@@ -820,7 +821,8 @@ def _manifest(job, discovery, num_shards, summary, beam_args, timings, tfds_file
            if job.balance_plan else {}),
         "features": ({"image": tfds_output.IMAGE, "label": tfds_output.LABEL, "layout": "tfds"}
                      if job.tfds else {"image": "image/encoded", "label": "image/class/label",
-                                       "written": list(FEATURE_KEYS)}),
+                                       "written": list(FEATURE_KEYS)
+                                       + ([OPS_KEY] if job.record_ops else [])}),
         "beam_args": list(beam_args),
         "versions": versions(),
         "timings": timings,

@@ -2,6 +2,8 @@
 record on the ERRORS output (never an exception that kills the job, never a silent drop)."""
 import collections
 import dataclasses
+import functools
+import hashlib
 import io
 import logging
 import os
@@ -33,6 +35,12 @@ class Input:
     extra: bytes = b""  # serialized tf.train.Features passed through to every output
     targets: Optional[object] = None  # targets.Targets: boxes, masks, keypoints
     split: Optional[str] = None  # the dataset's split (train, val ...) it was found in
+
+    @functools.cached_property
+    def sha256(self):
+        """The hex sha256 of `data` (in augment/ops: replay tells a changed input by it),
+        computed once for all the input's copies."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclasses.dataclass
@@ -135,7 +143,8 @@ class ReadImageFile(beam.DoFn):
 
 
 class ReadTFRecordFile(beam.DoFn):
-    """InputRef of a TFRecord file -> one Input (or error) per record in it.
+    """A TFRecord file's RecordRange (or InputRef: the whole file) -> one Input (or error) per
+    record in it.
 
     Where the file is damaged (a CRC mismatch, a truncated tail) the records before the damage
     are kept and the rest of the file, which cannot be framed any more, becomes one error
@@ -148,21 +157,27 @@ class ReadTFRecordFile(beam.DoFn):
         self.max_bytes, self.skip = max_bytes, skip  # skip: keys done (expand --resume)
 
     def process(self, ref):
+        part = ref if isinstance(ref, sources.RecordRange) else sources.RecordRange(ref)
+        ref = part.ref
         try:
             stream = sources.open_records(ref.path)
+            if part.offset:
+                stream.seek(part.offset)
         except Exception as e:  # noqa: BLE001
             progress.count(progress.READ)
             reason, message = sources.read_failure(ref.path, e)
             yield error("read", e, f"{ref.key}:0", ref.path, 0, reason=reason, message=message)
             return
-        index = 0
+        index = part.first
         try:
             with stream:
-                for record in sources.iter_records(stream, self.max_bytes):
+                for record in sources.iter_records(stream, self.max_bytes, part.offset):
                     progress.count(progress.READ)
                     if f"{ref.key}:{index}" not in self.skip:
                         yield self._parse(ref, index, record)
                     index += 1
+                    if index - part.first == part.count:
+                        break
             if index == 0:
                 progress.count(progress.READ)
                 yield error("read", ValueError("no record"), f"{ref.key}:0", ref.path, 0,
@@ -568,7 +583,8 @@ class AugmentAndEncode(beam.DoFn):
 
     def _augment_encode(self, items, first_try=False):
         """The TensorFlow work of a batch (in the pool): [(item, copy index, bytes, format,
-        shape)] for every copy and, with keep_original, the original."""
+        shape, targets, counts, op steps)] for every copy and, with keep_original, the
+        original."""
         job = self.job
         if first_try:
             fail_once_for_tests("augment")
@@ -588,9 +604,11 @@ class AugmentAndEncode(beam.DoFn):
                 images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
             encoded, shape = self.runner.augment_encode(images, seeds, formats)
+            ops = (self.runner.ops(seeds, images.shape[1], images.shape[2]) if job.record_ops
+                   else [None] * len(copies))
             out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
-                     counts) for (item, c), data, fmt, (targets, counts)
-                    in zip(copies, encoded, formats, carried)]
+                     counts, steps) for (item, c), data, fmt, (targets, counts), steps
+                    in zip(copies, encoded, formats, carried, ops)]
         out += [self._original(item) for item in items
                 if job.keep_original or not augments(job, item.input.split)]
         return out
@@ -635,11 +653,13 @@ class AugmentAndEncode(beam.DoFn):
             data = item.input.data  # the untouched original bytes
         else:
             data = self.runner.encode(item.image[None], [fmt])[0]
-        return item, 0, data, fmt, item.image.shape, item.input.targets, None
+        return item, 0, data, fmt, item.image.shape, item.input.targets, None, []
 
-    def _record(self, item, copy_index, data, fmt, shape, targets, counts):
+    def _record(self, item, copy_index, data, fmt, shape, targets, counts, steps):
+        """The record of one output; `steps`: what was done to it (chain.op_records)."""
         from pipeline import example
+        ops = example.ops_json(item.input.sha256, steps) if self.job.record_ops else None
         payload = example.build(item.input, copy_index, data, fmt, shape, self.job.seed,
-                                self.config_hash, targets, self.job.tfds)
+                                self.config_hash, targets, self.job.tfds, ops)
         return OutputRecord(item.input.key, copy_index, item.input.label, payload,
                             item.input.split)

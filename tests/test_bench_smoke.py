@@ -36,6 +36,7 @@ def test_bench_reports_every_row(tmp_path):
         # 8 inputs x 1 copy, every contender; the 512x512 rows run a quarter of the inputs
         assert row["outputs"] == (2 if name.endswith(" 512") else 8), row
         assert row["img_per_s"] > 0 and row["img_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0
+        assert 0 < row["main_thread_share"] <= 1.01, row  # (CPU clocks tick coarsely)
         assert len(row["runs"]) == 1
     with_sizes = {Image.open(path).size for path in (out / "data-512-2").rglob("*.jpg")}
     assert with_sizes == {(512, 512)}, with_sizes

@@ -43,6 +43,21 @@ def test_flips_rotations_and_transpose_match_numpy(photos):
     np.testing.assert_array_equal(run("tf.image.transpose", photos), x.transpose(0, 2, 1, 3))
 
 
+def test_random_flips_mirror_whole_images_or_leave_them(photos):
+    """Random flips on uint8 (the chain's head) and float pixels: each image is exactly its
+    numpy mirror or untouched, and both happen."""
+    seeds = tf.constant([[i, 3 * i + 1] for i in range(8)], tf.int32)
+    for dtype_images in (tf.image.convert_image_dtype(photos, tf.uint8), photos):
+        x = tf.concat([dtype_images] * 4, 0)
+        for name, mirror in (("tf.image.random_flip_left_right", np.fliplr),
+                             ("tf.image.random_flip_up_down", np.flipud)):
+            out = run(name, x, seeds)
+            flipped = [np.array_equal(o, mirror(i)) for o, i in zip(out, x.numpy())]
+            kept = [np.array_equal(o, i) for o, i in zip(out, x.numpy())]
+            assert all(f or k for f, k in zip(flipped, kept)), name
+            assert any(flipped) and any(kept), name
+
+
 def test_crop_pad_and_crop_or_pad_match_numpy(photos):
     x = photos.numpy()
     np.testing.assert_array_equal(

@@ -3,6 +3,9 @@
 Every draw takes ``seeds`` int32 [B, 2] (one stateless seed per example) and returns one value
 per example, so a batch of 1 and a batch of 64 give each image the same numbers.
 """
+import contextlib
+import threading
+
 import tensorflow as tf
 
 
@@ -25,14 +28,14 @@ def fold_in(seeds, data):
 
 def uniform(seeds, low, high, shape=(), dtype=tf.float32):
     """[B, *shape] values, uniform in [low, high) (ints: [low, high)), one draw per example."""
-    return each(
+    return _noted(each(
         lambda s: tf.random.stateless_uniform(shape, s, minval=low, maxval=high, dtype=dtype),
-        seeds, fn_output_signature=tf.TensorSpec(shape, dtype))
+        seeds, fn_output_signature=tf.TensorSpec(shape, dtype)))
 
 
 def normal(seeds, shape=(), mean=0.0, stddev=1.0):
-    return each(lambda s: tf.random.stateless_normal(shape, s, mean=mean, stddev=stddev),
-                seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32))
+    return _noted(each(lambda s: tf.random.stateless_normal(shape, s, mean=mean, stddev=stddev),
+                       seeds, fn_output_signature=tf.TensorSpec(shape, tf.float32)))
 
 
 def coin(seeds, probability):
@@ -62,3 +65,74 @@ def apply_where(mask, fn, images):
 def expand(values):
     """[B] -> [B, 1, 1, 1], to broadcast one value per example over its pixels."""
     return tf.reshape(values, [-1, 1, 1, 1])
+
+
+# --- recording what was drawn (augment/ops: chain.build(record=True)) --------------------------
+# While a chain is traced in record mode, each op's draws are noted on its Step, with the
+# conditions (probability coins, one_of picks, some_of choices) under which it runs.
+
+_recording = threading.local()
+
+
+class Step:
+    """What one op step drew: its draws [B, ...] in order, and the conditions [(config path,
+    mask [B])] that decide whether it ran for each example."""
+
+    def __init__(self, path, name, conditions, seeds):
+        self.path, self.name, self.conditions, self.seeds = path, name, conditions, seeds
+        self.draws, self.move = [], None  # move: (transforms [B, 8], out height, out width)
+
+
+class Recorder:
+    def __init__(self):
+        self.steps, self.conditions, self.step = [], [], None
+        self.graph = tf.compat.v1.get_default_graph()
+
+
+@contextlib.contextmanager
+def recording():
+    """Note every op step's draws while tracing in here: yields the Recorder."""
+    before = getattr(_recording, "current", None)
+    _recording.current = Recorder()
+    try:
+        yield _recording.current
+    finally:
+        _recording.current = before
+
+
+def recorder():
+    return getattr(_recording, "current", None)
+
+
+@contextlib.contextmanager
+def only_where(path, mask):
+    """The steps traced in here run only for the examples where `mask` [B] holds (`path`:
+    the config path of what decides it, e.g. augment.chain[3].probability)."""
+    current = recorder()
+    current.conditions.append((path, mask))
+    try:
+        yield
+    finally:
+        current.conditions.pop()
+
+
+@contextlib.contextmanager
+def op_step(path, name, seeds):
+    """The draws made in here are this op step's."""
+    current = recorder()
+    current.step = Step(path, name, list(current.conditions), seeds)
+    current.steps.append(current.step)
+    try:
+        yield current.step
+    finally:
+        current.step = None
+
+
+def _noted(values):
+    """Note `values` on the op step being recorded (only draws made where the recorder can
+    return them: not inside a loop or a branch)."""
+    current = recorder()
+    if (current is not None and current.step is not None
+            and tf.compat.v1.get_default_graph() is current.graph):
+        current.step.draws.append(values)
+    return values
