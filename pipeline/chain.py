@@ -520,8 +520,8 @@ def _plain_number(value, digits=4):
 def describe_move(transform, in_h, in_w, out_h, out_w):
     """A geometric op's transform (8 numbers, output pixel -> input point, geometry.py's
     convention) in words: {"box": [x0, y0, x1, y1]} the input region shown (pixel edges) for
-    crops, zooms and shifts, "flip": "x", "y" or "xy" for a mirrored one (a flip alone: no
-    box); else "angle" (degrees,
+    crops and zooms, {"shift": [dx, dy]} for a translation (pixels), "flip": "x", "y" or "xy"
+    for a mirrored one (a flip alone: no box); else "angle" (degrees,
     counter-clockwise as tfa.image.rotate), "scale" [sx, sy], "shift" [dx, dy] (where the
     input's centre went, pixels) and "flip": "x" when mirrored first; "matrix" for what these
     cannot say (perspective, shear). {} for no move."""
@@ -540,8 +540,14 @@ def describe_move(transform, in_h, in_w, out_h, out_w):
         box = [r(xs[0], 1), r(ys[0], 1), r(xs[1], 1), r(ys[1], 1)]
         flip = ("x" if a0 < 0 else "") + ("y" if b1 < 0 else "")
         out = {"flip": flip} if flip else {}
-        if box != [0, 0, int(in_w), int(in_h)] or size[:2] != size[2:]:  # (not a mere flip)
-            out["box"] = box
+        if box == [0, 0, int(in_w), int(in_h)] and size[:2] == size[2:]:
+            return out  # a mere flip
+        if abs(abs(a0) - 1) < 1e-6 and abs(abs(b1) - 1) < 1e-6 and size[:2] == size[2:]:
+            # a shift (after the flip): where the input's centre went
+            out["shift"] = [r(((int(in_w) - 1) / 2 - a2) / a0 - (int(out_w) - 1) / 2, 1),
+                            r(((int(in_h) - 1) / 2 - b2) / b1 - (int(out_h) - 1) / 2, 1)]
+            return out
+        out["box"] = box
         return out
     forward = np.linalg.inv(np.array([[a0, a1, a2], [b0, b1, b2], [0, 0, 1]]))
     linear = forward[:2, :2]
