@@ -11,12 +11,13 @@ operations. Measured against the DirectRunner, its translation:
   4. computes only the last transform applied, so any other leaf of the graph never runs;
   5. holds each step's whole output of a partition as one list in memory;
   6. ignores Reshuffle (one TFRecord file's records stay one bundle).
-This runner keeps Beam's translations for Create, GroupByKey and Flatten and replaces the ParDo
-translation and the graph walk: ParDos that read another ParDo's output run fused in one task
-per partition (elements passed from DoFn to DoFn as emitted, finish_bundle outputs included),
-each consumer gets only its tagged output, side inputs are ordinary graph dependencies
-(computed once) and every leaf is computed; partitions hold at most INPUTS_PER_PARTITION inputs
-and Reshuffle spreads. It takes the same options (--dask_client_address, --dask_npartitions,
+This runner keeps Beam's translations for Create and Flatten and replaces the ParDo, GroupByKey
+and Reshuffle translations and the graph walk: ParDos that read another ParDo's output run
+fused in one task per partition (elements passed from DoFn to DoFn as emitted, finish_bundle
+outputs included; each worker builds a stage once per run), each consumer gets only its tagged
+output, side inputs are ordinary graph dependencies (computed once) and every leaf is computed;
+partitions hold at most INPUTS_PER_PARTITION inputs, GroupByKey merges per-partition groups
+(no all-to-all shuffle) and Reshuffle spreads evenly. It takes the same options (--dask_client_address, --dask_npartitions,
 ...), checks that the cluster runs this augbatch, watches the run until it ends (or fails
 loudly: scheduler lost, no progress, workers dying) and closes its client. The Beam internals
 it needs are in pipeline/beam_internals.py.

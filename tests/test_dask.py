@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import apache_beam as beam
 import pytest
 from click.testing import CliRunner
 
@@ -177,6 +178,33 @@ def test_one_tfrecord_file_is_read_in_record_ranges_by_both_workers(two_workers,
             for w in after}
     assert sum(read.values()) == records and all(read.values()) and len(read) == 2, read
     assert shard_bytes(tmp_path / "dask") == shard_bytes(tmp_path / "direct")
+
+
+class _Counted(beam.DoFn):
+    setups = teardowns = 0
+
+    def setup(self):
+        type(self).setups += 1
+
+    def process(self, x):
+        yield 2 * x
+
+    def teardown(self):
+        type(self).teardowns += 1
+
+
+def test_a_worker_builds_a_stage_once_per_run_and_tears_it_down_when_the_run_ends():
+    """Each partition of a stage used to unpickle, inspect and set up its DoFns again (~0.5 s
+    of a worker's CPU per 150-photo run): now once per worker and run."""
+    from apache_beam.transforms.window import GlobalWindows
+    from pipeline import dask_runner
+    stage = [dask_runner._Member(beam.ParDo(_Counted()), GlobalWindows(), kept=(None,))]
+    key = ("a run", "Double")
+    assert dask_runner._run_stage([1, 2], key, stage, []) == [((0, None), 2), ((0, None), 4)]
+    assert dask_runner._run_stage([3], key, stage, []) == [((0, None), 6)]
+    assert (_Counted.setups, _Counted.teardowns) == (1, 0)
+    assert dask_runner.release_stages("another run") == 0
+    assert dask_runner.release_stages("a run") == 1 and _Counted.teardowns == 1
 
 
 # --- a local cluster (--dask-workers) --------------------------------------------------------
