@@ -104,16 +104,6 @@ class AugbatchGroup(click.Group):
             ctx.exit(1)
 
 
-class _BeamImportNoise(logging.Filter):
-    """Drops Beam's import-time warning about optional GCP clients (logged on the root logger)."""
-
-    def filter(self, record):
-        return not ("apache_beam" in record.pathname and "apitools" in record.getMessage())
-
-
-_BEAM_NOISE = _BeamImportNoise()
-
-
 def quiet_startup():
     """Hide TensorFlow / absl / Beam start-up chatter (--debug keeps all of it). TensorFlow reads
     TF_CPP_MIN_LOG_LEVEL when it is first imported, which the commands do later."""
@@ -124,19 +114,9 @@ def quiet_startup():
     logging.getLogger("absl").setLevel(logging.ERROR)
     # Beam logs a failing DoFn's traceback, then re-raises: the error is reported once, below.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
-    root = logging.getLogger()
-    if _BEAM_NOISE not in root.filters:
-        root.addFilter(_BEAM_NOISE)
-    sys.unraisablehook = _quiet_at_exit
     from pipeline import quiet
+    quiet.python_noise_off()
     quiet.import_tensorflow()  # now, to filter what newer TensorFlows print while imported
-
-
-def _quiet_at_exit(unraisable):
-    """Errors in destructors while Python shuts down (TensorFlow functions outliving the
-    module state their __del__ needs) cannot affect the results: not shown without --debug."""
-    if not sys.is_finalizing():
-        sys.__unraisablehook__(unraisable)
 
 
 @click.group(cls=AugbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})

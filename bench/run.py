@@ -6,6 +6,11 @@ floors, on one realistic dataset, in one invocation.
     python -m bench --inputs 40 --repeats 1 --rss-inputs 40   # a quick look
     python -m bench --peer-python /path/to/venv/bin/python   # albumentations installed there
 
+Besides the standard and colour-only chains on that data set, two pairs of rows on data of their
+own: "augbatch 512" / "P1 512" (the standard chain on 512x512 images, a quarter of --inputs) and
+"augbatch detection" / "P1 detection" (the standard chain on the same images as OD API
+TFRecords with 1-4 boxes each, boxes carried; the boxes written are read back and counted).
+
 Each row runs in its own process (`bench.variants`), warmed up first; rows are interleaved and
 each reports the median of its runs. Speeds are output images per second of wall time and per
 CPU-second (all the process's threads and children). The table is printed and written as JSON.
@@ -27,8 +32,9 @@ MULTI_PROCESSING = ["--direct_num_workers=2", "--direct_running_mode=multi_proce
 MULTI_THREADING = ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
 
 
-def rows(folder, records):
-    """(name, what it is, variants args). B1/F0 rows are the ratios' references."""
+def rows(folder, records, large, boxes):
+    """(name, what it is, variants args). B1/F0 rows are the ratios' references. `large`: a
+    folder of 512x512 images; `boxes`: the folder's images as OD API TFRecords with boxes."""
     def augbatch(inputs, chain, xla, *beam_args, kernel="opencv", record_ops=True):
         runtime = json.dumps({"xla": xla, "kernel": kernel, "record_ops": record_ops})
         return ["augbatch", "--inputs", inputs, "--chain", chain, "--runtime", runtime,
@@ -68,11 +74,27 @@ def rows(folder, records):
          ["P1", "--inputs", folder]),
         ("P1 colour", "albumentations (OpenCV), 2-process pool, colour-only chain",
          ["P1", "--inputs", folder, "--chain", "colour"]),
+        ("augbatch 512", "augbatch expand, standard chain, default, folder of 512x512 images "
+         "(a quarter of --inputs)", augbatch(large, "standard", False)),
+        ("P1 512", "albumentations (OpenCV), 2-process pool, standard chain, 512x512 images",
+         ["P1", "--inputs", large]),
+        ("augbatch detection", "augbatch expand, standard chain, default, OD API TFRecords "
+         "(1-4 boxes per image), boxes carried by the default target rules",
+         augbatch(boxes, "standard", False) + ["--count-boxes"]),
+        ("P1 detection", "albumentations (OpenCV), 2-process pool, standard chain, the same OD "
+         "API TFRecords in and out, boxes carried by BboxParams(format='albumentations'), whose "
+         "defaults are augbatch's default rules (clipped to the frame, dropped once wholly "
+         "outside: no min_visibility or clip setting needed)",
+         ["P1-boxes", "--inputs", boxes, "--count-boxes"]),
     ]
 
 
 # The peer's rows run in a Python that has albumentations (--peer-python); skipped without one.
-PEER_ROWS = ("P0", "P1", "P1 colour")
+PEER_ROWS = ("P0", "P1", "P1 colour", "P1 512", "P1 detection")
+# Rows on their own data sets: compared with the peer only (no B1 or F0 ran on their data).
+OWN_DATA = ("augbatch 512", "P1 512", "augbatch detection", "P1 detection")
+# Rows that read the OD API TFRecords (and warm up on such records).
+DETECTION_ROWS = ("augbatch detection", "P1 detection")
 
 
 def peer_missing(python):
@@ -160,8 +182,9 @@ def table(results, reference):
              f"{'main':>5s}"]
     by_name = {r["row"]: r for r in results}
     for r in results:
-        b1 = by_name.get(reference.get(r["row"], "B1"))
-        f0 = by_name.get("F0")
+        own_data = r["row"] in OWN_DATA
+        b1 = None if own_data else by_name.get(reference.get(r["row"], "B1"))
+        f0 = None if own_data else by_name.get("F0")
         peer = by_name.get(peer_of(r["row"]))
         def ratio(key, other, width=6):  # '-' where that row did not run
             return f"{r[key] / other[key]:{width}.2f}" if other else f"{'-':>{width}s}"
@@ -174,8 +197,11 @@ def table(results, reference):
 
 
 def peer_of(row):
-    """The peer row a row compares with: the same chain in albumentations."""
-    return "P1 colour" if row.endswith("colour") else "P1"
+    """The peer row a row compares with: the same chain (and data) in albumentations."""
+    for suffix in (" colour", " 512", " detection"):
+        if row.endswith(suffix):
+            return "P1" + suffix
+    return "P1"
 
 
 def main(argv=None):
@@ -200,12 +226,19 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     folder, records = data.generate(os.path.join(args.out, f"data-{args.inputs}"), args.inputs)
+    large_inputs = max(1, args.inputs // 4)  # as many pixels as --inputs at 256x256
+    large, _ = data.generate(os.path.join(args.out, f"data-512-{large_inputs}"), large_inputs,
+                             sizes=(512,))
+    boxes = data.detection(folder, os.path.join(args.out, f"data-{args.inputs}", "detection"))
     warm = data.generate(os.path.join(args.out, "warmup"), 16, seed=1)[0] if args.warmup else None
-    for path in _files(folder) + _files(os.path.dirname(records)):
+    warm_boxes = (data.detection(warm, os.path.join(args.out, "warmup", "detection"))
+                  if args.warmup else None)
+    for path in (_files(folder) + _files(os.path.dirname(records)) + _files(large)
+                 + _files(os.path.dirname(boxes))):
         with open(path, "rb") as f:  # into the page cache, for every row alike
             f.read()
 
-    every = rows(folder, records)
+    every = rows(folder, records, large, boxes)
     unknown = sorted(set(args.only or ()) - {name for name, _, _ in every})
     if unknown:
         parser.error(f"--only: no row named {', '.join(map(repr, unknown))}; the rows: "
@@ -223,7 +256,7 @@ def main(argv=None):
     def one(repeat, index, name, variant_args):
         print(f"[{repeat + 1}/{args.repeats}] {name} ...", file=sys.stderr, flush=True)
         result = run_variant(variant_args, os.path.join(args.out, f"run-{index}"),
-                             args.copies, warm,
+                             args.copies, warm_boxes if name in DETECTION_ROWS else warm,
                              python=args.peer_python if name in PEER_ROWS else None)
         loads.append(os.getloadavg()[0])
         return result
@@ -256,6 +289,11 @@ def main(argv=None):
               "settings": vars(args)}
     if all(name in runs for name in ("B1", "F0")):
         print(table(results, reference))
+    for r in results:
+        if "written" in r["runs"][0]:  # the detection rows: what they wrote, read back
+            written = r["runs"][0]["written"]
+            print(f"{r['row']}: {written['records']} records, {written['records_with_boxes']} "
+                  f"with boxes, {written['boxes']} boxes")
     print(f"start-up (CLI start to exit, one input, one copy): {report['startup_s']:.1f} s")
     rss = report["rss_scaling"]
     print(f"peak RSS {rss['inputs'][0]} -> {rss['inputs'][1]} small inputs: "

@@ -7,6 +7,7 @@ peak memory is its own, and prints one JSON line: outputs, wall and CPU seconds,
   augbatch  pipeline.run.run_expand (Beam), the thing being measured
   P0        OpenCV decode + re-encode only in a 2-process pool: the peer's floor
   P1        the peer a CPU user would pick: albumentations (OpenCV) in a 2-process pool
+  P1-boxes  P1 on OD API TFRecords: boxes carried (BboxParams), the same records written
 
 Every contender reads the same inputs, writes `copies` augmented JPEGs (quality 95) per input
 as tf.train.Example records, and is timed after a warm-up run on a few other images (imports
@@ -157,9 +158,13 @@ POOL_PROCESSES = 2
 _pool_state = {}
 
 
-def _albumentations_chain(name):
+def _albumentations_chain(name, boxes=False):
     """The benchmark's chain in albumentations: flip, brightness and contrast (one transform
-    there), then for "standard" a bilinear rotation with a constant (black) fill."""
+    there), then for "standard" a bilinear rotation with a constant (black) fill. With `boxes`
+    the boxes follow (normalised x, y as the OD API stores them; `index` says which objects
+    are left). BboxParams' defaults are augbatch's default target rules: a moved box is the
+    enclosing box of its corners, clipped to the frame, dropped only once wholly outside
+    (min_visibility 0, no minimum area or side)."""
     import albumentations as A
     import cv2
     steps = [A.HorizontalFlip(p=0.5),
@@ -168,13 +173,16 @@ def _albumentations_chain(name):
     if name == "standard":
         steps.append(A.Rotate(limit=DEGREES, interpolation=cv2.INTER_LINEAR,
                               border_mode=cv2.BORDER_CONSTANT, p=1.0))
-    return A.Compose(steps)
+    bbox_params = A.BboxParams(format="albumentations", label_fields=["index"]) if boxes \
+        else None
+    return A.Compose(steps, bbox_params=bbox_params)
 
 
-def _pool_setup(chain, copies):
+def _pool_setup(chain, copies, boxes=False):
     import cv2
     cv2.setNumThreads(1)  # the pool fills the cores
-    _pool_state.update(chain=_albumentations_chain(chain) if chain else None, copies=copies)
+    _pool_state.update(chain=_albumentations_chain(chain, boxes) if chain else None,
+                       copies=copies)
 
 
 def _pool_one(item):
@@ -210,6 +218,82 @@ def run_pool(folder, out_dir, copies, chain):
     return count
 
 
+BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
+            "image/object/bbox/xmax")
+
+
+def _pool_boxes_one(record):
+    """One OD API record -> its `copies` augmented records: the input's features with the new
+    image, its hash, the boxes left and every per-object list cut to them."""
+    import hashlib
+    import cv2
+    import numpy as np
+    import tensorflow as tf  # (imported before the fork: only the protobuf classes are used)
+    example = tf.train.Example.FromString(record)
+    feature = example.features.feature
+    data = np.frombuffer(feature["image/encoded"].bytes_list.value[0], np.uint8)
+    image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    ymin, xmin, ymax, xmax = (np.array(feature[k].float_list.value) for k in BOX_KEYS)
+    boxes = np.stack([xmin, ymin, xmax, ymax], 1)
+    objects = {k: feature[k] for k in feature
+               if k.startswith("image/object/") and k not in BOX_KEYS}
+    outputs = []
+    for _ in range(_pool_state["copies"]):
+        out = _pool_state["chain"](image=image, bboxes=boxes, index=np.arange(len(boxes)))
+        _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(out["image"], cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+        jpeg = jpeg.tobytes()
+        kept, moved = list(out["index"]), np.asarray(out["bboxes"]).reshape(-1, 4)
+        copy = tf.train.Example()
+        copy.CopyFrom(example)
+        features = copy.features.feature
+        features["image/encoded"].bytes_list.value[:] = [jpeg]
+        features["image/key/sha256"].bytes_list.value[:] = [
+            hashlib.sha256(jpeg).hexdigest().encode()]
+        for key, column in zip(BOX_KEYS, moved[:, [1, 0, 3, 2]].T):
+            features[key].float_list.value[:] = column.tolist()
+        for key, values in objects.items():
+            kind = values.WhichOneof("kind")
+            old = getattr(values, kind).value
+            getattr(features[key], kind).value[:] = [old[int(i)] for i in kept]
+        outputs.append(copy.SerializeToString())
+    return outputs
+
+
+def run_pool_boxes(records, out_dir, copies, chain):
+    """P1-boxes: TFRecords -> Pool(parse, decode, augment with boxes, encode, build the
+    records) -> TFRecordWriter."""
+    import multiprocessing
+    import tensorflow as tf
+    count = 0
+    pool = multiprocessing.Pool(POOL_PROCESSES, _pool_setup, (chain, copies, True))
+    inputs = tf.data.TFRecordDataset(sorted(glob.glob(records))).as_numpy_iterator()
+    with tf.io.TFRecordWriter(os.path.join(out_dir, "out.tfrecord")) as writer:
+        for outputs in pool.imap(_pool_boxes_one, inputs, chunksize=8):
+            for record in outputs:
+                writer.write(record)
+                count += 1
+    pool.close()
+    pool.join()
+    return count
+
+
+def count_boxes(out_dir):
+    """What a run wrote, read back: records, records with the OD API's box lists (all four, of
+    one length), and boxes."""
+    import tensorflow as tf
+    files = sorted(glob.glob(os.path.join(out_dir, "*.tfrecord")))
+    records = with_boxes = boxes = 0
+    for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        feature = tf.train.Example.FromString(record).features.feature
+        lengths = {len(feature[k].float_list.value) for k in BOX_KEYS if k in feature}
+        records += 1
+        if len(lengths) == 1 and all(k in feature for k in BOX_KEYS):
+            with_boxes += 1
+            boxes += lengths.pop()
+    return {"records": records, "records_with_boxes": with_boxes, "boxes": boxes}
+
+
 # --- augbatch ---------------------------------------------------------------------------------
 
 _clusters = contextlib.ExitStack()  # a local Dask cluster, kept warm from the warm-up run on
@@ -241,6 +325,7 @@ VARIANTS = {"F0": lambda a: run_tf_data(a.inputs, a.out, a.copies, None),
             "B2": lambda a: run_idg(a.inputs, a.out, a.copies, a.chain),
             "P0": lambda a: run_pool(a.inputs, a.out, a.copies, None),
             "P1": lambda a: run_pool(a.inputs, a.out, a.copies, a.chain),
+            "P1-boxes": lambda a: run_pool_boxes(a.inputs, a.out, a.copies, a.chain),
             "augbatch": lambda a: run_augbatch(a.inputs, a.out, a.copies, a.chain,
                                                a.beam_args, a.dask_workers,
                                                **json.loads(a.runtime))}
@@ -318,7 +403,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("variant", choices=sorted(VARIANTS))
     parser.add_argument("--inputs", required=True, help="class folder (or TFRecord glob for "
-                        "augbatch)")
+                        "augbatch and P1-boxes)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--chain", choices=sorted(CHAINS), default="standard")
@@ -327,9 +412,13 @@ def main(argv=None):
     parser.add_argument("--beam-args", default="[]", help="augbatch: Beam options, as JSON")
     parser.add_argument("--dask-workers", type=int, default=0, help="augbatch: run on a local "
                         "Dask cluster of this many worker processes (0: none)")
+    parser.add_argument("--count-boxes", action="store_true", help="after timing, read the "
+                        "output back and report its records and boxes")
     args = parser.parse_args(argv)
     args.beam_args = json.loads(args.beam_args)
     result = measure(args)
+    if args.count_boxes:
+        result["written"] = count_boxes(args.out)
     shutil.rmtree(args.out, ignore_errors=True)
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -429,6 +429,8 @@ def _recorded_op(step, body, path):
 
     def run(images, seeds):
         with draw.op_step(path, step["op"], seeds) as noted:
+            if op.family == "python":  # user code draws with numpy: its seed says it all
+                return images  # (and it is not run again: it keeps the size)
             if moves is None:
                 out = body(images, seeds)
                 return images if op.keeps_shape else out
@@ -455,12 +457,15 @@ def build_record(steps, start=0):
     import tensorflow as tf
     from pipeline.ops import draw
 
+    fn = build(steps, start=start, record=True)  # (once: Keras layers made once)
+
     def run(seeds, images):
         with draw.recording() as recorder:
-            out = build(steps, start=start, record=True)(images, seeds)
+            out = fn(images, seeds)
         run.steps = [(s.path, s.name, [p for p, _ in s.conditions]) for s in recorder.steps]
         notes = [{"conditions": [m for _, m in s.conditions], "draws": list(s.draws),
-                  "move": tuple(s.move) if s.move is not None else (), "seeds": s.seeds}
+                  "move": tuple(map(tf.convert_to_tensor, s.move)) if s.move is not None
+                  else (), "seeds": s.seeds}  # (a fixed output size is a Python int)
                  for s in recorder.steps]
         return notes, out
     run.steps = []
@@ -515,8 +520,8 @@ def _plain_number(value, digits=4):
 def describe_move(transform, in_h, in_w, out_h, out_w):
     """A geometric op's transform (8 numbers, output pixel -> input point, geometry.py's
     convention) in words: {"box": [x0, y0, x1, y1]} the input region shown (pixel edges) for
-    crops, zooms and shifts, "flip": "x", "y" or "xy" for a mirrored one (a flip alone: no
-    box); else "angle" (degrees,
+    crops and zooms, {"shift": [dx, dy]} for a translation (pixels), "flip": "x", "y" or "xy"
+    for a mirrored one (a flip alone: no box); else "angle" (degrees,
     counter-clockwise as tfa.image.rotate), "scale" [sx, sy], "shift" [dx, dy] (where the
     input's centre went, pixels) and "flip": "x" when mirrored first; "matrix" for what these
     cannot say (perspective, shear). {} for no move."""
@@ -535,8 +540,14 @@ def describe_move(transform, in_h, in_w, out_h, out_w):
         box = [r(xs[0], 1), r(ys[0], 1), r(xs[1], 1), r(ys[1], 1)]
         flip = ("x" if a0 < 0 else "") + ("y" if b1 < 0 else "")
         out = {"flip": flip} if flip else {}
-        if box != [0, 0, int(in_w), int(in_h)] or size[:2] != size[2:]:  # (not a mere flip)
-            out["box"] = box
+        if box == [0, 0, int(in_w), int(in_h)] and size[:2] == size[2:]:
+            return out  # a mere flip
+        if abs(abs(a0) - 1) < 1e-6 and abs(abs(b1) - 1) < 1e-6 and size[:2] == size[2:]:
+            # a shift (after the flip): where the input's centre went
+            out["shift"] = [r(((int(in_w) - 1) / 2 - a2) / a0 - (int(out_w) - 1) / 2, 1),
+                            r(((int(in_h) - 1) / 2 - b2) / b1 - (int(out_h) - 1) / 2, 1)]
+            return out
+        out["box"] = box
         return out
     forward = np.linalg.inv(np.array([[a0, a1, a2], [b0, b1, b2], [0, 0, 1]]))
     linear = forward[:2, :2]

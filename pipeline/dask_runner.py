@@ -302,10 +302,11 @@ class _Visitor(PipelineVisitor):
         if type(node.transform) is internals.GROUP_BY_KEY:
             return _group_by_key(inputs[0])
         if type(node.transform) is internals.RESHUFFLE:  # Beam's translation: none at all
-            # Spread over at least min_partitions (one TFRecord file's records, read in one
-            # partition, reach several workers).
+            # Spread evenly over at least min_partitions (the record ranges of one TFRecord
+            # file come from one partition; dask's repartition alone splits each partition
+            # in place). What the pipeline reshuffles is small: file names, record ranges.
             target = self.bag_kwargs.get("npartitions") or self.min_partitions
-            return inputs[0].repartition(max(inputs[0].npartitions, target))
+            return inputs[0].repartition(1).repartition(max(inputs[0].npartitions, target))
         return internals.translate_other(node, inputs, self.bag_kwargs)
 
 

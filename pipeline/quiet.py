@@ -101,3 +101,36 @@ def spend_xla_notice():
     import tensorflow as tf
     with native_logs_filtered():
         tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.zeros([1]))
+
+
+class _BeamImportNoise(logging.Filter):
+    """Drops Beam's import-time warning about optional GCP clients (logged on the root logger)."""
+
+    def filter(self, record):
+        return not ("apache_beam" in record.pathname and "apitools" in record.getMessage())
+
+
+_BEAM_NOISE = _BeamImportNoise()
+
+
+def _quiet_at_exit(unraisable, finalizing=sys.is_finalizing, show=sys.__unraisablehook__):
+    """Errors in destructors while Python shuts down (TensorFlow functions outliving the
+    module state their __del__ needs) cannot affect the results: not shown. (What it needs is
+    bound now: by then this module's globals may be gone.)"""
+    if not finalizing():
+        show(unraisable)
+
+
+def python_noise_off():
+    """In this process: no Beam warning about optional GCP clients, no destructor errors while
+    Python shuts down (the command line's process, and the local Dask workers it starts)."""
+    root = logging.getLogger()
+    if _BEAM_NOISE not in root.filters:
+        root.addFilter(_BEAM_NOISE)
+    sys.unraisablehook = _quiet_at_exit
+
+
+def dask_setup(worker):
+    """Run by each worker of a local cluster augbatch starts, before anything imports Beam
+    (runners.dask_cluster preloads this module): the workers as quiet as the command line."""
+    python_noise_off()

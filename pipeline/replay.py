@@ -136,18 +136,24 @@ def lineage_lines(found):
     return out
 
 
-def caption(entries, limit=3):
-    """A short caption of the ops that ran, for a preview tile: 'flip x · rotate 7.2° · ...'."""
+def caption(entries, width=26, lines=3):
+    """A short caption of the ops that ran, for a preview tile: lines of at most about
+    `width` characters, e.g. ['flip x · rotate 7.2°', 'crop 120x90 · brightness 0.04']."""
     words = []
     for entry in entries:
         if not entry.get("ran") or entry.get("identity"):
             continue
-        name = entry["op"].rsplit(".", 1)[-1].replace("random_", "").replace("stateless_", "")
+        name = entry["op"].rsplit(".", 1)[-1].replace("stateless_", "").replace("random_", "")
         if "angle" in entry:
             detail = f"{entry['angle']:g}°"
+        elif "shift" in entry:
+            detail = "shift " + ",".join(f"{v:+g}" for v in entry["shift"])
         elif "box" in entry:
             x0, y0, x1, y1 = entry["box"]
-            detail = f"flip {entry['flip']}" if "flip" in entry else f"{x1 - x0:g}x{y1 - y0:g}"
+            detail = f"crop {x1 - x0:.0f}x{y1 - y0:.0f}"
+        elif "flip" in entry:
+            detail = f"flip {entry['flip']}"
+            name = ""
         elif "drew" in entry and len(entry["drew"]) == 1:
             detail = _number(entry["drew"][0])
         else:
@@ -155,8 +161,14 @@ def caption(entries, limit=3):
         words.append(f"{name} {detail}".strip())
     if not words:
         return ["no op applied"]
-    return words if limit is None else words[:limit] + (
-        [f"+{len(words) - limit} more"] if len(words) > limit else [])
+    out = [""]
+    for word in words:
+        joined = f"{out[-1]} · {word}" if out[-1] else word
+        if len(joined) <= width or not out[-1]:
+            out[-1] = joined
+        else:
+            out.append(word)
+    return out[:lines - 1] + [" · ".join(out[lines - 1:])] if len(out) > lines else out
 
 
 # --- replay --------------------------------------------------------------------------------------

@@ -260,6 +260,10 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     their records (--resume): those inputs are not read again."""
     refs = [ref for ref in discovery.refs if ref.key not in done]
     refs = p | "Inputs" >> beam.Create(refs) | "Spread" >> beam.Reshuffle()
+    if discovery.kind == "tfrecord":  # each file read in ranges of records, spread like files
+        refs = (refs | "Ranges" >> beam.FlatMap(sources.record_ranges,
+                                                2 * sources.max_file_bytes(job.max_pixels))
+                | "SpreadRanges" >> beam.Reshuffle())
     read = refs | "Read" >> beam.ParDo(read_step(job, discovery, done)).with_outputs(
         T.ERRORS, main="inputs")
     # What discovery found but cannot use (images beside the class folders, symlink loops,
@@ -267,10 +271,7 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     outside = p | "Rejected" >> beam.Create([T.ErrorRecord(
         ref.key, ref.path, None, "read", error_type, message, reason)
         for ref, error_type, reason, message in discovery.rejected])
-    inputs = read.inputs
-    if discovery.kind == "tfrecord":
-        inputs = inputs | "SpreadRecords" >> beam.Reshuffle()
-    decoded = inputs | "Decode" >> beam.ParDo(T.DecodeImage(
+    decoded = read.inputs | "Decode" >> beam.ParDo(T.DecodeImage(
         job.channels, job.max_pixels, job.exif_orientation)).with_outputs(
         T.ERRORS, T.ORIENTED, main="images")
     orientations = decoded[T.ORIENTED] | "CountOrientations" >> beam.combiners.Count.PerElement()

@@ -117,7 +117,10 @@ def dask_cluster(workers):
     if not log.isEnabledFor(logging.DEBUG):  # the scheduler logs every connection at INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
     import dask
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):  # the workers get this config from here
+    config = dict(LOCAL_CLUSTER_CONFIG)
+    if not log.isEnabledFor(logging.DEBUG):  # the workers as quiet as this process
+        config["distributed.worker.preload"] = ["pipeline.quiet"]  # its dask_setup
+    with dask.config.set(config):  # the workers get this config from here
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0")
     log.info("local Dask cluster: %d worker processes at %s (dashboard %s)", workers,

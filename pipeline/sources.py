@@ -389,19 +389,22 @@ def _masked_crc(data):
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _gzipped(path):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def open_records(path):
     """A binary stream of the TFRecord file, gunzipped when it is GZIP (detected by magic)."""
     _check_regular(path)
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
     return FileSystems.open(path, compression_type=(
-        CompressionTypes.GZIP if gzipped else CompressionTypes.UNCOMPRESSED))
+        CompressionTypes.GZIP if _gzipped(path) else CompressionTypes.UNCOMPRESSED))
 
 
-def iter_records(stream, max_length=None):
-    """Yield each record's bytes, checking both CRCs; raise RecordError where the file is
-    damaged (the records before it have been yielded) or a record is over `max_length`."""
-    offset = 0
+def _frames(stream, max_length=None, offset=0):
+    """(byte offset, bytes) of each record from `offset` (where `stream` is), checking both
+    CRCs; raise RecordError where the file is damaged (the records before it have been
+    yielded) or a record is over `max_length`."""
     while True:
         header = stream.read(12)
         if not header:
@@ -421,8 +424,54 @@ def iter_records(stream, max_length=None):
         data, data_crc = body[:length], struct.unpack("<I", body[length:])[0]
         if _masked_crc(data) != data_crc:
             raise RecordError("corrupt record data (CRC mismatch)", offset)
-        yield data
+        yield offset, data
         offset += 12 + length + 4
+
+
+def iter_records(stream, max_length=None, offset=0):
+    """Yield each record's bytes from byte `offset` (where `stream` is), checking both CRCs;
+    raise RecordError where the file is damaged (the records before it have been yielded) or
+    a record is over `max_length`."""
+    for _, data in _frames(stream, max_length, offset):
+        yield data
+
+
+# A TFRecord file is read in ranges of at most this many records and bytes, each range a
+# bundle of its own (on any worker): one large file is not read, decoded and augmented by one
+# worker, nor held by one.
+RANGE_RECORDS = 64
+RANGE_BYTES = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordRange:
+    """`count` records of `ref`'s TFRecord file from record `first`, at byte `offset`; None:
+    every record to the end of the file."""
+    ref: InputRef
+    first: int = 0
+    offset: int = 0
+    count: Optional[int] = None
+
+
+def record_ranges(ref, max_length=None, records=RANGE_RECORDS, max_bytes=RANGE_BYTES):
+    """The ranges to read `ref`'s TFRecord file in, found by framing it once (every CRC
+    checked, no record kept). What cannot be framed (a damaged tail) is in the last range,
+    read to the end of the file: its reader meets the damage and reports it as a reader of the
+    whole file would, so the records and errors are the same however the file is cut. A GZIP
+    file (no seeking into it) or one that cannot be opened is one range."""
+    first = start = 0
+    ranges = []
+    try:
+        if _gzipped(ref.path):
+            return [RecordRange(ref)]
+        with open_records(ref.path) as stream:
+            for index, (offset, _) in enumerate(_frames(stream, max_length)):
+                if index - first == records or offset - start >= max_bytes:
+                    ranges.append(RecordRange(ref, first, start, index - first))
+                    first, start = index, offset
+    except Exception:  # noqa: BLE001 - damage, or unreadable: the last range's reader says so
+        pass
+    return ranges + [RecordRange(ref, first, start, None)]
 
 
 def frame_record(data):

@@ -143,7 +143,8 @@ class ReadImageFile(beam.DoFn):
 
 
 class ReadTFRecordFile(beam.DoFn):
-    """InputRef of a TFRecord file -> one Input (or error) per record in it.
+    """A TFRecord file's RecordRange (or InputRef: the whole file) -> one Input (or error) per
+    record in it.
 
     Where the file is damaged (a CRC mismatch, a truncated tail) the records before the damage
     are kept and the rest of the file, which cannot be framed any more, becomes one error
@@ -156,21 +157,27 @@ class ReadTFRecordFile(beam.DoFn):
         self.max_bytes, self.skip = max_bytes, skip  # skip: keys done (expand --resume)
 
     def process(self, ref):
+        part = ref if isinstance(ref, sources.RecordRange) else sources.RecordRange(ref)
+        ref = part.ref
         try:
             stream = sources.open_records(ref.path)
+            if part.offset:
+                stream.seek(part.offset)
         except Exception as e:  # noqa: BLE001
             progress.count(progress.READ)
             reason, message = sources.read_failure(ref.path, e)
             yield error("read", e, f"{ref.key}:0", ref.path, 0, reason=reason, message=message)
             return
-        index = 0
+        index = part.first
         try:
             with stream:
-                for record in sources.iter_records(stream, self.max_bytes):
+                for record in sources.iter_records(stream, self.max_bytes, part.offset):
                     progress.count(progress.READ)
                     if f"{ref.key}:{index}" not in self.skip:
                         yield self._parse(ref, index, record)
                     index += 1
+                    if index - part.first == part.count:
+                        break
             if index == 0:
                 progress.count(progress.READ)
                 yield error("read", ValueError("no record"), f"{ref.key}:0", ref.path, 0,

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from PIL import Image
+
 from tests.conftest import ROOT
 
 
@@ -18,8 +20,10 @@ def test_bench_reports_every_row(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     # The peer's rows (albumentations) run where it is installed, else a note says why not.
-    peer = ["P0", "P1", "P1 colour"] if "P1" in report["vs_peer"] else []
-    assert peer or "note: rows P0, P1, P1 colour (albumentations) skipped" in done.stdout
+    peer = (["P0", "P1", "P1 colour", "P1 512", "P1 detection"] if "P1" in report["vs_peer"]
+            else [])
+    assert peer or ("note: rows P0, P1, P1 colour, P1 512, P1 detection (albumentations) "
+                    "skipped") in done.stdout
 
     rows = {r["row"]: r for r in report["results"]}
     assert sorted(rows) == sorted([
@@ -27,12 +31,23 @@ def test_bench_reports_every_row(tmp_path):
         "augbatch --kernel tensorflow",
         "augbatch --xla tfrecord", "augbatch --xla threads x2",
         "augbatch --xla multi_processing x2", "augbatch dask x2", "B1 colour",
-        "augbatch --xla colour", "augbatch colour"] + peer)
-    for row in rows.values():
-        assert row["outputs"] == 8, row  # 8 inputs x 1 copy, every contender
+        "augbatch --xla colour", "augbatch colour", "augbatch 512", "augbatch detection"]
+        + peer)
+    for name, row in rows.items():
+        # 8 inputs x 1 copy, every contender; the 512x512 rows run a quarter of the inputs
+        assert row["outputs"] == (2 if name.endswith(" 512") else 8), row
         assert row["img_per_s"] > 0 and row["img_per_cpu_s"] > 0 and row["peak_rss_mb"] > 0
         assert 0 < row["main_thread_share"] <= 1.01, row  # (CPU clocks tick coarsely)
         assert len(row["runs"]) == 1
+    with_sizes = {Image.open(path).size for path in (out / "data-512-2").rglob("*.jpg")}
+    assert with_sizes == {(512, 512)}, with_sizes
+    # The detection rows wrote OD API records, every one with its box lists, read back; the
+    # inputs hold 1 to 4 boxes each, of which a rotation of up to 20 degrees keeps most.
+    for name in ["augbatch detection"] + [p for p in peer if p.endswith("detection")]:
+        written = rows[name]["runs"][0]["written"]
+        assert written["records"] == written["records_with_boxes"] == 8, (name, written)
+        assert written["boxes"] >= 8, (name, written)
+        assert f"{name}: 8 records, 8 with boxes, {written['boxes']} boxes" in done.stdout
     assert report["startup_s"] > 0
     assert report["rss_scaling"]["inputs"] == [8, 64]
     assert all(mb > 0 for mb in report["rss_scaling"]["peak_rss_mb"])
