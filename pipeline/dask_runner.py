@@ -334,9 +334,14 @@ def check_cluster(client):
                              "and here")
 
 
-def _step_of(key):
-    """The Beam step a task key belongs to (its map_partitions token is the step's label)."""
-    return dask.utils.key_split(key)
+def _step_of(key, steps):
+    """What a task of key `key` was doing, in Beam's words: the Beam step (of `steps`, the
+    labels of the fused stages' first steps) its name starts with (dask names a stage's task
+    after it, with dask's own operations fused after it appended)."""
+    name = dask.utils.key_split(key)
+    step = max((s for s in steps if name.startswith(s)), key=len, default=None)
+    return (f"step {step} (with the steps fused after it)" if step else
+            "a step moving data between steps (a grouping or reshuffle)")
 
 
 @dataclasses.dataclass
@@ -347,6 +352,7 @@ class DaskRunnerResult(internals.DaskRunnerResult):
 
     no_progress_timeout: float = NO_PROGRESS_TIMEOUT_S
     run: str = ""  # names the run's stages on the workers (released when it ends)
+    steps: tuple = ()  # the Beam labels of the stages (for messages)
 
     def wait_until_finish(self, duration=None):
         try:
@@ -395,16 +401,14 @@ class DaskRunnerResult(internals.DaskRunnerResult):
                                      "-- --dask_no_progress_timeout=SECONDS for steps that "
                                      "run longer")
 
-    @staticmethod
-    def _failure(future):
+    def _failure(self, future):
         """The exception a failed task ends the run with: a user error for what the cluster
         did, the task's own exception otherwise."""
         exc = future.exception()
         if isinstance(exc, dask.distributed.KilledWorker):
             return UserError(
-                f"Dask workers died while running step {_step_of(exc.task)} (with the steps "
-                "fused after it): "
-                f"{exc.allowed_failures + 1} workers in a row died on the same part of it "
+                f"Dask workers died while running {_step_of(exc.task, self.steps)}: "
+                f"{exc.allowed_failures + 1} worker(s) in a row died on the same part of it "
                 f"(the last one: {exc.last_worker.address})",
                 hint="see the workers' logs; a worker that runs out of memory is killed (give "
                      "workers more memory, or more partitions: -- --dask_npartitions=N)")
@@ -422,13 +426,18 @@ class DaskRunner(internals.DaskRunner):
     def translate(pipeline, options, threads=1, run="dry-run"):
         """The dask bags of the pipeline's leaves, not computed (also used by --dry-run), for a
         cluster of `threads` worker threads; `run` names this run's stages on the workers."""
+        return DaskRunner._visited(pipeline, options, threads, run).translate()
+
+    @staticmethod
+    def _visited(pipeline, options, threads, run):
+        """The pipeline's _Visitor, having visited it (call its translate())."""
         dask_options = options.view_as(internals.DaskOptions).get_all_options(
             drop_default=True, current_only=True)
         internals.replace_for_dask(pipeline)
         visitor = _Visitor(internals.bag_kwargs(dask_options),
                            PARTITIONS_PER_THREAD * threads, run)
         pipeline.visit(visitor)
-        return visitor.translate()
+        return visitor
 
     def run_pipeline(self, pipeline, options):
         dask_options = options.view_as(internals.DaskOptions).get_all_options(
@@ -444,10 +453,11 @@ class DaskRunner(internals.DaskRunner):
                 logging.getLogger("distributed").setLevel(logging.CRITICAL)
             check_cluster(client)
             run = uuid.uuid4().hex
-            leaves = self.translate(pipeline, options, sum(client.nthreads().values()), run)
-            futures = client.compute(list(dask.optimize(*leaves)))
+            visitor = self._visited(pipeline, options, sum(client.nthreads().values()), run)
+            futures = client.compute(list(dask.optimize(*visitor.translate())))
         except BaseException:
             client.close()
             raise
         return DaskRunnerResult(client, futures, options.view_as(WatchOptions)
-                                .dask_no_progress_timeout, run)
+                                .dask_no_progress_timeout, run,
+                                tuple(node.full_label for node in visitor.stages))

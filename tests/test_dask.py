@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import threading
@@ -46,7 +47,7 @@ class Cluster:
     """A scheduler and worker processes (one thread each, no nanny: a killed worker stays
     dead), each logging to a file in `folder`."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, scheduler_config=None):
         self.folder, self.workers, self.scheduler = folder, [], None
         self.folder.mkdir(exist_ok=True)
         scheduler_file = folder / "scheduler.json"
@@ -55,16 +56,21 @@ class Cluster:
         self.scheduler = self._start("scheduler", ["dask", "scheduler", "--host", "127.0.0.1",
                                                    "--port", "0", "--no-dashboard",
                                                    "--idle-timeout", "600",
-                                                   "--scheduler-file", str(scheduler_file)])
+                                                   "--scheduler-file", str(scheduler_file)],
+                                     config=scheduler_config)
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
             assert time.monotonic() < deadline and self.scheduler.poll() is None, self.logs()
             time.sleep(0.1)
         self.address = json.loads(scheduler_file.read_text())["address"]
 
-    def _start(self, name, command, augbatch=True):
+    def _start(self, name, command, augbatch=True, config=None):
+        """`config`: dask settings for this process, {"distributed.x.y": value}."""
         log = open(self.folder / f"{name}.log", "ab")
-        return subprocess.Popen(command, cwd=self.folder, env=environment(augbatch),
+        env = environment(augbatch)
+        for key, value in (config or {}).items():
+            env["DASK_" + key.upper().replace(".", "__").replace("-", "_")] = str(value)
+        return subprocess.Popen(command, cwd=self.folder, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def add_workers(self, n, augbatch=True):
@@ -96,8 +102,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(folder, workers=0, augbatch=True):
-    c = Cluster(folder)
+def cluster(folder, workers=0, augbatch=True, scheduler_config=None):
+    c = Cluster(folder, scheduler_config)
     try:
         if workers:
             c.add_workers(workers, augbatch)
@@ -119,7 +125,10 @@ def total(counts, name):
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
-    with cluster(tmp_path_factory.mktemp("cluster"), workers=2) as c:
+    # dask moves queued tasks to an idle worker (work stealing) once a second; these tests'
+    # tasks last less than that.
+    with cluster(tmp_path_factory.mktemp("cluster"), workers=2, scheduler_config={
+            "distributed.scheduler.work-stealing-interval": "100ms"}) as c:
         yield c
 
 
@@ -145,15 +154,15 @@ def test_a_two_worker_cluster_writes_the_direct_runners_bytes_doing_each_input_o
 
 
 def test_one_tfrecord_file_is_read_in_record_ranges_by_both_workers(two_workers, tmp_path):
-    """One file of 3 ranges of records (64 + 64 + 8): both workers read part of it, and the
+    """One file of 5 ranges of records (4 x 64 + 8): both workers read part of it, and the
     output is the DirectRunner's, byte for byte."""
     from pipeline import sources
     from tests.test_bad_inputs import good_record
     folder = tmp_path / "records"
     folder.mkdir()
-    records = 2 * sources.RANGE_RECORDS + 8
+    records = 4 * sources.RANGE_RECORDS + 8
     (folder / "one.tfrecord").write_bytes(b"".join(
-        sources.frame_record(good_record(i, size=8)) for i in range(records)))
+        sources.frame_record(good_record(i, size=16)) for i in range(records)))
     config = tmp_path / "job.yaml"
     config.write_text("augment: {chain: [{op: tf.image.flip_left_right}], copies: 1}\n")
     args = ["expand", "-q", "-c", str(config), "-i", str(folder), "--num-shards", "3"]
@@ -202,15 +211,21 @@ def test_local_workers_keep_the_default_memory_allocator_settings():
 TIMEOUT = 5  # --dask_no_progress_timeout for these runs, seconds
 
 
-def expand_with_fault(c, photos, out, fault=None):
-    """`augbatch expand` on cluster `c`; `fault` runs once workers are running its tasks.
-    Returns (exit code, output, seconds from the fault to the exit)."""
-    faulted = []
+def expand_with_fault(c, photos, out, fault=None, beam_step=False):
+    """`augbatch expand` on cluster `c`; `fault` runs once workers are running its tasks (with
+    `beam_step`: a task of a Beam step, not only dask's own). Returns (exit code, output,
+    seconds from the fault to the exit)."""
+    faulted, client = [], None
+
+    def running():
+        return [key for keys in client.processing().values() for key in keys
+                if "/" in str(key) or not beam_step]
 
     def watch():
+        nonlocal client
         with c.client() as client:
             deadline = time.monotonic() + 120
-            while not any(client.processing().values()):
+            while not running():
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.2)
@@ -254,6 +269,27 @@ def test_losing_every_worker_ends_the_run_after_the_no_progress_timeout(photos, 
         code, output, took = expand_with_fault(c, photos, tmp_path / "out", kill_workers)
     assert code == 2 and took < TIMEOUT + 30, (code, took, output)
     assert f"no Dask worker is connected to {c.address} for {TIMEOUT} s" in output, output
+    assert "Traceback" not in output and not temp_files(tmp_path / "out"), output
+
+
+def test_a_worker_killed_in_the_middle_of_a_step_ends_the_run_naming_the_step(photos, tmp_path):
+    """The scheduler allows no retry (allowed-failures 0): a worker dying while running a
+    task is dask's KilledWorker at once. The run ends with exit 2 naming the Beam step, not
+    dask's task names, in bounded time, with no temp files."""
+    def kill_workers():  # (both: the one running a task of a Beam step is among them)
+        for worker in c.workers:
+            worker.kill()
+    with cluster(tmp_path / "cluster", workers=2,
+                 scheduler_config={"distributed.scheduler.allowed-failures": 0}) as c:
+        code, output, took = expand_with_fault(c, photos, tmp_path / "out", kill_workers,
+                                               beam_step=True)
+    assert code == 2 and took < 60, (code, took, output)
+    # The Beam step, or (a task between steps died with it) what kind of step.
+    assert re.search("Dask workers died while running (step [A-Z]|a step moving data)",
+                     output), output
+    assert "1 worker(s) in a row died" in output, output
+    for internal in (r"[0-9a-f]{32}", "map_partitions", "list-part", "repartition", r"\('"):
+        assert not re.search(internal, output), output
     assert "Traceback" not in output and not temp_files(tmp_path / "out"), output
 
 
