@@ -35,8 +35,8 @@ MULTI_THREADING = ["--direct_num_workers=2", "--direct_running_mode=multi_thread
 def rows(folder, records, large, boxes):
     """(name, what it is, variants args). B1/F0 rows are the ratios' references. `large`: a
     folder of 512x512 images; `boxes`: the folder's images as OD API TFRecords with boxes."""
-    def augbatch(inputs, chain, xla, *beam_args, kernel="opencv"):
-        runtime = json.dumps({"xla": xla, "kernel": kernel})
+    def augbatch(inputs, chain, xla, *beam_args, kernel="opencv", record_ops=True):
+        runtime = json.dumps({"xla": xla, "kernel": kernel, "record_ops": record_ops})
         return ["augbatch", "--inputs", inputs, "--chain", chain, "--runtime", runtime,
                 "--beam-args", json.dumps(beam_args)]
     return [
@@ -47,6 +47,9 @@ def rows(folder, records, large, boxes):
          augbatch(folder, "standard", True)),
         ("augbatch", "augbatch expand, standard chain, default (no XLA), folder",
          augbatch(folder, "standard", False)),
+        ("augbatch record_ops off", "as augbatch, without the augment/ops feature "
+         "(output.record_ops: false): what recording each copy's ops costs",
+         augbatch(folder, "standard", False, record_ops=False)),
         ("augbatch --kernel tensorflow", "augbatch expand, standard chain, TensorFlow's "
          "resample kernel (the default before 'opencv'), folder",
          augbatch(folder, "standard", False, kernel="tensorflow")),

@@ -539,7 +539,9 @@ def _fingerprint(job, discovery, num_shards):
         + [[ref.key, ref.path] for ref, *_ in discovery.rejected]).encode("utf-8", "replace"))
     return {"config_hash": job.config_hash, "inputs": inputs.hexdigest()[:16],
             "num_shards": json.loads(json.dumps(num_shards)), "prefix": job.prefix,
-            "compression": job.compression}  # (as JSON: split shards as lists)
+            "compression": job.compression,  # (as JSON: split shards as lists)
+            # records with and without augment/ops do not mix (not hashed: said when off)
+            **({"record_ops": False} if not job.record_ops else {})}
 
 
 def _resume(output, tmp_dir, fingerprint):

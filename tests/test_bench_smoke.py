@@ -27,7 +27,8 @@ def test_bench_reports_every_row(tmp_path):
 
     rows = {r["row"]: r for r in report["results"]}
     assert sorted(rows) == sorted([
-        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch --kernel tensorflow",
+        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch record_ops off",
+        "augbatch --kernel tensorflow",
         "augbatch --xla tfrecord", "augbatch --xla threads x2",
         "augbatch --xla multi_processing x2", "augbatch dask x2", "B1 colour",
         "augbatch --xla colour", "augbatch colour", "augbatch 512", "augbatch detection"]
