@@ -450,10 +450,10 @@ def build_record(steps, start=0):
     """``fn(seeds [B, 2], images) -> (notes, images)``: what each op step of
     ``build(steps, start=start)`` does to each example of the size of `images` (float32
     [B or 1, H, W, C]; their pixels do not matter), and images of the size it outputs.
-    `notes`, one per
-    op step: {"conditions": [bool [B]], "draws": [[B, ...]], "move": (transforms [B, 8], in
-    height, in width, out height, out width) or (), "seeds": [B, 2]} (sizes may be [B] too); `fn.steps` holds their
-    (config path, op name, [config paths of the conditions]) once traced."""
+    `notes`, one per op step: {"conditions": [bool [B]], "draws": [[B, ...]], "move":
+    (transforms [B, 8], in height, in width, out height, out width) or (), "seeds": [B, 2]}
+    (sizes may be [B] too); `fn.steps` holds their (config path, op name, [config paths of
+    the conditions]) once traced."""
     import tensorflow as tf
     from pipeline.ops import draw
 
