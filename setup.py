@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     "pyyaml>=6.0",
     "pillow>=10.0",
     "tqdm>=4.66",
+    # numpy's BLAS kept on one thread in workers (augment.configure_threads).
+    "threadpoolctl>=3.1",
 ]
 
 setup(

@@ -29,6 +29,7 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+import threadpoolctl
 
 from pipeline import chain as chain_mod
 from pipeline import quiet
@@ -124,6 +125,10 @@ def configure_threads(tf_threads, xla=False):
     loops by the number of op threads, which can round a pixel's last bit otherwise: with
     one, a compiled chain's bytes do not depend on the machine's cores. Only possible before
     TensorFlow's runtime starts; later calls keep what is set."""
+    # numpy's BLAS on one thread too: with its own pool, every small np.linalg call (the
+    # geometry of each copy, its targets) woke a second thread that then spun on
+    # sched_yield between calls, a core's worth of CPU for nothing.
+    threadpoolctl.threadpool_limits(1, user_api="blas")
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         if tf_threads:
