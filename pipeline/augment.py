@@ -157,16 +157,24 @@ def _encode_one(image, as_png, quality):
                    lambda: tf.io.encode_jpeg(image, quality=quality))
 
 
-def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, parallel):
-    """chain + encode for one copy at a time: (encoded bytes per copy, output shape)."""
+def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, parallel,
+                         record=None):
+    """chain + encode for one copy at a time: (encoded bytes per copy, output shape, notes).
+    `record`: build_record's, whose notes of each copy come from the same loop (else None)."""
+    blank = record and record.blank(tf.shape(images)[1], tf.shape(images)[2])
+
     def one(args):
         index, seed, png = args
         image = chain(images[index][None], seed[None])[0]
-        return _encode_one(image, png, quality), tf.shape(image)
-    encoded, shapes = tf.map_fn(one, (copy_of, seeds, as_png), parallel_iterations=parallel,
-                                fn_output_signature=(tf.TensorSpec([], tf.string),
-                                                     tf.TensorSpec([3], tf.int32)))
-    return encoded, tf.reduce_max(shapes, axis=0)  # (all alike; and defined for no copies)
+        return (_encode_one(image, png, quality), tf.shape(image),
+                record.one(seed, blank) if record else ())
+    signature = record.signature(blank) if record else ()
+    encoded, shapes, notes = tf.map_fn(
+        one, (copy_of, seeds, as_png), parallel_iterations=parallel,
+        fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32),
+                             signature))
+    # (shapes: all alike; and defined for no copies)
+    return encoded, tf.reduce_max(shapes, axis=0), record.unpack(notes) if record else ()
 
 
 def _encode_batch(images, as_png, quality):
@@ -309,7 +317,10 @@ def build_geometry(steps, xla=False):
 def build_record(steps, xla=False, channels=3):
     """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
     the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
-    draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced."""
+    draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced.
+    For a loop over the copies that does more (ChainRunner's): `fn.one(seed [2], fn.blank(height,
+    width))`, one copy's notes packed, of the TensorSpecs `fn.signature(blank)`, and
+    `fn.unpack(packed [B, ...])` -> the notes."""
     parts = []
     for kind, start, part in plan(steps, xla):
         fn = chain_mod.build_record(part, start)
@@ -317,26 +328,74 @@ def build_record(steps, xla=False, channels=3):
         if kind == "xla":
             traced = tf.function(fn, jit_compile=True, autograph=False)
         parts.append((fn, traced))
+    layout = []  # how one copy's notes are packed (_pack), once traced
 
     def one(seed, images):  # one copy: a batch of one draws without loops
         notes = []
         for _, traced in parts:
             part_notes, images = traced(seed[None], images)
             notes += part_notes
-        return [tf.nest.map_structure(lambda t: t[0] if t.shape.rank else t, note)
-                for note in notes]
+        packed, layout[:] = _pack(notes)
+        return packed
+
+    def blank(height, width):  # one image of the input's size for all (only its size is read)
+        return tf.zeros(tf.stack([1, height, width, channels]))
+
+    def signature(blank):
+        traced = tf.function(one, autograph=False).get_concrete_function(
+            tf.TensorSpec([2], tf.int32), blank).structured_outputs
+        return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), traced)
 
     def run(seeds, height, width):
-        # The copies one at a time inside the graph: one call for the batch, no loop per
-        # draw; one blank image of the input's size for all (only its size is read).
-        blank = tf.zeros(tf.stack([1, height, width, channels]))
-        signature = tf.function(one, autograph=False).get_concrete_function(
-            tf.TensorSpec([2], tf.int32), blank).structured_outputs
-        signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), signature)
-        return tf.map_fn(lambda seed: one(seed, blank), seeds, fn_output_signature=signature,
-                         parallel_iterations=PARALLEL_COPIES)
+        # The copies one at a time inside the graph: one call for the batch, no loop per draw.
+        images = blank(height, width)
+        return unpack(tf.map_fn(lambda seed: one(seed, images), seeds,
+                                fn_output_signature=signature(images),
+                                parallel_iterations=PARALLEL_COPIES))
+
+    def unpack(packed):
+        return _unpack(packed, *layout)
+    run.one, run.blank, run.signature, run.unpack = one, blank, signature, unpack
     run.steps = lambda: [step for fn, _ in parts for step in fn.steps]
     return run
+
+
+def _pack(notes):
+    """One copy's notes (of a batch of one) as few tensors, since each output of a loop over
+    the copies costs more than most notes: those of a fixed size flattened and joined into
+    one vector per dtype, the others as they are. -> ((vectors, others), layout: _unpack's)."""
+    flat = tf.nest.flatten(notes)
+    shapes = [_copy_shape(t) for t in flat]
+    dtypes = list(dict.fromkeys(t.dtype for t, s in zip(flat, shapes) if s is not None))
+    vectors = tuple(tf.concat([t if t.shape.rank == 1 else tf.reshape(t, [-1])
+                               for t, s in zip(flat, shapes) if s is not None
+                               and t.dtype == dtype], 0) for dtype in dtypes)
+    others = tuple(t[0] if t.shape.rank else t for t, s in zip(flat, shapes) if s is None)
+    return (vectors, others), (notes, shapes, dtypes)
+
+
+def _copy_shape(note):
+    """A note's shape for one copy if it is fixed: [1, ...] -> [...]; a scalar (a size, the
+    same for all copies) as it is; else None."""
+    shape = note.shape
+    if shape.rank == 0:
+        return shape
+    if shape.rank and shape[0] == 1 and shape[1:].is_fully_defined():
+        return shape[1:]
+    return None
+
+
+def _unpack(packed, notes, shapes, dtypes):
+    """_pack's tensors with a leading batch dimension -> the notes, each [B, ...]."""
+    vectors, others = packed
+    flat = tf.nest.flatten(notes)
+    pieces = {dtype: iter(tf.split(vector, [s.num_elements() for t, s in zip(flat, shapes)
+                                            if s is not None and t.dtype == dtype], axis=1))
+              for dtype, vector in zip(dtypes, vectors)}
+    others = iter(others)
+    return tf.nest.pack_sequence_as(notes, [
+        next(others) if s is None else tf.reshape(next(pieces[t.dtype]), [-1] + s.as_list())
+        for t, s in zip(flat, shapes)])
 
 
 def _dtype(index, runs):
@@ -428,7 +487,6 @@ class ChainRunner:
             quiet.spend_xla_notice()
         self._shapes = set()
         self._geometry = None  # traced on the first input with targets
-        self._record = None  # traced on the first batch, when the job records its ops
         self._geometry_lock = threading.Lock()
 
     def geometry(self, seeds, height, width):
@@ -444,23 +502,6 @@ class ChainRunner:
             moves = self._geometry(seeds, np.int32(height), np.int32(width))
         return [(t.numpy(), int(h), int(w)) for t, h, w in moves]
 
-    def ops(self, seeds, height, width):
-        """What was done to each copy: per copy (rows of `seeds`), a list of one dict per op
-        step (chain.op_records), for the augment/ops feature."""
-        if not any(chain_mod.op_paths(self.job.chain)):  # plain copies: nothing done
-            return [[] for _ in range(len(seeds))]
-        with self._geometry_lock:
-            if self._record is None:
-                record = build_record(self.job.chain, self.job.xla, self.job.channels)
-                self._record = (_trace(record, [tf.TensorSpec([None, 2], tf.int32),
-                                                tf.TensorSpec([], tf.int32),
-                                                tf.TensorSpec([], tf.int32)]), record.steps())
-        traced, steps = self._record
-        with self._one_call:
-            notes = traced(seeds, np.int32(height), np.int32(width))
-        return chain_mod.op_records(steps, tf.nest.map_structure(lambda t: t.numpy(), notes),
-                                    len(seeds))
-
     def _build(self, parallel):
         job = self.job
         self.chain = build_chain(job.chain, xla=job.xla, on_cpu="CPU" in self.device,
@@ -474,39 +515,55 @@ class ChainRunner:
         # module's doc; on a batch, Eigen computes a vector's lanes and its tail differently,
         # so a pixel's last bit could depend on its neighbours). A GPU wants whole batches.
         one_by_one = not self.chain.compiled and "CPU" in self.device
+        # What was done to each copy (augment/ops), noted in the same call: on the CPU in
+        # the same loop over the copies, where TensorFlow shares the draws with the chain's.
+        record = (build_record(job.chain, job.xla, job.channels)
+                  if job.record_ops and any(chain_mod.op_paths(job.chain)) else None)
 
         def augment_encode(images, seeds, as_png, rows):
             # Copy i of the batch is input copy_of[i].
             copy_of = tf.repeat(tf.range(tf.shape(images)[0]), self.copies)
             if one_by_one:
                 return _augment_encode_each(self.chain, images, copy_of, seeds, as_png,
-                                            self.quality, parallel)
+                                            self.quality, parallel, record)
             with tf.device(self.device):
                 # A gather copies whole images (as fast as memcpy); tf.repeat's broadcast is
                 # several times slower.
                 out = self.chain(tf.gather(images, copy_of), seeds, rows)
+            notes = record(seeds, tf.shape(images)[1], tf.shape(images)[2]) if record else ()
             with tf.device("/device:CPU:0"):
-                return _encode_batch(out, as_png, self.quality), tf.shape(out)[1:]
+                return _encode_batch(out, as_png, self.quality), tf.shape(out)[1:], notes
 
         def encode(images, as_png):
             return _encode_batch(images, as_png, self.quality)
 
         self._augment_encode = _trace(augment_encode,
                                       [images_spec, seeds_spec, png_spec, rows_spec])
+        self._record_steps = record.steps() if record else None
         self._encode = _trace(encode, [images_spec, png_spec])
 
     def augment_encode(self, images, seeds, formats):
         """`copies` augmented copies of each image, encoded.
 
         images uint8 [N, H, W, C]; seeds int32 [N * copies, 2] and formats ('jpeg' or 'png')
-        per copy, copies of one image together. -> (encoded bytes per copy, output shape).
+        per copy, copies of one image together. -> (encoded bytes per copy, output shape,
+        what was done to each copy: a list of one dict per op step (chain.op_records), for
+        the augment/ops feature; None when the job does not record its ops).
         """
         self._note_shape(images.shape)
         as_png = np.array([f == "png" for f in formats])
         rows = np.int32(chunk_rows(images.shape[1:3]))
         with self._one_call:
-            encoded, shape = self._augment_encode(images, seeds, as_png, rows)
-        return [bytes(b) for b in encoded.numpy()], tuple(int(s) for s in shape.numpy())
+            encoded, shape, notes = self._augment_encode(images, seeds, as_png, rows)
+        count = len(seeds)
+        if not self.job.record_ops:
+            ops = [None] * count
+        elif self._record_steps is None:  # plain copies: nothing done
+            ops = [[] for _ in range(count)]
+        else:
+            ops = chain_mod.op_records(
+                self._record_steps, tf.nest.map_structure(lambda t: t.numpy(), notes), count)
+        return ([bytes(b) for b in encoded.numpy()], tuple(int(s) for s in shape.numpy()), ops)
 
     def encode(self, images, formats):
         as_png = np.array([f == "png" for f in formats])

@@ -11,6 +11,7 @@ Randomness: each example has one seed, a pure function of (global seed, input ke
 function of (seed, key, copy, op) whatever the batch holds.
 """
 import hashlib
+import math
 import numbers
 
 import numpy as np
@@ -510,6 +511,8 @@ def op_records(steps, notes, count):
 
 
 def _plain_number(value, digits=4):
+    if type(value) is float:  # (most draws; the abstract checks below cost more than this)
+        return round(value, digits)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (numbers.Integral, np.integer)):
@@ -549,20 +552,24 @@ def describe_move(transform, in_h, in_w, out_h, out_w):
             return out
         out["box"] = box
         return out
-    forward = np.linalg.inv(np.array([[a0, a1, a2], [b0, b1, b2], [0, 0, 1]]))
-    linear = forward[:2, :2]
+    # The forward map (input point -> output pixel), in closed form: its linear part
+    # [[p, q], [s, u]] is the inverse of [[a0, a1], [b0, b1]].
+    det = a0 * b1 - a1 * b0
+    p, q, s, u = b1 / det, -a1 / det, -b0 / det, a0 / det
+    # where the input's centre goes: forward @ [cx, cy, 1]
+    cx, cy = (int(in_w) - 1) / 2 - a2, (int(in_h) - 1) / 2 - b2
+    centre = (p * cx + q * cy, s * cx + u * cy)
     out = {}
-    if np.linalg.det(linear) < 0:  # mirrored: a flip of x first, then the rest
-        linear = linear @ np.diag([-1.0, 1.0])
+    if det < 0:  # mirrored: a flip of x first, then the rest
+        p, s = -p, -s
         out["flip"] = "x"
-    sx = float(np.hypot(linear[0, 0], linear[1, 0]))
-    sy = float(np.linalg.det(linear)) / sx
-    angle = np.degrees(np.arctan2(-linear[1, 0], linear[0, 0]))
-    centre = forward @ [(int(in_w) - 1) / 2, (int(in_h) - 1) / 2, 1]
+    sx = math.hypot(p, s)
+    sy = (p * u - q * s) / sx
+    angle = math.degrees(math.atan2(-s, p))
     out.update(angle=r(angle), scale=[r(sx, 3), r(sy, 3)],
                shift=[r(centre[0] - (int(out_w) - 1) / 2, 1),
                       r(centre[1] - (int(out_h) - 1) / 2, 1)])
-    shear = float(linear[:, 0] @ linear[:, 1]) / (sx * sy)
+    shear = (p * q + s * u) / (sx * sy)
     if abs(shear) > 1e-3:
         out["matrix"] = [r(v, 5) for v in t]
     return out

@@ -16,8 +16,11 @@ def ops_json(input_sha256, ops):
     """The augment/ops value: the input's sha256 (its first 16 hex digits, to tell a changed
     input at replay) and one entry per op step of the chain (chain.op_records; [] for copy 0,
     the untouched input), as compact JSON."""
-    return json.dumps({"input_sha256": input_sha256[:16], "ops": ops},
-                      separators=(",", ":")).encode()
+    return _compact_json({"input_sha256": input_sha256[:16], "ops": ops}).encode()
+
+
+# json.dumps(..., separators=(",", ":")) without making an encoder per record
+_compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 def build(item, copy_index, data, fmt, shape, seed, config_hash, targets=None, tfds=False,

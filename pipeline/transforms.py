@@ -603,9 +603,7 @@ class AugmentAndEncode(beam.DoFn):
             if job.balance_plan:  # one row per copy (the runner makes one copy of each)
                 images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
-            encoded, shape = self.runner.augment_encode(images, seeds, formats)
-            ops = (self.runner.ops(seeds, images.shape[1], images.shape[2]) if job.record_ops
-                   else [None] * len(copies))
+            encoded, shape, ops = self.runner.augment_encode(images, seeds, formats)
             out += [(item, c, data if targets is not DROPPED else None, fmt, shape, targets,
                      counts, steps) for (item, c), data, fmt, (targets, counts), steps
                     in zip(copies, encoded, formats, carried, ops)]
