@@ -249,6 +249,11 @@ def test_one_chain_per_process_shared_by_the_dofn_copies(tmp_path):
     for copy in copies:
         copy.setup()
     assert copies[0].runner is copies[1].runner is copies[2].runner
+    # A later run of the same job on other paths (a warm process) reuses it: no new trace.
+    again = pickler.loads(pickler.dumps(transforms.AugmentAndEncode(
+        make_job("elsewhere", str(tmp_path / "other"), STANDARD), "hash")))
+    again.setup()
+    assert again.runner is copies[0].runner
     other = pickler.loads(pickler.dumps(
         transforms.AugmentAndEncode(make_job("x", str(tmp_path), []), "other")))
     other.setup()
