@@ -226,8 +226,12 @@ def new_pipeline(options):
     """beam.Pipeline(options), with the runner's option check as a user error (Dataflow checks
     project, region and gs:// locations here)."""
     import apache_beam as beam
+    runner = None
+    if str(options.view_as(StandardOptions).runner).lower() in ("direct", "directrunner"):
+        from pipeline import beam_internals
+        runner = beam_internals.direct_runner()  # never Prism, a binary from the network
     try:
-        return beam.Pipeline(options=options)
+        return beam.Pipeline(runner=runner, options=options)
     except ValueError as e:
         if "validation" not in str(e):
             raise

@@ -93,3 +93,19 @@ def test_the_runner_machinery_runs_a_pipeline_on_dask(tmp_path):
         out = json.load(f)
     assert out == {"odd": [101, 103, 105, 107, 109], "even": [0, 2, 4, 6, 8], "seen": 10,
                    "grouped": [[0, 3], [1, 3], [2, 4]]}
+
+
+def test_the_direct_runner_never_tries_prism(caplog):
+    """Beam's DirectRunner first tries Prism, a binary it downloads (offline: fails, then falls
+    back, at a cost on every run); augbatch's DirectRunner goes straight to the in-memory one."""
+    import logging
+
+    from pipeline import run, runners
+    caplog.set_level(logging.INFO)
+    p = runners.new_pipeline(run.beam_options([]))
+    counted = p | beam.Create([1, 2, 3]) | beam.combiners.Count.Globally()
+    from apache_beam.testing.util import assert_that, equal_to
+    assert_that(counted, equal_to([3]))
+    assert p.run().wait_until_finish() == "DONE"
+    said = [r.getMessage() for r in caplog.records]
+    assert said and not [m for m in said if "Prism" in m], said

@@ -98,7 +98,8 @@ def _warp(images, transforms, interpolation, fill_mode, fill_value):
     cv2 = _cv2()
     flags = cv2.WARP_INVERSE_MAP | (cv2.INTER_LINEAR if interpolation == "bilinear"
                                     else cv2.INTER_NEAREST)
-    border = getattr(cv2, _BORDERS[fill_mode])
+    args = dict(flags=flags, borderMode=getattr(cv2, _BORDERS[fill_mode]),
+                borderValue=(fill_value,) * 4)
     height, width, channels = images.shape[1:]
     out = np.empty_like(images)
     for index, flat in enumerate(transforms):
@@ -106,12 +107,14 @@ def _warp(images, transforms, interpolation, fill_mode, fill_value):
         affine = flat[6] == 0.0 and flat[7] == 0.0
         for start in range(0, channels, 4):  # OpenCV warps at most 4 channels at once
             part = np.ascontiguousarray(images[index, :, :, start:start + 4])
-            args = dict(flags=flags, borderMode=border, borderValue=(fill_value,) * 4)
+            # OpenCV writes straight into the output where that is one contiguous block.
+            target = out[index] if channels <= 4 else np.empty_like(part)
             if affine:
-                warped = cv2.warpAffine(part, matrix[:2], (width, height), **args)
+                warped = cv2.warpAffine(part, matrix[:2], (width, height), dst=target, **args)
             else:
-                warped = cv2.warpPerspective(part, matrix, (width, height), **args)
-            out[index, :, :, start:start + 4] = warped.reshape(part.shape)
+                warped = cv2.warpPerspective(part, matrix, (width, height), dst=target, **args)
+            if warped is not target or channels > 4:
+                out[index, :, :, start:start + 4] = warped.reshape(part.shape)
     return out
 
 
