@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from apache_beam.utils import shared
 from click.testing import CliRunner
 
 import cli
-from pipeline import __version__, augment
+from pipeline import __version__, augment, transforms
 from tests.conftest import ROOT, SAMPLE_CONFIGS, read_outputs
 
 LIGHT = os.path.join(SAMPLE_CONFIGS, "light_classification.yaml")
@@ -82,16 +83,17 @@ def test_debug_adds_the_traceback(tmp_path):
     assert "Traceback" in result.stderr and "error: config file not found" in result.stderr
 
 
-def fail_in_worker(error):
-    """Make building the chain on the worker (a DoFn's setup) raise `error`."""
+def fail_in_worker(monkeypatch, error):
+    """Make building the chain on the worker (a DoFn's setup) raise `error` (with no runner of
+    an earlier run of the same job kept in this process: transforms._RUNNERS)."""
     def init(self, job):
         raise error
-    return init
+    monkeypatch.setattr(transforms, "_RUNNERS", shared.Shared())
+    monkeypatch.setattr(augment.ChainRunner, "__init__", init)
 
 
 def test_unexpected_error_is_one_line(small_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(augment.ChainRunner, "__init__",
-                        fail_in_worker(RuntimeError("the chain broke")))
+    fail_in_worker(monkeypatch, RuntimeError("the chain broke"))
     result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", tmp_path / "out")
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
@@ -108,8 +110,7 @@ def test_unexpected_error_is_one_line(small_folder, tmp_path, monkeypatch):
 
 def test_path_error_inside_the_pipeline_is_a_user_error(small_folder, tmp_path, monkeypatch):
     # Beam re-raises a DoFn's exception as another type; the path problem still shows.
-    monkeypatch.setattr(augment.ChainRunner, "__init__", fail_in_worker(
-        PermissionError(13, "Permission denied", "/models/weights.bin")))
+    fail_in_worker(monkeypatch, PermissionError(13, "Permission denied", "/models/weights.bin"))
     result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", tmp_path / "out")
     assert_user_error(result, "permission denied: /models/weights.bin",
                       "check that you may read")
