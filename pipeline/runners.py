@@ -4,6 +4,7 @@
 The pipeline is the same on every runner, and so are the output bytes.
 """
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -91,20 +92,41 @@ def assemble(runner=None, beam_args=(), dask_address=None, dask_workers=None):
     return args, local_workers
 
 
+# glibc's allocator in the processes that run augbatch's steps. With its defaults the mmap
+# threshold moves: buffers of large images then stay in the heap, where they fragment it (peak
+# memory followed the input: 1600x1200 photos, +29% at 8x the inputs); Dask's nanny sets
+# MALLOC_TRIM_THRESHOLD_=65536 instead, which gives every freed block above 64 KB back to the
+# system and makes each image-sized buffer a fresh mmap, page-faulted in again (~10x the page
+# faults, ~40% of a worker's CPU in the kernel). Fixed thresholds do both: buffers up to 4 MB
+# (a 512x512 float image) from the heap, never trimmed below 64 MB, larger ones mapped and
+# given back (+16% at 8x the inputs). In a DirectRunner run too: ~7% less CPU on the
+# benchmark's standard chain than glibc's defaults (3 interleaved pairs).
+ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(4 << 20)}
+_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # M_* in malloc.h
+
+
+def tune_allocator():
+    """ALLOCATOR_ENV in this process (glibc's mallopt; other C libraries: nothing) and in the
+    processes it starts, which read the environment (the DirectRunner's multi_processing
+    workers). A value the user set in the environment wins."""
+    for name, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    for name, option in _MALLOPT.items():
+        try:
+            mallopt(option, int(os.environ[name]))
+        except ValueError:  # not a number: glibc ignores it at start-up too
+            log.debug("%s=%r is not a number: left as it is", name, os.environ[name])
+
+
 # dask.distributed settings for the local clusters augbatch starts (measured on 2 cores: a run
 # of 150 photos x 4 copies took 12 CPU-s with dask's defaults, 4 with the DirectRunner).
 LOCAL_CLUSTER_CONFIG = {
-    # The nanny sets MALLOC_TRIM_THRESHOLD_=65536 in each worker: glibc then gives every freed
-    # block above 64 KB back to the system, and setting it also switches off glibc's moving
-    # mmap threshold, so each image-sized buffer TensorFlow allocates is a fresh mmap and
-    # page-faulted in again: ~10x the page faults, ~40% of a worker's CPU in the kernel.
-    # glibc's own moving threshold instead keeps buffers of large images in the heap, where
-    # they fragment it: peak memory followed the input (1600x1200 photos: +29% at 8x the
-    # inputs). Fixed thresholds do both: buffers up to 4 MB (a 512x512 float image) from the
-    # heap, never trimmed below 64 MB, larger ones mapped and given back (+16% at 8x, the
-    # partitions' own inputs; page faults as with glibc's defaults).
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(64 << 20),
-    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(4 << 20),
+    **{f"distributed.nanny.pre-spawn-environ.{name}": value
+       for name, value in ALLOCATOR_ENV.items()},
     # The statistical profiler samples every thread of a worker each 10 ms, and the other
     # periodic checks run 2-50 times a second in every process, busy or idle.
     "distributed.worker.profile.enabled": False,
@@ -230,6 +252,7 @@ def new_pipeline(options):
     if str(options.view_as(StandardOptions).runner).lower() in ("direct", "directrunner"):
         from pipeline import beam_internals
         runner = beam_internals.direct_runner()  # never Prism, a binary from the network
+        tune_allocator()  # the steps run in this process or in workers it starts
     try:
         return beam.Pipeline(runner=runner, options=options)
     except ValueError as e:

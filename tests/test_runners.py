@@ -389,3 +389,43 @@ def test_an_unreachable_dask_scheduler_is_a_user_error(reference, tmp_path):
         "--dask-address", "tcp://127.0.0.1:1", "--", "--dask_connection_timeout=1"])
     assert result.exit_code == 2, result.output
     assert "cannot reach the Dask scheduler" in result.output and "--dask-address" in result.output
+
+
+ALLOCATOR_PROBE = """
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+
+def from_heap(size):  # glibc serves it from the heap (below the mmap threshold), not an mmap
+    address = libc.malloc(size)
+    heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+    low, high = (int(x, 16) for x in heap[0].split("-"))
+    return low <= address < high
+
+before = from_heap(1 << 20)
+from apache_beam.options.pipeline_options import PipelineOptions
+from pipeline import runners
+runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"]))
+print(json.dumps({"before": before, "1MB": from_heap(1 << 20), "8MB": from_heap(8 << 20),
+                  "env": [os.environ.get(k) for k in sorted(runners.ALLOCATOR_ENV)]}))
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, str(256 << 10)])
+def test_a_direct_run_fixes_the_allocator_thresholds_here_and_for_its_workers(user_value):
+    """glibc's thresholds (runners.ALLOCATOR_ENV) in the process that runs the steps: buffers up
+    to 4 MB from the heap, larger ones mapped; and in the environment its workers inherit. A
+    value the user set wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if user_value:
+        env["MALLOC_MMAP_THRESHOLD_"] = user_value
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if user_value:  # 1 MB is over the user's 256 KB: mapped
+        assert found == {"before": False, "1MB": False, "8MB": False,
+                         "env": [user_value, str(64 << 20)]}
+    else:  # glibc's default threshold is 128 KB, then 4 MB
+        assert found == {"before": False, "1MB": True, "8MB": False,
+                         "env": [str(4 << 20), str(64 << 20)]}
