@@ -490,8 +490,9 @@ class AugmentAndEncode(beam.DoFn):
 
     The chain is traced once per worker process in setup() and shared by the process's threads
     (Beam's Shared, _RUNNERS). Images of one shape run through it together, each copy with its
-    own seed, so the bytes do not depend on how Beam batched them. An input whose copies fail is retried
-    alone; if it fails again it becomes one error record and none of its copies is written.
+    own seed, so the bytes do not depend on how Beam batched them. An input whose copies fail
+    is retried alone; if it fails again it becomes one error record and none of its copies is
+    written.
 
     Batches run in TensorFlow on a small thread pool, a few at a time (runner.in_flight):
     TensorFlow releases the GIL, so while they run this thread reads and decodes the next
