@@ -108,12 +108,12 @@ def _warp(images, transforms, interpolation, fill_mode, fill_value):
         for start in range(0, channels, 4):  # OpenCV warps at most 4 channels at once
             part = np.ascontiguousarray(images[index, :, :, start:start + 4])
             # OpenCV writes straight into the output where that is one contiguous block.
-            target = out[index] if channels <= 4 else np.empty_like(part)
+            target = out[index] if channels <= 4 else None
             if affine:
                 warped = cv2.warpAffine(part, matrix[:2], (width, height), dst=target, **args)
             else:
                 warped = cv2.warpPerspective(part, matrix, (width, height), dst=target, **args)
-            if warped is not target or channels > 4:
+            if warped is not target:
                 out[index, :, :, start:start + 4] = warped.reshape(part.shape)
     return out
 
