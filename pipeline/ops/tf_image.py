@@ -104,7 +104,9 @@ def _central_crop_geometry(central_fraction):
 
 def _crop_offsets(seeds, height, width, crop_h, crop_w):
     """tf.image.stateless_random_crop's offsets for each example's seed: [B] rows, [B] columns."""
-    limit = tf.stack([height - crop_h + 1, width - crop_w + 1, 1])
+    # Never below 1: an image smaller than the crop must fail in the crop itself, with its clear
+    # message, not race it here with "Integer division by zero" (both run in one TF call).
+    limit = tf.maximum(tf.stack([height - crop_h + 1, width - crop_w + 1, 1]), 1)
     offsets = draw.each(lambda s: tf.random.stateless_uniform(
         [3], s, maxval=tf.int32.max, dtype=tf.int32) % limit, seeds,
         fn_output_signature=tf.TensorSpec([3], tf.int32))
