@@ -206,9 +206,11 @@ def main(ctx, debug, quiet):
 @click.option("--xla/--no-xla", default=None,
               help="Compile the chain's colour and geometric steps with XLA: faster for "
                    "inputs of a few sizes (one compilation each); other random draws.")
-@click.option("--kernel", type=click.Choice(["opencv", "tensorflow"]),
-              help="How geometric ops resample on the CPU without XLA: opencv (the default, "
-                   "several times faster) or tensorflow (TensorFlow's kernel, as on a GPU).")
+@click.option("--kernel", type=click.Choice(["opencv-uint8", "opencv", "tensorflow"]),
+              help="How geometric ops resample on the CPU without XLA: opencv-uint8 (the "
+                   "default: OpenCV's warp, on uint8 pixels where geometric ops start or end "
+                   "the chain), opencv (always on float32 pixels) or tensorflow (TensorFlow's "
+                   "kernel, as on a GPU).")
 @click.option("--allow-python-ops", is_flag=True,
               help="Allow `python` ops, which import and run code named in the config.")
 @click.option("--overwrite", is_flag=True,

@@ -35,8 +35,9 @@ MULTI_THREADING = ["--direct_num_workers=2", "--direct_running_mode=multi_thread
 def rows(folder, records, large, boxes):
     """(name, what it is, variants args). B1/F0 rows are the ratios' references. `large`: a
     folder of 512x512 images; `boxes`: the folder's images as OD API TFRecords with boxes."""
-    def augbatch(inputs, chain, xla, *beam_args, kernel="opencv", record_ops=True):
-        runtime = json.dumps({"xla": xla, "kernel": kernel, "record_ops": record_ops})
+    def augbatch(inputs, chain, xla, *beam_args, kernel=None, record_ops=True):
+        runtime = json.dumps({"xla": xla, "record_ops": record_ops,
+                              **({"kernel": kernel} if kernel else {})})  # (None: the default)
         return ["augbatch", "--inputs", inputs, "--chain", chain, "--runtime", runtime,
                 "--beam-args", json.dumps(beam_args)]
     return [
@@ -51,7 +52,7 @@ def rows(folder, records, large, boxes):
          "(output.record_ops: false): what recording each copy's ops costs",
          augbatch(folder, "standard", False, record_ops=False)),
         ("augbatch --kernel tensorflow", "augbatch expand, standard chain, TensorFlow's "
-         "resample kernel (the default before 'opencv'), folder",
+         "resample kernel (the default before the OpenCV ones), folder",
          augbatch(folder, "standard", False, kernel="tensorflow")),
         ("augbatch --xla tfrecord", "augbatch expand, standard chain, XLA, TFRecords",
          augbatch(records, "standard", True)),

@@ -201,21 +201,39 @@ def _compilable(step):
             and fn.standalone is None)
 
 
-def plan(steps, xla):
+def _resamples_alone(step):
+    """A geometric op that only resamples (no per-pixel work after): any pixel type will do."""
+    if "op" not in step:
+        return False
+    fn = registry.get(step["op"]).build(step["params"])
+    return isinstance(fn, geometry.Projective) and fn.finish is None and fn.standalone is None
+
+
+def plan(steps, xla, uint8_geometry=False):
     """The chain as stages [(kind, start index, steps)], in order, kind one of
-    'uint8' (pixel-moving head, before the float conversion), 'xla' or 'plain'."""
+    'uint8' (pixel-moving head, before the float conversion, and with `uint8_geometry` the
+    tail after it), 'xla' or 'plain'. `uint8_geometry`: geometric ops that only resample join
+    the head and tail (runtime.kernel opencv-uint8), where they resample uint8 pixels."""
     steps = list(steps)
-    head = 0  # (an op XLA compiles goes to XLA instead: there it costs nothing)
-    while (head < len(steps) and _is_op(steps[head], "uint8_exact")
-           and not (xla and _is_op(steps[head], "xla"))):
+
+    def stays_uint8(step):  # (an op XLA compiles goes to XLA instead: there it costs nothing)
+        return ((_is_op(step, "uint8_exact") and not (xla and _is_op(step, "xla")))
+                or (uint8_geometry and _resamples_alone(step)))
+    head = 0
+    while head < len(steps) and stays_uint8(steps[head]):
         head += 1
+    tail = len(steps)
+    while uint8_geometry and tail > head and stays_uint8(steps[tail - 1]):
+        tail -= 1
     stages = [("uint8", 0, steps[:head])] if head else []
-    for index in range(head, len(steps)):
+    for index in range(head, tail):
         kind = "xla" if xla and _compilable(steps[index]) else "plain"
         if stages and stages[-1][0] == kind and stages[-1][1] >= head:
             stages[-1][2].append(steps[index])
         else:
             stages.append((kind, index, [steps[index]]))
+    if tail < len(steps):
+        stages.append(("uint8", tail, steps[tail:]))
     return stages
 
 
@@ -252,7 +270,7 @@ class _Compiled:
 def resample_kernel(kernel, xla=False, on_cpu=True):
     """The kernel geometric ops resample with: OpenCV's only on the CPU without XLA (compiled
     segments resample with gathers; a GPU runs TensorFlow's)."""
-    return "opencv" if kernel == "opencv" and on_cpu and not xla else "tensorflow"
+    return "opencv" if kernel.startswith("opencv") and on_cpu and not xla else "tensorflow"
 
 
 def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow"):
@@ -261,20 +279,22 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
     segments run on chunks of `rows` images (chunk_rows), for the CPU or else a GPU.
     `parallel`: how many images plain steps take at once when they go one at a time.
     `kernel`: runtime.kernel, the resample kernel of geometric ops (resample_kernel)."""
-    kernel = resample_kernel(kernel, xla, on_cpu)
-    stages = plan(steps, xla)
+    resample = resample_kernel(kernel, xla, on_cpu)
+    stages = plan(steps, xla, uint8_geometry=kernel == "opencv-uint8" and resample == "opencv")
+    float_stages = [index for index, (kind, _, _) in enumerate(stages) if kind != "uint8"]
+    # The float32 conversion before the first stage that is not uint8, back after the last.
+    first, last = ((float_stages[0], float_stages[-1]) if float_stages
+                   else (len(stages), len(stages)))  # (none: through float32 and back, exact)
+    if not float_stages:
+        stages.append(("plain", len(steps), []))
     parts = []  # (compiled?, fn(images, seeds) -> images)
-    converted = False
-    for kind, start, part in stages:
+    for index, (kind, start, part) in enumerate(stages):
         fn = chain_mod.build(part, start=start)
-        if kind != "uint8" and not converted:
+        if index == first:
             fn = _after(to_float, fn)
-            converted = True
+        if index == last:
+            fn = _before(fn, to_uint8)
         parts.append((kind == "xla", fn))
-    if not converted:
-        parts.append((False, lambda images, seeds: to_float(images)))
-    last_compiled, last = parts[-1]
-    parts[-1] = (last_compiled, _before(last, to_uint8))
     runs = [(compiled, _compose(fns)) for compiled, fns in _runs(parts)]
     mixed = on_cpu and any(compiled for compiled, _ in runs)
     runs = [(_Compiled(fn, _dtype(index, runs), on_cpu) if compiled
@@ -282,7 +302,7 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
             for index, (compiled, fn) in enumerate(runs)]
 
     def run(images, seeds, rows=1):
-        with geometry.kernel(kernel):  # (traced now: the kernel is chosen for this graph)
+        with geometry.kernel(resample):  # (traced now: the kernel is chosen for this graph)
             for fn in runs:
                 images = (fn(images, seeds, rows) if isinstance(fn, _Compiled)
                           else fn(images, seeds))

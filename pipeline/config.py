@@ -22,7 +22,7 @@ INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "ma
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
-KERNELS = ("opencv", "tensorflow")  # geometry.KERNELS (not imported here: no TensorFlow)
+KERNELS = ("opencv-uint8", "opencv", "tensorflow")  # geometry.KERNELS (not imported here: no TensorFlow)
 # A config is a page of text: these bound what reading one may cost (a YAML alias "bomb"
 # of a few hundred bytes can stand for billions of values).
 MAX_CONFIG_BYTES = 1 << 20
@@ -53,7 +53,7 @@ class Job:
     device: str = "auto"
     tf_threads: int = 0  # TensorFlow ops at once, each on one thread; 0 = one per core
     xla: bool = False  # compile runs of colour steps with XLA (changes the draws: hashed)
-    kernel: str = "opencv"  # geometric ops' resample on the CPU without XLA (pixels: hashed)
+    kernel: str = "opencv-uint8"  # geometric ops' resample on the CPU without XLA (pixels: hashed)
     max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
