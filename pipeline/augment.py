@@ -190,23 +190,17 @@ def _is_op(step, trait):
             and getattr(registry.get(step["op"]), trait))
 
 
-def _compilable(step):
-    """A colour op XLA compiles, or a purely geometric op (resampled with gathers there)."""
-    if _is_op(step, "xla"):
-        return True
-    if "op" not in step or step["probability"] != 1.0:
-        return False
-    fn = registry.get(step["op"]).build(step["params"])
-    return (isinstance(fn, geometry.Projective) and fn.finish is None
-            and fn.standalone is None)
-
-
 def _resamples_alone(step):
     """A geometric op that only resamples (no per-pixel work after): any pixel type will do."""
     if "op" not in step:
         return False
     fn = registry.get(step["op"]).build(step["params"])
     return isinstance(fn, geometry.Projective) and fn.finish is None and fn.standalone is None
+
+
+def _compilable(step):
+    """A colour op XLA compiles, or a purely geometric op (resampled with gathers there)."""
+    return _is_op(step, "xla") or (_resamples_alone(step) and step["probability"] == 1.0)
 
 
 def plan(steps, xla, uint8_geometry=False):

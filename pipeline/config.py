@@ -22,7 +22,8 @@ INPUT_KINDS = ("auto", "folder", "tfrecord", "coco", "yolo", "voc", "masks", "ma
 FORMATS = ("jpeg", "png", "same")
 COMPRESSIONS = ("none", "gzip")
 DEVICES = ("auto", "cpu", "gpu")
-KERNELS = ("opencv-uint8", "opencv", "tensorflow")  # geometry.KERNELS (not imported here: no TensorFlow)
+# geometry.KERNELS (not imported here: no TensorFlow)
+KERNELS = ("opencv-uint8", "opencv", "tensorflow")
 # A config is a page of text: these bound what reading one may cost (a YAML alias "bomb"
 # of a few hundred bytes can stand for billions of values).
 MAX_CONFIG_BYTES = 1 << 20

@@ -27,8 +27,8 @@ INTERPOLATIONS = ("nearest", "bilinear")
 FILL_MODES = ("constant", "reflect", "wrap", "nearest")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 # The resample kernels a run can choose (runtime.kernel): OpenCV's on the CPU, or TensorFlow's.
-# "opencv-uint8" also resamples the stored uint8 pixels where geometric ops start or end the
-# chain (augment.plan), instead of float32 ones: what a uint8 pipeline does, twice as fast.
+# "opencv-uint8" resamples the stored uint8 pixels where geometric ops start or end the chain
+# (augment.plan), not float32 ones: what a uint8 pipeline does; OpenCV's uint8 warp is faster.
 KERNELS = ("opencv-uint8", "opencv", "tensorflow")
 
 
