@@ -113,6 +113,17 @@ class _BeamImportNoise(logging.Filter):
 _BEAM_NOISE = _BeamImportNoise()
 
 
+class _HeartbeatAtShutdown(logging.Filter):
+    """Drops a local worker's report that its heartbeat found the scheduler gone, with its
+    traceback: as a run ends the cluster closes the scheduler while a busy worker may still be
+    sending one (seen under load). A scheduler lost during a run is augbatch's own error, in
+    the main process (dask_runner)."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith(
+            "Failed to communicate with scheduler during heartbeat")
+
+
 def _quiet_at_exit(unraisable, finalizing=sys.is_finalizing, show=sys.__unraisablehook__):
     """Errors in destructors while Python shuts down (TensorFlow functions outliving the
     module state their __del__ needs) cannot affect the results: not shown. (What it needs is
@@ -134,3 +145,4 @@ def dask_setup(worker):
     """Run by each worker of a local cluster augbatch starts, before anything imports Beam
     (runners.dask_cluster preloads this module): the workers as quiet as the command line."""
     python_noise_off()
+    logging.getLogger("distributed.worker").addFilter(_HeartbeatAtShutdown())

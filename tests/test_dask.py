@@ -225,6 +225,22 @@ def test_a_local_cluster_run_writes_the_same_bytes_and_prints_nothing_alarming(
         assert alarming not in run.stderr, run.stderr
 
 
+def test_a_local_worker_keeps_quiet_about_a_heartbeat_after_the_scheduler_closed():
+    """A run's end closes the scheduler while a busy worker may still send a heartbeat: the
+    worker logged that with a traceback on the user's terminal (seen once under load). The
+    workers' setup (quiet.dask_setup, preloaded) drops that one report, nothing else."""
+    code = ("import logging, sys; from pipeline import quiet; quiet.dask_setup(None); "
+            "logging.basicConfig(stream=sys.stderr); "
+            "log = logging.getLogger('distributed.worker'); "
+            "log.error('Failed to communicate with scheduler during heartbeat.', "
+            "exc_info=OSError('Stream is closed')); log.error('a task failed')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "a task failed" in run.stderr
+    assert "heartbeat" not in run.stderr and "Stream is closed" not in run.stderr
+
+
 def test_local_workers_set_the_memory_allocator_for_images():
     """dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which makes glibc map and
     page-fault every image-sized buffer anew (measured: 3x the DirectRunner's CPU); glibc's
