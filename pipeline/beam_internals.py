@@ -6,11 +6,11 @@ machinery Beam keeps for its runners (runners.common, the Dask runner's modules)
 public API. tests/test_beam_internals.py checks each name below against the installed Beam and
 runs them, so a Beam version that changed one fails there, naming it (Beam pinned: 2.77.0).
 """
+import functools
+import importlib
+
 from apache_beam.runners.common import (  # noqa: F401 - the runner machinery, re-exported
     DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler)
-from apache_beam.runners.dask import dask_runner as beam_dask
-from apache_beam.runners.dask import overrides as dask_overrides
-from apache_beam.runners.dask import transform_evaluator as dask_evaluator
 from apache_beam.transforms.resources import ResourceHint
 from apache_beam.transforms.sideinputs import SideInputMap
 
@@ -39,12 +39,36 @@ USED = [
     ("apache_beam.runners.direct.direct_runner", "SwitchingDirectRunner.is_interactive"),
 ]
 
-DaskRunner, DaskRunnerResult, DaskOptions = (beam_dask.DaskRunner, beam_dask.DaskRunnerResult,
-                                             beam_dask.DaskOptions)
-# Dask's replacements for Create, Reshuffle and GroupByKey
-CREATE, RESHUFFLE = dask_overrides._Create, dask_overrides._Reshuffle
-GROUP_BY_KEY = dask_overrides._GroupByKeyOnly
-windowed, unwindowed = dask_evaluator.get_windowed_value, dask_evaluator.defenestrate
+
+
+@functools.lru_cache(maxsize=None)
+def _dask(module):
+    """One of Beam's Dask runner modules, imported when first used: they import dask, an
+    optional extra (`pip install augbatch[dask]`) that a DirectRunner run must not need."""
+    return importlib.import_module(f"apache_beam.runners.dask.{module}")
+
+
+# The Dask runner's classes, and Dask's replacements for Create, Reshuffle and GroupByKey.
+_DASK_NAMES = {"DaskRunner": ("dask_runner", "DaskRunner"),
+               "DaskRunnerResult": ("dask_runner", "DaskRunnerResult"),
+               "DaskOptions": ("dask_runner", "DaskOptions"),
+               "CREATE": ("overrides", "_Create"), "RESHUFFLE": ("overrides", "_Reshuffle"),
+               "GROUP_BY_KEY": ("overrides", "_GroupByKeyOnly")}
+
+
+def __getattr__(name):  # (PEP 562) the names above, on first use
+    if name not in _DASK_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _DASK_NAMES[name]
+    return getattr(_dask(module), attribute)
+
+
+def windowed(value, window_fn):
+    return _dask("transform_evaluator").get_windowed_value(value, window_fn)
+
+
+def unwindowed(value):
+    return _dask("transform_evaluator").defenestrate(value)
 
 
 def output_handler(window_fn, main_receiver, tagged_receivers):
@@ -77,20 +101,21 @@ def side_input_map(spec, values):
 def translate_other(node, inputs, bag_kwargs):
     """The bag of a transform that is no ParDo, as Beam's Dask runner translates it (Create,
     GroupByKey, Flatten; anything else passes its input through)."""
-    op = dask_evaluator.TRANSLATIONS.get(type(node.transform), dask_evaluator.NoOp)(
+    evaluator = _dask("transform_evaluator")
+    op = evaluator.TRANSLATIONS.get(type(node.transform), evaluator.NoOp)(
         node, bag_kwargs=bag_kwargs)
-    if op.__class__ is dask_evaluator.Flatten:
+    if op.__class__ is evaluator.Flatten:
         return op.apply(inputs)
     return op.apply(inputs[0] if inputs else None)
 
 
 def replace_for_dask(pipeline):
-    pipeline.replace_all(dask_overrides.dask_overrides())
+    pipeline.replace_all(_dask("overrides").dask_overrides())
 
 
 def bag_kwargs(dask_options):
     """Pops the partitioning options out of `dask_options` (the rest go to the client)."""
-    return DaskOptions._extract_bag_kwargs(dask_options)
+    return _dask("dask_runner").DaskOptions._extract_bag_kwargs(dask_options)
 
 
 def hint_names():

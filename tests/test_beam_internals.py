@@ -6,6 +6,8 @@ import importlib
 import json
 import os
 import re
+import subprocess
+import sys
 
 import apache_beam as beam
 import pytest
@@ -43,6 +45,39 @@ def test_no_other_module_reaches_past_beams_public_api():
                     offenders.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
     assert not offenders, "Beam internals outside pipeline/beam_internals.py:\n" + "\n".join(
         offenders)
+
+
+# A Python without dask, as after `pip install augbatch` (dask is the [dask] extra).
+WITHOUT_DASK = """
+import sys
+class NoDask:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dask", "distributed"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoDask())
+try:
+    import dask
+    sys.exit("dask imported")
+except ModuleNotFoundError:
+    pass
+import cli
+cli.main(sys.argv[1:], prog_name="augbatch")
+"""
+
+
+def test_a_direct_run_needs_no_dask(small_folder, tmp_path):
+    """The DirectRunner (the default) runs without the dask extra: Beam's Dask runner modules,
+    which import dask, are imported only by a Dask run (it once failed at the first step)."""
+    out, config = tmp_path / "out", tmp_path / "job.yaml"
+    config.write_text("augment:\n  chain: [{op: tfa.image.rotate, max_degrees: 10}]\n")
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DASK, "expand", "-q", "-c", str(config), "-i",
+         small_folder, "-o", str(out), "--copies", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["errored"] == 0
+    assert manifest["counts"]["outputs"] == 2 * manifest["counts"]["written"] > 0
 
 
 class Split(beam.DoFn):
