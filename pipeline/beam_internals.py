@@ -40,7 +40,6 @@ USED = [
 ]
 
 
-
 @functools.lru_cache(maxsize=None)
 def _dask(module):
     """One of Beam's Dask runner modules, imported when first used: they import dask, an
