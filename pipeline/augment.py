@@ -275,12 +275,11 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
     `kernel`: runtime.kernel, the resample kernel of geometric ops (resample_kernel)."""
     resample = resample_kernel(kernel, xla, on_cpu)
     stages = plan(steps, xla, uint8_geometry=kernel == "opencv-uint8" and resample == "opencv")
-    float_stages = [index for index, (kind, _, _) in enumerate(stages) if kind != "uint8"]
+    if all(kind == "uint8" for kind, _, _ in stages):
+        stages.append(("plain", len(steps), []))  # (through float32 and back: exact)
     # The float32 conversion before the first stage that is not uint8, back after the last.
-    first, last = ((float_stages[0], float_stages[-1]) if float_stages
-                   else (len(stages), len(stages)))  # (none: through float32 and back, exact)
-    if not float_stages:
-        stages.append(("plain", len(steps), []))
+    float_stages = [index for index, (kind, _, _) in enumerate(stages) if kind != "uint8"]
+    first, last = float_stages[0], float_stages[-1]
     parts = []  # (compiled?, fn(images, seeds) -> images)
     for index, (kind, start, part) in enumerate(stages):
         fn = chain_mod.build(part, start=start)

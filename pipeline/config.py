@@ -54,7 +54,7 @@ class Job:
     device: str = "auto"
     tf_threads: int = 0  # TensorFlow ops at once, each on one thread; 0 = one per core
     xla: bool = False  # compile runs of colour steps with XLA (changes the draws: hashed)
-    kernel: str = "opencv-uint8"  # geometric ops' resample on the CPU without XLA (pixels: hashed)
+    kernel: str = "opencv-uint8"  # geometric ops' resample on the CPU, no XLA (pixels: hashed)
     max_errors: Optional[int] = None  # fail the run past this many bad inputs (None: never)
     max_error_rate: Optional[float] = None  # ... or past this fraction of the inputs
     allow_python_ops: bool = False
