@@ -262,7 +262,8 @@ class WriteShards(beam.PTransform):
         # Every shard gets a file, even one no record hashed to; the buckets an interrupted
         # run committed (--resume) join the new ones.
         every_shard = (records.pipeline | "ShardIds" >> beam.Create(
-            [(i, None) for i in range(total_shards(num_shards))] + self.resumed))
+            [(i, None) for i in range(total_shards(num_shards))] + self.resumed,
+            reshuffle=False))  # (the shards are grouped next: that spreads them)
         return ((buckets, every_shard) | "AllBuckets" >> beam.Flatten()
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(WriteShard(*self.args)))
