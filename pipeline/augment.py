@@ -162,13 +162,13 @@ def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, paralle
     """chain + encode for one copy at a time: (encoded bytes per copy, output shape, notes).
     `record`: build_record's, whose notes of each copy come from the same loop (else None)."""
     blank = record and record.blank(tf.shape(images)[1], tf.shape(images)[2])
+    noted, signature = record.traced_one(blank) if record else (None, ())
 
     def one(args):
         index, seed, png = args
         image = chain(images[index][None], seed[None])[0]
         return (_encode_one(image, png, quality), tf.shape(image),
-                record.one(seed, blank) if record else ())
-    signature = record.signature(blank) if record else ()
+                noted(seed, blank) if record else ())
     encoded, shapes, notes = tf.map_fn(
         one, (copy_of, seeds, as_png), parallel_iterations=parallel,
         fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32),
@@ -331,9 +331,9 @@ def build_record(steps, xla=False, channels=3):
     """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
     the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
     draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced.
-    For a loop over the copies that does more (ChainRunner's): `fn.one(seed [2], fn.blank(height,
-    width))`, one copy's notes packed, of the TensorSpecs `fn.signature(blank)`, and
-    `fn.unpack(packed [B, ...])` -> the notes."""
+    For a loop over the copies that does more (ChainRunner's): `one, signature =
+    fn.traced_one(fn.blank(height, width))`, where `one(seed [2], blank)` gives one copy's notes
+    packed, of the TensorSpecs `signature`, and `fn.unpack(packed [B, ...])` -> the notes."""
     parts = []
     for kind, start, part in plan(steps, xla):
         fn = chain_mod.build_record(part, start)
@@ -354,21 +354,26 @@ def build_record(steps, xla=False, channels=3):
     def blank(height, width):  # one image of the input's size for all (only its size is read)
         return tf.zeros(tf.stack([1, height, width, channels]))
 
-    def signature(blank):
+    def traced_one(blank):
+        """`one` traced once for images like `blank`, and its outputs' TensorSpecs: a loop
+        needs them before it traces its body, and tracing `one` again there would double the
+        start-up's tracing of the record."""
         traced = tf.function(one, autograph=False).get_concrete_function(
-            tf.TensorSpec([2], tf.int32), blank).structured_outputs
-        return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), traced)
+            tf.TensorSpec([2], tf.int32), blank)
+        return traced, tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                             traced.structured_outputs)
 
     def run(seeds, height, width):
         # The copies one at a time inside the graph: one call for the batch, no loop per draw.
         images = blank(height, width)
-        return unpack(tf.map_fn(lambda seed: one(seed, images), seeds,
-                                fn_output_signature=signature(images),
+        traced, signature = traced_one(images)
+        return unpack(tf.map_fn(lambda seed: traced(seed, images), seeds,
+                                fn_output_signature=signature,
                                 parallel_iterations=PARALLEL_COPIES))
 
     def unpack(packed):
         return _unpack(packed, *layout)
-    run.one, run.blank, run.signature, run.unpack = one, blank, signature, unpack
+    run.traced_one, run.blank, run.unpack = traced_one, blank, unpack
     run.steps = lambda: [step for fn, _ in parts for step in fn.steps]
     return run
 
