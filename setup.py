@@ -59,7 +59,7 @@ setup(
         # stack this extra installs nothing and `--runner dataflow` says what to do.
         "dataflow": [f"apache-beam[gcp]==2.77.0; {MODERN}"],
     },
-    entry_points={"console_scripts": ["augbatch = cli:main"]},
+    entry_points={"console_scripts": ["augbatch = cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.9",
         "Programming Language :: Python :: 3.10",

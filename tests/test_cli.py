@@ -135,3 +135,19 @@ def test_expand_as_a_user_runs_it(small_folder, tmp_path, xla):
     assert len(read_outputs(str(out))) == 18
     result = invoke("inspect", out, "--verify")
     assert result.exit_code == 0 and "verify: OK, all 18 records" in result.stdout
+
+
+def test_the_command_ends_with_its_exit_code_and_all_it_printed(tmp_path):
+    """`augbatch` leaves the process at once when a command is done (cli.run, not Python's slow
+    shutdown): the exit code and every line printed, on stdout and stderr, still come out."""
+    def command(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    listed = command("list-ops")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == invoke("list-ops").stdout  # to the last line
+    missing = command("validate", tmp_path / "nope.yaml")
+    assert missing.returncode == 2
+    in_process = invoke("validate", tmp_path / "nope.yaml").stderr
+    assert in_process.startswith("error: config file not found") and "\nhint: " in in_process
+    assert missing.stderr.endswith(in_process), missing.stderr
