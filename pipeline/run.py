@@ -247,7 +247,8 @@ def beam_options(beam_args):
     """Beam options from the pass-through args; the DirectRunner unless a runner is named
     (Beam's own default may be a runner that downloads a binary). Beam's type checks while
     the pipeline is built are off: they check type hints, and augbatch's steps declare none
-    (~0.15 s of every run's fixed cost, measured)."""
+    (with the single shuffle of the inputs in build_pipeline: a warm run of 21 inputs 0.73 ->
+    0.61 CPU-s, measured)."""
     options = PipelineOptions(list(beam_args))
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = "DirectRunner"
