@@ -248,10 +248,12 @@ def new_pipeline(options):
     """beam.Pipeline(options), with the runner's option check as a user error (Dataflow checks
     project, region and gs:// locations here)."""
     import apache_beam as beam
+    from pipeline import beam_internals
+    beam_internals.cache_own_dofn_specs()  # (building and translating the pipeline)
     runner = None
     if str(options.view_as(StandardOptions).runner).lower() in ("direct", "directrunner"):
-        from pipeline import beam_internals
         runner = beam_internals.direct_runner()  # never Prism, a binary from the network
+        beam_internals.quick_bundle_ends()
         tune_allocator()  # the steps run in this process or in workers it starts
     try:
         return beam.Pipeline(runner=runner, options=options)

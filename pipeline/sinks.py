@@ -12,7 +12,6 @@ name.
 import collections
 import concurrent.futures
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -206,15 +205,15 @@ class WriteShard(beam.DoFn):
                     if before[0] == after[0]:
                         raise ValueError(f"duplicate output record: key {after[0][1]!r} "
                                          f"copy {after[0][2]}")
-                buffer = io.BytesIO()
                 for (_, _, copy_index), label, payload in entries:
-                    buffer.write(sources.frame_record(payload))
-                    if buffer.tell() > 8 << 20:
-                        f.write(buffer.getvalue())
-                        buffer = io.BytesIO()
+                    # In three writes, not one of the record joined: an image is copied
+                    # only into the file (a local file's buffer takes the small parts).
+                    head, tail = sources.frame_parts(payload)
+                    f.write(head)
+                    f.write(payload)
+                    f.write(tail)
                     labels[str(label)] += 1
                     copies[str(copy_index)] += 1
-                f.write(buffer.getvalue())
                 records += len(entries)
         return {"shard": name, "records": records, "labels": dict(labels),
                 "copies": dict(copies), "split": split}

@@ -476,9 +476,15 @@ def record_ranges(ref, max_length=None, records=RANGE_RECORDS, max_bytes=RANGE_B
 
 def frame_record(data):
     """`data` framed as one TFRecord record (length, CRCs)."""
+    head, tail = frame_parts(data)
+    return head + data + tail
+
+
+def frame_parts(data):
+    """What goes before and after `data` in its TFRecord record: (length and its CRC, the
+    data's CRC); for writing a record without copying it into one bytes object first."""
     length = struct.pack("<Q", len(data))
-    return (length + struct.pack("<I", _masked_crc(length)) + data
-            + struct.pack("<I", _masked_crc(data)))
+    return length + struct.pack("<I", _masked_crc(length)), struct.pack("<I", _masked_crc(data))
 
 
 def records_of(data):

@@ -144,3 +144,52 @@ def test_the_direct_runner_never_tries_prism(caplog):
     assert p.run().wait_until_finish() == "DONE"
     said = [r.getMessage() for r in caplog.records]
     assert said and not [m for m in said if "Prism" in m], said
+
+
+def test_bundles_end_without_waiting_for_beams_state_sampler():
+    """Beam's state sampler sleeps up to 200 ms between samples, and every bundle's end waits
+    for its sleep (a tenth of a second idle after each long bundle); in a process that built an
+    augbatch DirectRunner pipeline it sleeps SAMPLER_PERIOD_MS at most, unless told a period."""
+    from apache_beam.runners.worker.statesampler import StateSampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from pipeline import run, runners
+    runners.new_pipeline(run.beam_options([]))
+    assert beam_internals.SAMPLER_PERIOD_MS < 200
+    sampler = StateSampler("step", CounterFactory())
+    assert sampler.sampling_period_ms == beam_internals.SAMPLER_PERIOD_MS
+    sampler.start()
+    sampler.stop()
+    assert StateSampler("other", CounterFactory(), 500).sampling_period_ms == 500
+
+
+class CountPerKey(beam.DoFn):
+    """A stateful DoFn (user state): not one of augbatch's own, so Beam asks it every time."""
+    SEEN = beam.transforms.userstate.BagStateSpec("seen", beam.coders.VarIntCoder())
+
+    def process(self, pair, seen=beam.DoFn.StateParam(SEEN)):
+        seen.add(pair[1])
+        yield pair[0], len(list(seen.read()))
+
+
+def test_dofn_specs_are_kept_per_class_for_augbatchs_own_dofns_only():
+    """Beam looks for state and timers in every method of a DoFn about nine times per DoFn and
+    run; for augbatch's own DoFns the answer is kept per class. Any other DoFn is asked each
+    time: a stateful one still runs as one in an augbatch pipeline."""
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms import userstate
+
+    from pipeline import run, runners, sinks, transforms
+    p = runners.new_pipeline(run.beam_options([]))
+    specs = userstate.get_dofn_specs
+    own = [transforms.DecodeImage(3, 10_000, True), sinks.WriteBuckets("/nowhere", 2)]
+    for dofn in own:
+        assert specs(dofn) == (set(), set())
+        assert type(dofn) in specs.per_class
+    state, timers = specs(CountPerKey())
+    assert [s.name for s in state] == ["seen"] and not timers
+    assert CountPerKey not in specs.per_class and userstate.is_stateful_dofn(CountPerKey())
+    counted = (p | beam.Create([("a", 5), ("b", 6), ("a", 7)])
+               | beam.ParDo(CountPerKey()))
+    assert_that(counted, equal_to([("a", 1), ("a", 2), ("b", 1)]))
+    assert p.run().wait_until_finish() == "DONE"

@@ -6,9 +6,11 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner
 
 from cli import main
+from pipeline import sources
 from tests.conftest import (SAMPLE_TFRECORDS, assert_accounted, copy_sample_photos,
                             decode_file, read_outputs, run_job, shard_bytes)
 
@@ -194,3 +196,19 @@ def test_cli_expand_refuses_non_empty_output_unless_overwrite(small_folder, tmp_
     assert result.exit_code == 0, result.output
     assert "written: 9" in result.output
     assert len(read_outputs(str(out))) == 18
+
+
+def test_shard_records_are_framed_as_tensorflow_frames_them(tmp_path):
+    """The shard writer writes each record in three parts (sources.frame_parts), around the
+    image bytes, not copied into one: the same bytes as TensorFlow's own TFRecord writer."""
+    records = [b"", b"x", bytes(range(256)) * 300, b"\x00" * 70_001]
+    path = str(tmp_path / "tf.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    with open(path, "rb") as f:
+        written_by_tf = f.read()
+    in_parts = b"".join(head + record + tail for record in records
+                        for head, tail in [sources.frame_parts(record)])
+    assert in_parts == written_by_tf == b"".join(map(sources.frame_record, records))
+    assert sources.records_of(in_parts) == records
