@@ -361,6 +361,23 @@ def test_fifos_devices_and_huge_files_are_errors_not_hangs(tmp_path):
     assert_accounted(manifest)
 
 
+
+def test_a_file_is_read_whole_up_to_the_limit_and_refused_unread_past_it(tmp_path):
+    """read_bytes reads what a file holds (not a buffer of the limit's size) and refuses a
+    file past the limit by its size, before reading it."""
+    limit = 100_000
+    for size in (0, 1, 4096, limit - 1, limit):
+        path = tmp_path / f"file-{size}"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        assert sources.read_bytes(str(path), limit) == data
+        assert sources.read_bytes(str(path)) == data
+    over = tmp_path / "over"
+    over.write_bytes(b"\0" * (limit + 1))
+    with pytest.raises(sources.Refused, match=f"is over {limit} bytes"):
+        sources.read_bytes(str(over), limit)
+    assert len(sources.read_bytes(str(over))) == limit + 1  # (no limit: all of it)
+
 # --- 11. other formats: decoded, or one error each --------------------------------------------
 
 def test_webp_and_tiff_are_decoded_and_other_files_are_unsupported(tmp_path):
