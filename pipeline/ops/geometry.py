@@ -79,9 +79,12 @@ def kernel(name):
 def transform_with_opencv(images, transforms, interpolation="nearest", fill_mode="constant",
                           fill_value=0.0):
     """transform() with OpenCV's warpAffine / warpPerspective, called from the graph."""
-    warp = functools.partial(_warp, interpolation=interpolation, fill_mode=fill_mode,
-                             fill_value=float(fill_value))
-    out = tf.numpy_function(warp, [images, tf.cast(transforms, tf.float32)], images.dtype,
+    warp = functools.partial(_warp, options=_warp_options(interpolation, fill_mode,
+                                                          float(fill_value)))
+    # (float64 here, as OpenCV takes its matrices: less Python per image in the call; from
+    # float32, as the sampling points have always been computed)
+    matrices = tf.cast(tf.cast(transforms, tf.float32), tf.float64)
+    out = tf.numpy_function(warp, [images, matrices], images.dtype,
                             stateful=False, name="opencv_warp")
     OPENCV_TOKENS.add(out.op.get_attr("token").decode())
     return tf.ensure_shape(out, images.shape)
@@ -96,25 +99,32 @@ def _cv2():
     return cv2
 
 
-def _warp(images, transforms, interpolation, fill_mode, fill_value):
+@functools.lru_cache(maxsize=None)
+def _warp_options(interpolation, fill_mode, fill_value):
     cv2 = _cv2()
-    flags = cv2.WARP_INVERSE_MAP | (cv2.INTER_LINEAR if interpolation == "bilinear"
-                                    else cv2.INTER_NEAREST)
-    args = dict(flags=flags, borderMode=getattr(cv2, _BORDERS[fill_mode]),
-                borderValue=(fill_value,) * 4)
+    return dict(flags=cv2.WARP_INVERSE_MAP | (cv2.INTER_LINEAR if interpolation == "bilinear"
+                                              else cv2.INTER_NEAREST),
+                borderMode=getattr(cv2, _BORDERS[fill_mode]), borderValue=(fill_value,) * 4)
+
+
+def _warp(images, transforms, options):
+    """Each image of `images` [B, H, W, C] warped by its row of `transforms` [B, 8] (float64).
+    Runs in TensorFlow's threads, which take turns at Python's lock for it, and Python's work
+    per call costs more there than alone (~50 us of numpy calls measured): kept to little."""
+    cv2 = _cv2()
     height, width, channels = images.shape[1:]
     out = np.empty_like(images)
     for index, flat in enumerate(transforms):
-        matrix = np.append(flat.astype(np.float64), 1.0).reshape(3, 3)
         affine = flat[6] == 0.0 and flat[7] == 0.0
+        matrix = flat[:6].reshape(2, 3) if affine else np.append(flat, 1.0).reshape(3, 3)
+        warp = cv2.warpAffine if affine else cv2.warpPerspective
         for start in range(0, channels, 4):  # OpenCV warps at most 4 channels at once
-            part = np.ascontiguousarray(images[index, :, :, start:start + 4])
+            part = images[index, :, :, start:start + 4]
+            if channels > 4:
+                part = np.ascontiguousarray(part)
             # OpenCV writes straight into the output where that is one contiguous block.
             target = out[index] if channels <= 4 else None
-            if affine:
-                warped = cv2.warpAffine(part, matrix[:2], (width, height), dst=target, **args)
-            else:
-                warped = cv2.warpPerspective(part, matrix, (width, height), dst=target, **args)
+            warped = warp(part, matrix, (width, height), dst=target, **options)
             if warped is not target:
                 out[index, :, :, start:start + 4] = warped.reshape(part.shape)
     return out
