@@ -360,13 +360,15 @@ def read_bytes(path, limit=None):
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if not limit:
             data = f.read()
+        elif size is None:
+            data = f.read(limit + 1)
         else:
-            # Read what the file holds, not the limit: a read of n bytes first takes n bytes
-            # of memory (hundreds of MB, given back at once: ~30 us and a TLB flush on every
-            # core per image). A file that grew since its size was read is read on, bounded.
-            data = f.read(limit + 1 if size is None else min(size, limit) + 1)
-            if size is not None and len(data) > size:
-                data += f.read(limit + 1 - len(data))
+            # What the file holds, not a read of the limit: that first takes the limit in
+            # memory (hundreds of MB, given back at once: ~30 us and a TLB flush on every core
+            # per image). A file that grew since its size was read is read on, to the limit.
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(limit - size)
     if limit and len(data) > limit:
         raise Refused("file too large", _too_large(path, limit))
     return data

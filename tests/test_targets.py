@@ -43,12 +43,13 @@ def geometric_steps(name):
     return [dict(op=name, **params)]
 
 
-def augment_scene(steps, xla=False, seeds=SEEDS):
-    """(output images, moves) for `seeds` copies of the scene, both traced as the runner does."""
+def augment_scene(steps, xla=False, seeds=SEEDS, kernel="tensorflow"):
+    """(output images, moves) for `seeds` copies of the scene, both traced as the runner does;
+    `kernel`: runtime.kernel, how geometric ops resample."""
     steps = chain.normalize(steps)
     image, _ = scene()
     seed_rows = np.array([[i, 7 * i + 1] for i in range(seeds)], np.int32)
-    out = tf.function(lambda x, s: augment.build_chain(steps, xla=xla)(x, s, 4))(
+    out = tf.function(lambda x, s: augment.build_chain(steps, xla=xla, kernel=kernel)(x, s, 4))(
         np.repeat(image[None], seeds, 0), seed_rows).numpy()
     moves = tf.function(lambda s: augment.build_geometry(steps, xla=xla)(s, H, W))(seed_rows)
     return out, [(m[0].numpy(), int(m[1]), int(m[2])) for m in moves]
@@ -117,6 +118,36 @@ def test_every_geometric_op_moves_boxes_and_masks_with_the_pixels(name):
             assert moved.shape == bright.shape
             iou = (moved & bright).sum() / (moved | bright).sum()
             assert iou >= 0.9, (name, iou)
+
+
+def resamples(name):
+    from pipeline.ops import geometry
+    op = registry.get(name)
+    return isinstance(op.build(op.resolve(op.test_params or {}, "t")), geometry.Projective)
+
+
+@pytest.mark.parametrize("kernel", ["opencv-uint8", "opencv"])
+@pytest.mark.parametrize("name", [name for name in GEOMETRIC if resamples(name)])
+def test_the_opencv_kernels_move_pixels_where_boxes_masks_and_keypoints_go(name, kernel):
+    """The CPU default resamples with OpenCV (on uint8 or float32 pixels): its pixels land where
+    the targets, moved by the geometry alone, say they do."""
+    tolerance = 2 if name in BILINEAR else 1
+    found = with_mask()
+    # The rectangle's centre: wherever the op moves it, the pixel under it stays bright.
+    found.keypoints = np.array([[[(TOP + BOTTOM) / 2 / H, (LEFT + RIGHT) / 2 / W]]])
+    found.visibility = np.array([[2]])
+    out, moves = augment_scene(geometric_steps(name), kernel=kernel)
+    carried = carry_each(found, moves)
+    check_boxes(out, carried, tolerance)
+    for image, moved in zip(out, carried):
+        bright = image[..., 0] > 125
+        if not moved.count:
+            continue
+        mask = moved.masks[0].astype(bool)
+        assert (mask & bright).sum() / (mask | bright).sum() >= 0.9, name
+        if moved.visibility[0, 0]:
+            y, x = (moved.keypoints[0, 0] * image.shape[:2]).astype(int)
+            assert bright[y, x], (name, y, x)
 
 
 COMPILED = sorted(name for name in GEOMETRIC
