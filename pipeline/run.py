@@ -277,8 +277,9 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     rejected = [T.ErrorRecord(ref.key, ref.path, None, "read", error_type, message, reason)
                 for ref, error_type, reason, message in discovery.rejected]
     outside = p | "Rejected" >> beam.Create(rejected, reshuffle=False)
+    # (plain RGB JPEGs are decoded in the augment call, in TensorFlow's threads)
     decoded = read.inputs | "Decode" >> beam.ParDo(T.DecodeImage(
-        job.channels, job.max_pixels, job.exif_orientation)).with_outputs(
+        job.channels, job.max_pixels, job.exif_orientation, in_graph=True)).with_outputs(
         T.ERRORS, T.ORIENTED, main="images")
     orientations = decoded[T.ORIENTED] | "CountOrientations" >> beam.combiners.Count.PerElement()
     augment = beam.ParDo(T.AugmentAndEncode(job, config_hash))

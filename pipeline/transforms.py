@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import re
+import typing
 from typing import Optional
 
 import apache_beam as beam
@@ -47,10 +48,21 @@ class Input:
 @dataclasses.dataclass
 class Decoded:
     input: Input
-    image: np.ndarray  # uint8 [H, W, channels]
+    # uint8 [H, W, channels]; None for a plain RGB JPEG whose decoding is left to the augment
+    # call (DecodeImage(in_graph=True)): input.data holds it, `shape` says its size.
+    image: Optional[np.ndarray]
     format: str  # jpeg, png, gif, bmp
     native_channels: int
     oriented: int = 1  # the EXIF orientation applied at decode (1: the pixels as stored)
+    shape: Optional[tuple] = None  # the image's [H, W, channels] (from the image if not given)
+
+    def __post_init__(self):
+        if self.shape is None:
+            self.shape = self.image.shape
+
+    @property
+    def nbytes(self):
+        return int(np.prod(self.shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,9 +287,16 @@ def sniff(data):
     return header(data)[:3]
 
 
+class Header(typing.NamedTuple):
+    format: str
+    width: int  # as stored
+    height: int
+    orientation: int  # EXIF orientation 1-8 (1 where there is none or it is not 1-8)
+    mode: str  # Pillow's mode: RGB, L, CMYK, P ...
+
+
 def header(data):
-    """(format, width, height, EXIF orientation 1-8) from the header alone (the stored
-    width and height; 1 where there is no EXIF orientation or it is not 1-8)."""
+    """The image's Header, from the header alone."""
     from PIL import Image
     with Image.open(io.BytesIO(data)) as im:
         fmt = PIL_FORMATS.get(im.format)
@@ -290,7 +309,8 @@ def header(data):
                 orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
             except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
                 pass
-        return fmt, im.width, im.height, orientation if 1 <= orientation <= 8 else 1
+        return Header(fmt, im.width, im.height, orientation if 1 <= orientation <= 8 else 1,
+                      im.mode)
 
 
 EXIF_ORIENTATION = 0x0112
@@ -337,11 +357,18 @@ class DecodeImage(beam.DoFn):
     What arrives how: grayscale, 16-bit (scaled to 8 bits), palette and CMYK images are
     converted to the configured channels; alpha is dropped; an animated GIF gives its first
     frame. Each file that cannot be used is one error record with the reason.
+
+    `in_graph`: a plain RGB JPEG (kept as stored, 3 channels wanted) is not decoded here but
+    in the augment call, by the same TensorFlow decoder (the same pixels): there it runs in
+    TensorFlow's threads, beside the others, not on this one, which every input passes
+    through. Its header is checked here all the same; if its data then fails to decode,
+    AugmentAndEncode reports it as this DoFn would.
     """
 
-    def __init__(self, channels, max_pixels, exif_orientation=True):
+    def __init__(self, channels, max_pixels, exif_orientation=True, in_graph=False):
         self.channels, self.max_pixels = channels, max_pixels
         self.exif_orientation = exif_orientation  # turn photos upright (input.exif_orientation)
+        self.in_graph = in_graph
 
     def setup(self):
         from PIL import Image
@@ -355,7 +382,7 @@ class DecodeImage(beam.DoFn):
             yield error("decode", ValueError("empty file (0 bytes)"), *where, reason="empty file")
             return
         try:
-            fmt, width, height, orientation = header(item.data)
+            fmt, width, height, orientation, mode = header(item.data)
         except UnsupportedFormat as e:
             yield error("decode", e, *where, reason="unsupported image format")
             return
@@ -369,29 +396,36 @@ class DecodeImage(beam.DoFn):
                 f"image is {width}x{height} = {width * height} pixels, over the limit "
                 f"max_pixels={self.max_pixels}"), *where, reason="too many pixels")
             return
-        try:
-            image = self._decode(item.data, fmt)
-        except Exception as e:  # noqa: BLE001
-            yield error("decode", e, *where, reason=f"corrupt or truncated {fmt.upper()}",
-                        message=self._why(item.data, fmt, e))
-            return
-        progress.count(progress.DECODED)
         turned = orientation if self.exif_orientation else 1
-        if turned != 1:  # the photo as a viewer shows it; its targets were drawn on that
-            image = upright(image, turned)
+        # (PIL's "RGB" JPEGs are those TensorFlow decodes to 3 channels as they are)
+        in_graph = (self.in_graph and fmt == "jpeg" and mode == "RGB" and self.channels == 3
+                    and turned == 1)
+        if not in_graph:
+            try:
+                image = self.decode(item.data, fmt)
+            except Exception as e:  # noqa: BLE001
+                yield decode_error(item, fmt, e)
+                return
+            progress.count(progress.DECODED)
+            if turned != 1:  # the photo as a viewer shows it; its targets were drawn on that
+                image = upright(image, turned)
+            height, width = image.shape[:2]
         if item.targets is not None:
             try:
-                targets_mod.decode(item.targets, image.shape[0], image.shape[1])
+                targets_mod.decode(item.targets, height, width)
             except targets_mod.TargetError as e:
                 yield error("decode", e, *where, reason="bad targets",
                             message=f"{_where(item)}: {e}")
                 return
-        yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1], turned)
+        if in_graph:
+            yield Decoded(item, None, fmt, 3, shape=(height, width, 3))
+        else:
+            yield Decoded(item, to_channels(image, self.channels), fmt, image.shape[-1], turned)
         if orientation != 1:
             yield beam.pvalue.TaggedOutput(ORIENTED, orientation)
 
     @staticmethod
-    def _decode(data, fmt):
+    def decode(data, fmt):
         if fmt in PILLOW_DECODES:
             return decode_with_pillow(data)
         import tensorflow as tf
@@ -399,14 +433,20 @@ class DecodeImage(beam.DoFn):
         # fallback path, ~0.09 ms more per input)
         return tf.io.decode_image(tf.constant(data), channels=0, expand_animations=False).numpy()
 
-    @staticmethod
-    def _why(data, fmt, tf_error):
-        """Pillow usually says more than TensorFlow ('image file is truncated')."""
-        try:
-            decode_with_pillow(data)
-        except Exception as e:  # noqa: BLE001
-            return f"cannot decode the {fmt.upper()} data: {message_of(e)}"
-        return f"TensorFlow cannot decode this {fmt.upper()} data: {message_of(tf_error)}"
+
+
+def decode_error(item, fmt, tf_error):
+    """The error record of an input whose data does not decode; Pillow usually says more than
+    TensorFlow ('image file is truncated')."""
+    data = item.data
+    try:
+        decode_with_pillow(data)
+    except Exception as e:  # noqa: BLE001
+        message = f"cannot decode the {fmt.upper()} data: {message_of(e)}"
+    else:
+        message = f"TensorFlow cannot decode this {fmt.upper()} data: {message_of(tf_error)}"
+    return error("decode", tf_error, item.key, item.source, item.record_index,
+                 reason=f"corrupt or truncated {fmt.upper()}", message=message)
 
 
 # --- augment and encode ------------------------------------------------------------------------
@@ -456,9 +496,9 @@ class BatchByShape(beam.DoFn):
 
     def process(self, item):
         from pipeline import augment
-        shape = item.image.shape
+        shape = item.shape
         self.waiting.setdefault(shape, []).append(item)
-        self.waiting_bytes += item.image.nbytes
+        self.waiting_bytes += item.nbytes
         if len(self.waiting[shape]) >= augment.inputs_per_batch(shape, self.job):
             yield self._take(shape)
         elif self.waiting_bytes > augment.MAX_WAITING_BYTES:
@@ -471,7 +511,7 @@ class BatchByShape(beam.DoFn):
 
     def _take(self, shape):
         batch = self.waiting.pop(shape)
-        self.waiting_bytes -= sum(item.image.nbytes for item in batch)
+        self.waiting_bytes -= sum(item.nbytes for item in batch)
         return batch
 
 
@@ -526,9 +566,9 @@ class AugmentAndEncode(beam.DoFn):
         self.pool.shutdown()
 
     def process(self, batch):
-        by_shape = {}
+        by_shape = {}  # (and whether decoded: a batch decodes in the graph or not at all)
         for item in batch:
-            by_shape.setdefault(item.image.shape, []).append(item)
+            by_shape.setdefault((item.shape, item.image is None), []).append(item)
         for items in by_shape.values():
             self.pending.append((items, self.pool.submit(self._augment_encode, items, True)))
         # Outputs (and progress counts, which are Beam metrics: this thread's) leave from here.
@@ -559,9 +599,18 @@ class AugmentAndEncode(beam.DoFn):
         except Exception:  # noqa: BLE001 - retry one by one so one bad input spoils nothing
             encoded = None
         if encoded is not None:
+            progress.count(progress.DECODED, sum(item.image is None for item in items))
             yield from self._written(len(items), encoded)
             return
         for item in items:
+            if item.image is None:  # decoded here, as DecodeImage would: its error if it fails
+                try:
+                    item = dataclasses.replace(item, image=DecodeImage.decode(item.input.data,
+                                                                               item.format))
+                except Exception as e:  # noqa: BLE001
+                    yield decode_error(item.input, item.format, e)
+                    continue
+                progress.count(progress.DECODED)
             try:
                 entries = self._augment_encode([item])
             except Exception as e:  # noqa: BLE001
@@ -610,7 +659,9 @@ class AugmentAndEncode(beam.DoFn):
             seeds = np.array([example_seed(job.seed, item.input.key, c) for item, c in copies],
                              np.int32)
             # One array per input: the runner makes the copies inside the graph.
-            images = np.stack([item.image for item in augmented])
+            images = (self.runner.decode_jpegs([item.input.data for item in augmented])
+                      if augmented[0].image is None
+                      else np.stack([item.image for item in augmented]))
             if job.balance_plan:  # one row per copy (the runner makes one copy of each)
                 images = np.repeat(images, how_many, axis=0)
             carried = self._carry(copies, seeds, images.shape)
@@ -661,8 +712,10 @@ class AugmentAndEncode(beam.DoFn):
                 and item.oriented == 1):
             data = item.input.data  # the untouched original bytes
         else:
-            data = self.runner.encode(item.image[None], [fmt])[0]
-        return item, 0, data, fmt, item.image.shape, item.input.targets, None, []
+            image = (item.image if item.image is not None
+                     else DecodeImage.decode(item.input.data, item.format))
+            data = self.runner.encode(image[None], [fmt])[0]
+        return item, 0, data, fmt, item.shape, item.input.targets, None, []
 
     def _record(self, item, copy_index, data, fmt, shape, targets, counts, steps):
         """The record of one output; `steps`: what was done to it (chain.op_records)."""

@@ -399,3 +399,77 @@ def test_uint8_conversion_is_convert_image_dtype():
     np.testing.assert_array_equal(augment.to_uint8(images), reference)
     every = tf.constant(np.arange(256, dtype=np.uint8).reshape(1, 1, -1, 1))
     np.testing.assert_array_equal(augment.to_uint8(augment.to_float(every)), every)
+
+
+# --- plain RGB JPEGs decoded in the augment call -----------------------------------------------
+
+def jpeg_bytes(image, **save):
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+def inputs_of_every_kind():
+    """(key, encoded bytes, decoded in the graph?): RGB JPEGs of two sizes, and what DecodeImage
+    still decodes itself: a gray JPEG, a PNG, a JPEG with an EXIF orientation to apply."""
+    from PIL import Image
+    small, large = photos(3, 40, 56), photos(2, 64, 48, offset=3)
+    turned = Image.Exif()
+    turned[transforms.EXIF_ORIENTATION] = 6
+    return ([(f"rgb{i}", jpeg_bytes(image), True) for i, image in enumerate(small)]
+            + [(f"rgb_large{i}", jpeg_bytes(image), True) for i, image in enumerate(large)]
+            + [("gray", jpeg_bytes(small[0][..., 0]), False),
+               ("png", tf.io.encode_png(small[1]).numpy(), False),
+               ("turned", jpeg_bytes(small[2], exif=turned.tobytes()), False)])
+
+
+def test_plain_rgb_jpegs_are_decoded_in_the_augment_call_to_the_same_records(tmp_path):
+    """DecodeImage(in_graph=True) leaves a plain RGB JPEG to the augment call (its size from
+    the header); there TensorFlow's decoder gives the pixels DecodeImage gives: every record
+    is the same bytes, batched together or alone."""
+    def decode(in_graph):
+        dofn = transforms.DecodeImage(3, 10 ** 6, True, in_graph=in_graph)
+        dofn.setup()
+        out = []
+        for key, data, _ in inputs_of_every_kind():
+            item = transforms.Input(key=key, source=key + ".jpg", record_index=None, data=data)
+            out += [o for o in dofn.process(item) if isinstance(o, transforms.Decoded)]
+        return out
+    deferred, decoded_here = decode(True), decode(False)
+    for item, (key, _, in_graph), eager in zip(deferred, inputs_of_every_kind(), decoded_here):
+        assert item.input.key == key and (item.image is None) == in_graph
+        assert item.shape == eager.shape == eager.image.shape
+    job = make_job("x", str(tmp_path), STANDARD, copies=2, keep_original=False)
+    dofn = transforms.AugmentAndEncode(job, "hash")
+    dofn.setup()
+
+    def records(batches):
+        out = [o for batch in batches for o in dofn.process_now(batch)]
+        assert all(isinstance(o, transforms.OutputRecord) for o in out)
+        return sorted((o.key, o.copy_index, o.payload) for o in out)
+    expected = records([[item] for item in decoded_here])
+    assert records([[item] for item in deferred]) == expected
+    assert records([deferred]) == expected  # all at once: a batch per shape and kind
+    dofn.teardown()
+
+
+def test_a_jpeg_that_fails_to_decode_in_the_augment_call_is_a_decode_error_alone(tmp_path):
+    """A JPEG whose header is fine but whose data is cut short fails its batch in the graph;
+    its batch goes again input by input: it becomes the error DecodeImage would have made,
+    every other input of the batch is written."""
+    folder = tmp_path / "images" / "objects"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(photos(4, 120, 160)):
+        data = jpeg_bytes(image)
+        (folder / f"photo_{i}.jpg").write_bytes(data[:len(data) * 3 // 4] if i == 2 else data)
+    assert transforms.header((folder / "photo_2.jpg").read_bytes()).mode == "RGB"
+    manifest = run_job(str(tmp_path / "images"), tmp_path / "out", STANDARD, copies=2)
+    assert_accounted(manifest)
+    assert manifest["counts"]["written"] == 3 and manifest["counts"]["errored"] == 1
+    errors = [json.loads(line) for line in open(tmp_path / "out" / "errors.jsonl")]
+    assert [(e["source"].endswith("photo_2.jpg"), e["stage"], e["reason"])
+            for e in errors] == [(True, "decode", "corrupt or truncated JPEG")]
+    assert "image file is truncated" in errors[0]["message"]
+    assert len(shard_bytes(tmp_path / "out")) >= 1

@@ -182,8 +182,9 @@ class ReadAnnotated(beam.DoFn):
             return
         found = None
         try:
-            _, width, height, orientation = T.header(data)
-            if self.exif_orientation and orientation in (5, 6, 7, 8):
+            stored = T.header(data)
+            width, height = stored.width, stored.height
+            if self.exif_orientation and stored.orientation in (5, 6, 7, 8):
                 # Annotations are drawn on the photo as shown, which decode turns it to.
                 width, height = height, width
         except Exception:  # noqa: BLE001 - not an image: the decode step says why
