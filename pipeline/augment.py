@@ -559,9 +559,10 @@ class ChainRunner:
                                       [images_spec, seeds_spec, png_spec, rows_spec])
 
         def decode_jpegs(data):
-            with tf.device("/device:CPU:0"):  # (DecodeImage.decode's decoder: the same pixels)
-                return tf.map_fn(lambda one: tf.io.decode_jpeg(one, channels=3), data,
-                                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+            with tf.device("/device:CPU:0"):  # (DecodeImage.decode's op: the same pixels)
+                return tf.map_fn(lambda one: tf.io.decode_image(
+                    one, channels=3, expand_animations=False), data,
+                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
         self._decode_jpegs = tf.function(decode_jpegs, autograph=False,
                                          input_signature=[tf.TensorSpec([None], tf.string)])
         self._record_steps = record.steps() if record else None

@@ -359,7 +359,7 @@ class DecodeImage(beam.DoFn):
     frame. Each file that cannot be used is one error record with the reason.
 
     `in_graph`: a plain RGB JPEG (kept as stored, 3 channels wanted) is not decoded here but
-    in the augment call, by the same TensorFlow decoder (the same pixels): there it runs in
+    in the augment call, by the same TensorFlow op (the same pixels): there it runs in
     TensorFlow's threads, beside the others, not on this one, which every input passes
     through. Its header is checked here all the same; if its data then fails to decode,
     AugmentAndEncode reports it as this DoFn would.
@@ -397,7 +397,7 @@ class DecodeImage(beam.DoFn):
                 f"max_pixels={self.max_pixels}"), *where, reason="too many pixels")
             return
         turned = orientation if self.exif_orientation else 1
-        # (PIL's "RGB" JPEGs are those TensorFlow decodes to 3 channels as they are)
+        # (Pillow's "RGB" JPEGs are those TensorFlow decodes to 3 channels as they are)
         in_graph = (self.in_graph and fmt == "jpeg" and mode == "RGB" and self.channels == 3
                     and turned == 1)
         if not in_graph:
