@@ -44,7 +44,7 @@ SHARD_TARGET_BYTES = 128 << 20
 
 LOCK_FILE = ".augbatch.lock"
 _TMP_NAMES = re.compile(r"(bucket-\d{5}-\d+-[0-9a-f]{32}|done-[0-9a-f]{32}\.json(\.part)?|run\.json"
-                        r"|errors\.jsonl|summary\.json|manifest\.json"
+                        r"|inputs\.jsonl|errors\.jsonl|summary\.json|manifest\.json"
                         r"|dataset_info\.json|features\.json|label\.labels\.txt"
                         r"|.+-\d{5}-of-\d{5}\.tfrecord(\.gz)?)")
 
@@ -257,15 +257,23 @@ def beam_options(beam_args):
 
 
 def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelerator=None,
-                   done=frozenset(), resumed_buckets=()):
+                   done=frozenset(), resumed_buckets=(), listed=False):
     """Add the whole job to pipeline `p`. The summary lands in tmp_dir/summary.json.
     `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow).
     `done`, `resumed_buckets`: the keys an interrupted run finished and the buckets holding
-    their records (--resume): those inputs are not read again."""
+    their records (--resume): those inputs are not read again. `listed`: the inputs go to the
+    workers in a file in tmp_dir (sources.write_input_list; a run), else inside the pipeline
+    (a dry run, which writes nothing)."""
     refs = [ref for ref in discovery.refs if ref.key not in done]
     # (Creates here skip their own reshuffle: the refs get one below; the rest are small and
     # a few Beam steps fewer to build and run cut a run's fixed cost.)
-    refs = p | "Inputs" >> beam.Create(refs, reshuffle=False) | "Spread" >> beam.Reshuffle()
+    if listed:
+        refs = (p | "Inputs" >> beam.Create(sources.write_input_list(tmp_dir, refs),
+                                            reshuffle=False)
+                | "ListedInputs" >> beam.FlatMap(sources.read_input_list))
+    else:
+        refs = p | "Inputs" >> beam.Create(refs, reshuffle=False)
+    refs = refs | "Spread" >> beam.Reshuffle()
     if discovery.kind == "tfrecord":  # each file read in ranges of records, spread like files
         refs = (refs | "Ranges" >> beam.FlatMap(sources.record_ranges,
                                                 2 * sources.max_file_bytes(job.max_pixels))
@@ -592,7 +600,7 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
     from pipeline import runners
     p = runners.new_pipeline(options)
     build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator,
-                   done, resumed_buckets)
+                   done, resumed_buckets, listed=True)
     # Records in TFRecord files: unknown until read. Rejected inputs (and those a resumed run
     # reuses) count as done from the start.
     finished_before = len(discovery.rejected) + (len(done) if discovery.kind != "tfrecord" else 0)

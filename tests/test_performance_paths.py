@@ -473,3 +473,45 @@ def test_a_jpeg_that_fails_to_decode_in_the_augment_call_is_a_decode_error_alone
             for e in errors] == [(True, "decode", "corrupt or truncated JPEG")]
     assert "image file is truncated" in errors[0]["message"]
     assert len(shard_bytes(tmp_path / "out")) >= 1
+
+
+# --- the inputs' list ----------------------------------------------------------------------------
+
+def synthetic_refs(count):
+    from pipeline import sources
+    odd = b"caf\xe9".decode("utf-8", "surrogateescape")  # a name that is not UTF-8
+    return [sources.InputRef(f"objects/{odd if i == 7 else 'photo'}_{i}.jpg",
+                             f"/data/objects/photo_{i}.jpg", None if i % 3 else i % 5)
+            for i in range(count)]
+
+
+def test_the_input_list_gives_back_every_input_in_ranges(tmp_path):
+    from pipeline import sources
+    refs = synthetic_refs(2500)
+    spans = sources.write_input_list(str(tmp_path), refs)
+    assert len(spans) == 3 and spans[0][1] == 0 and spans[-1][2] == os.path.getsize(
+        tmp_path / sources.INPUT_LIST)
+    read = {i: list(sources.read_input_list(span)) for i, span in enumerate(spans)}
+    assert [len(read[i]) for i in range(3)] == [1000, 1000, 500]
+    assert [ref for i in (2, 0, 1) for ref in read[i]] == refs[2000:] + refs[:2000]
+    assert sources.write_input_list(str(tmp_path), []) == []
+
+
+def test_a_run_hands_its_inputs_over_in_a_file_not_inside_the_pipeline(tmp_path):
+    """Beam pickles and compresses what a Create holds (seconds for tens of thousands of
+    inputs); a run's pipeline holds the ranges of its inputs' list, as small for 20 inputs
+    as for 20,000."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipeline import runners, sources
+
+    def proto_bytes(count, listed):
+        job = make_job(str(tmp_path), tmp_path / "out", STANDARD)
+        discovery = sources.Discovery("folder", synthetic_refs(count), {"objects": 0}, [], [])
+        p = runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"]))
+        run.build_pipeline(p, job, discovery, 1, str(tmp_path / f"tmp-{count}-{listed}"),
+                           job.config_hash, listed=listed)
+        return len(p.to_runner_api().SerializeToString())
+    assert proto_bytes(20_000, True) < 1.1 * proto_bytes(20, True)
+    assert proto_bytes(20_000, False) > 2 * proto_bytes(20, False)
+    assert len(list(sources.read_input_list(
+        (str(tmp_path / "tmp-20000-True" / sources.INPUT_LIST), 0, 10 ** 9)))) == 20_000
