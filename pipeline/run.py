@@ -261,13 +261,14 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     """Add the whole job to pipeline `p`. The summary lands in tmp_dir/summary.json.
     `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow).
     `done`, `resumed_buckets`: the keys an interrupted run finished and the buckets holding
-    their records (--resume): those inputs are not read again. `listed`: the inputs go to the
-    workers in a file in tmp_dir (sources.write_input_list; a run), else inside the pipeline
-    (a dry run, which writes nothing)."""
+    their records (--resume): those inputs are not read again. `listed`: image files and
+    TFRecord files go to the workers in a file in tmp_dir (sources.write_input_list; a run),
+    else inside the pipeline (a dry run, which writes nothing; a labelled dataset's refs,
+    which carry their annotations)."""
     refs = [ref for ref in discovery.refs if ref.key not in done]
     # (Creates here skip their own reshuffle: the refs get one below; the rest are small and
     # a few Beam steps fewer to build and run cut a run's fixed cost.)
-    if listed:
+    if listed and all(type(ref) is sources.InputRef for ref in refs):
         refs = (p | "Inputs" >> beam.Create(sources.write_input_list(tmp_dir, refs),
                                             reshuffle=False)
                 | "ListedInputs" >> beam.FlatMap(sources.read_input_list))
