@@ -558,26 +558,26 @@ class ChainRunner:
         self._augment_encode = _trace(augment_encode,
                                       [images_spec, seeds_spec, png_spec, rows_spec])
 
-        def decode_jpegs(data):
+        def decode_images(data):
             with tf.device("/device:CPU:0"):  # (DecodeImage.decode's op: the same pixels)
                 return tf.map_fn(lambda one: tf.io.decode_image(
                     one, channels=3, expand_animations=False), data,
                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-        self._decode_jpegs = tf.function(decode_jpegs, autograph=False,
-                                         input_signature=[tf.TensorSpec([None], tf.string)])
+        self._decode_images = tf.function(decode_images, autograph=False,
+                                          input_signature=[tf.TensorSpec([None], tf.string)])
         self._record_steps = record.steps() if record else None
         self._encode = _trace(encode, [images_spec, png_spec])
 
-    def decode_jpegs(self, data):
-        """RGB JPEGs of one size (bytes each) -> uint8 [N, H, W, 3], a tensor for
+    def decode_images(self, data):
+        """RGB JPEGs and PNGs of one size (bytes each) -> uint8 [N, H, W, 3], a tensor for
         augment_encode: decoded in TensorFlow's threads, to the pixels DecodeImage.decode
         gives (transforms.DecodeImage's in_graph)."""
-        return self._decode_jpegs(tf.constant(data))
+        return self._decode_images(tf.constant(data))
 
     def augment_encode(self, images, seeds, formats):
         """`copies` augmented copies of each image, encoded.
 
-        images uint8 [N, H, W, C] (an array, or decode_jpegs' tensor); seeds int32
+        images uint8 [N, H, W, C] (an array, or decode_images' tensor); seeds int32
         [N * copies, 2] and formats ('jpeg' or 'png') per copy, copies of one image together.
         -> (encoded bytes per copy, output shape, what was done to each copy: a list of one
         dict per op step (chain.op_records), for the augment/ops feature; None when the job

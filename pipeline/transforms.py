@@ -48,8 +48,8 @@ class Input:
 @dataclasses.dataclass
 class Decoded:
     input: Input
-    # uint8 [H, W, channels]; None for a plain RGB JPEG whose decoding is left to the augment
-    # call (DecodeImage(in_graph=True)): input.data holds it, `shape` says its size.
+    # uint8 [H, W, channels]; None for a plain RGB JPEG or PNG whose decoding is left to the
+    # augment call (DecodeImage(in_graph=True)): input.data holds it, `shape` says its size.
     image: Optional[np.ndarray]
     format: str  # jpeg, png, gif, bmp
     native_channels: int
@@ -358,8 +358,8 @@ class DecodeImage(beam.DoFn):
     converted to the configured channels; alpha is dropped; an animated GIF gives its first
     frame. Each file that cannot be used is one error record with the reason.
 
-    `in_graph`: a plain RGB JPEG (kept as stored, 3 channels wanted) is not decoded here but
-    in the augment call, by the same TensorFlow op (the same pixels): there it runs in
+    `in_graph`: a plain RGB JPEG or PNG (kept as stored, 3 channels wanted) is not decoded
+    here but in the augment call, by the same TensorFlow op (the same pixels): there it runs in
     TensorFlow's threads, beside the others, not on this one, which every input passes
     through. Its header is checked here all the same; if its data then fails to decode,
     AugmentAndEncode reports it as this DoFn would.
@@ -397,9 +397,10 @@ class DecodeImage(beam.DoFn):
                 f"max_pixels={self.max_pixels}"), *where, reason="too many pixels")
             return
         turned = orientation if self.exif_orientation else 1
-        # (Pillow's "RGB" JPEGs are those TensorFlow decodes to 3 channels as they are)
-        in_graph = (self.in_graph and fmt == "jpeg" and mode == "RGB" and self.channels == 3
-                    and turned == 1)
+        # (Pillow's "RGB" JPEGs and PNGs, 16-bit ones and a PNG's transparent colour included,
+        # are those TensorFlow decodes to 3 channels as they are)
+        in_graph = (self.in_graph and fmt in ("jpeg", "png") and mode == "RGB"
+                    and self.channels == 3 and turned == 1)
         if not in_graph:
             try:
                 image = self.decode(item.data, fmt)
@@ -659,7 +660,7 @@ class AugmentAndEncode(beam.DoFn):
             seeds = np.array([example_seed(job.seed, item.input.key, c) for item, c in copies],
                              np.int32)
             # One array per input: the runner makes the copies inside the graph.
-            images = (self.runner.decode_jpegs([item.input.data for item in augmented])
+            images = (self.runner.decode_images([item.input.data for item in augmented])
                       if augmented[0].image is None
                       else np.stack([item.image for item in augmented]))
             if job.balance_plan:  # one row per copy (the runner makes one copy of each)

@@ -411,37 +411,54 @@ def jpeg_bytes(image, **save):
     return buffer.getvalue()
 
 
+def png_bytes(image, mode=None, **save):
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert(mode or Image.fromarray(image).mode).save(buffer, "PNG",
+                                                                            **save)
+    return buffer.getvalue()
+
+
 def inputs_of_every_kind():
-    """(key, encoded bytes, decoded in the graph?): RGB JPEGs of two sizes, and what DecodeImage
-    still decodes itself: a gray JPEG, a PNG, a JPEG with an EXIF orientation to apply."""
+    """(key, encoded bytes, decoded in the graph?): RGB JPEGs of two sizes and RGB PNGs (16-bit,
+    interlaced, with a transparent colour), and what DecodeImage still decodes itself: a gray
+    JPEG, a JPEG with an EXIF orientation to apply, RGBA, palette and gray PNGs."""
     from PIL import Image
     small, large = photos(3, 40, 56), photos(2, 64, 48, offset=3)
     turned = Image.Exif()
     turned[transforms.EXIF_ORIENTATION] = 6
+    deep = tf.io.encode_png(tf.constant(small[1].astype(np.uint16) * 257 + 99)).numpy()
     return ([(f"rgb{i}", jpeg_bytes(image), True) for i, image in enumerate(small)]
             + [(f"rgb_large{i}", jpeg_bytes(image), True) for i, image in enumerate(large)]
-            + [("gray", jpeg_bytes(small[0][..., 0]), False),
-               ("png", tf.io.encode_png(small[1]).numpy(), False),
-               ("turned", jpeg_bytes(small[2], exif=turned.tobytes()), False)])
+            + [("png", png_bytes(small[1]), True), ("png16", deep, True),
+               ("png_interlaced", png_bytes(small[2], interlace=1), True),
+               ("png_transparent_colour", png_bytes(
+                   small[0], transparency=tuple(int(v) for v in small[0][0, 0])), True),
+               ("gray", jpeg_bytes(small[0][..., 0]), False),
+               ("turned", jpeg_bytes(small[2], exif=turned.tobytes()), False),
+               ("rgba", png_bytes(small[1], "RGBA"), False),
+               ("palette", png_bytes(small[2], "P"), False),
+               ("gray_png", png_bytes(small[0], "L"), False)])
 
 
-def test_plain_rgb_jpegs_are_decoded_in_the_augment_call_to_the_same_records(tmp_path):
-    """DecodeImage(in_graph=True) leaves a plain RGB JPEG to the augment call (its size from
-    the header); there TensorFlow's decoder gives the pixels DecodeImage gives: every record
-    is the same bytes, batched together or alone."""
+def test_plain_rgb_images_are_decoded_in_the_augment_call_to_the_same_records(tmp_path):
+    """DecodeImage(in_graph=True) leaves a plain RGB JPEG or PNG to the augment call (its size
+    from the header); there TensorFlow's decoder gives the pixels DecodeImage gives: every
+    record is the same bytes, batched together or alone, copies and originals."""
     def decode(in_graph):
         dofn = transforms.DecodeImage(3, 10 ** 6, True, in_graph=in_graph)
         dofn.setup()
         out = []
         for key, data, _ in inputs_of_every_kind():
-            item = transforms.Input(key=key, source=key + ".jpg", record_index=None, data=data)
+            item = transforms.Input(key=key, source=key, record_index=None, data=data)
             out += [o for o in dofn.process(item) if isinstance(o, transforms.Decoded)]
         return out
     deferred, decoded_here = decode(True), decode(False)
     for item, (key, _, in_graph), eager in zip(deferred, inputs_of_every_kind(), decoded_here):
         assert item.input.key == key and (item.image is None) == in_graph
         assert item.shape == eager.shape == eager.image.shape
-    job = make_job("x", str(tmp_path), STANDARD, copies=2, keep_original=False)
+    job = make_job("x", str(tmp_path), STANDARD, copies=2)  # (originals kept: copy 0)
     dofn = transforms.AugmentAndEncode(job, "hash")
     dofn.setup()
 
