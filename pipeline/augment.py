@@ -481,6 +481,14 @@ def _trace(fn, signature):
 
 # --- the runner --------------------------------------------------------------------------------
 
+@tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
+def _decode_images(data):
+    """ChainRunner.decode_images' graph: one per process, whatever the job."""
+    with tf.device("/device:CPU:0"):  # (DecodeImage.decode's op: the same pixels)
+        return tf.map_fn(lambda one: tf.io.decode_image(one, channels=3, expand_animations=False),
+                         data, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
 class ChainRunner:
     """Augments and encodes batches for one job; built once per worker process (transforms.py
     shares it between the worker's threads)."""
@@ -558,13 +566,6 @@ class ChainRunner:
         self._augment_encode = _trace(augment_encode,
                                       [images_spec, seeds_spec, png_spec, rows_spec])
 
-        def decode_images(data):
-            with tf.device("/device:CPU:0"):  # (DecodeImage.decode's op: the same pixels)
-                return tf.map_fn(lambda one: tf.io.decode_image(
-                    one, channels=3, expand_animations=False), data,
-                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-        self._decode_images = tf.function(decode_images, autograph=False,
-                                          input_signature=[tf.TensorSpec([None], tf.string)])
         self._record_steps = record.steps() if record else None
         self._encode = _trace(encode, [images_spec, png_spec])
 
@@ -572,7 +573,7 @@ class ChainRunner:
         """RGB JPEGs and PNGs of one size (bytes each) -> uint8 [N, H, W, 3], a tensor for
         augment_encode: decoded in TensorFlow's threads, to the pixels DecodeImage.decode
         gives (transforms.DecodeImage's in_graph)."""
-        return self._decode_images(tf.constant(data))
+        return _decode_images(tf.constant(data))
 
     def augment_encode(self, images, seeds, formats):
         """`copies` augmented copies of each image, encoded.

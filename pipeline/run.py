@@ -286,7 +286,7 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     rejected = [T.ErrorRecord(ref.key, ref.path, None, "read", error_type, message, reason)
                 for ref, error_type, reason, message in discovery.rejected]
     outside = p | "Rejected" >> beam.Create(rejected, reshuffle=False)
-    # (plain RGB JPEGs are decoded in the augment call, in TensorFlow's threads)
+    # (plain RGB JPEGs and PNGs are decoded in the augment call, in TensorFlow's threads)
     decoded = read.inputs | "Decode" >> beam.ParDo(T.DecodeImage(
         job.channels, job.max_pixels, job.exif_orientation, in_graph=True)).with_outputs(
         T.ERRORS, T.ORIENTED, main="images")

@@ -64,6 +64,12 @@ class Decoded:
     def nbytes(self):
         return int(np.prod(self.shape))
 
+    def pixels(self):
+        """The image, decoded here if the augment call was to decode it (DecodeImage's
+        decode raises as DecodeImage would have)."""
+        return self.image if self.image is not None else DecodeImage.decode(self.input.data,
+                                                                            self.format)
+
 
 @dataclasses.dataclass(frozen=True)
 class ErrorRecord:
@@ -606,8 +612,7 @@ class AugmentAndEncode(beam.DoFn):
         for item in items:
             if item.image is None:  # decoded here, as DecodeImage would: its error if it fails
                 try:
-                    item = dataclasses.replace(item, image=DecodeImage.decode(item.input.data,
-                                                                               item.format))
+                    item = dataclasses.replace(item, image=item.pixels())
                 except Exception as e:  # noqa: BLE001
                     yield decode_error(item.input, item.format, e)
                     continue
@@ -713,9 +718,7 @@ class AugmentAndEncode(beam.DoFn):
                 and item.oriented == 1):
             data = item.input.data  # the untouched original bytes
         else:
-            image = (item.image if item.image is not None
-                     else DecodeImage.decode(item.input.data, item.format))
-            data = self.runner.encode(image[None], [fmt])[0]
+            data = self.runner.encode(item.pixels()[None], [fmt])[0]
         return item, 0, data, fmt, item.shape, item.input.targets, None, []
 
     def _record(self, item, copy_index, data, fmt, shape, targets, counts, steps):

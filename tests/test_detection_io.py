@@ -104,7 +104,8 @@ CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.adjust_jpeg_quality", "jpeg_quality": 100}]  # (a pixels-only op)
 
 
-@pytest.mark.parametrize("kernel", ["tensorflow", "opencv"])
+# (the records' PNGs are RGB: decoded in the augment call, as a run decodes them)
+@pytest.mark.parametrize("kernel", ["tensorflow", "opencv", "opencv-uint8"])
 def test_od_api_records_come_out_with_boxes_on_their_objects(tmp_path, kernel):
     records = write_records(tmp_path / "in.tfrecord", [od_api_record(), od_api_record(b"43")])
     manifest = run_job(records, tmp_path / "out", CHAIN, copies=6, format="png", kernel=kernel)
