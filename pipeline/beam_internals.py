@@ -8,6 +8,7 @@ runs them, so a Beam version that changed one fails there, naming it (Beam pinne
 """
 import functools
 import importlib
+import types
 
 from apache_beam.runners.common import (  # noqa: F401 - the runner machinery, re-exported
     DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler)
@@ -149,12 +150,13 @@ def quick_bundle_ends():
     StateSampler.__init__.__defaults__ = (SAMPLER_PERIOD_MS,)
 
 
-def cache_own_dofn_specs():
-    """Beam looks for state and timer parameters in every method of a DoFn, with
+def cache_dofn_specs():
+    """Beam looks for state and timer parameters in every bound method of a DoFn, with
     inspect.signature, about nine times per DoFn per run (when a ParDo is built, translated,
-    and once per bundle): ~8,000 signatures per run. The answer for augbatch's own DoFns is a
-    property of their class (none has state or timers), so it is kept per class; any other
-    DoFn (Beam's Map, a wrapped function) is asked every time, as before."""
+    and once per bundle): ~8,000 signatures, a tenth of a second or more before the first
+    input is read. The answer comes from the DoFn's class (its methods' defaults), except for
+    methods bound on the instance itself (beam.FlatMap over a bound method), so it is kept per
+    class for DoFns without any; the others are asked every time, as before."""
     from apache_beam.transforms import userstate
     ask = userstate.get_dofn_specs
     if getattr(ask, "per_class", None) is not None:
@@ -162,7 +164,8 @@ def cache_own_dofn_specs():
     per_class = {}
 
     def get_dofn_specs(dofn):
-        if not type(dofn).__module__.startswith(__package__ + "."):
+        own = getattr(dofn, "__dict__", None)
+        if own is None or any(isinstance(v, types.MethodType) for v in own.values()):
             return ask(dofn)
         if type(dofn) not in per_class:
             per_class[type(dofn)] = ask(dofn)
