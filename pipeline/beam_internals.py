@@ -9,6 +9,7 @@ runs them, so a Beam version that changed one fails there, naming it (Beam pinne
 import functools
 import importlib
 import types
+import weakref
 
 from apache_beam.runners.common import (  # noqa: F401 - the runner machinery, re-exported
     DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler)
@@ -173,6 +174,30 @@ def cache_dofn_specs():
         return set(state_specs), set(timer_specs)
     get_dofn_specs.per_class = per_class
     userstate.get_dofn_specs = get_dofn_specs
+
+
+def cache_option_views():
+    """Beam asks a pipeline's options for one group of them (PipelineOptions.view_as) ~200
+    times per run, and each time builds an argument parser of the group's options and parses
+    the flags again: about a tenth of a second before the first input is read. A view holds
+    no values of its own (they live in the options' dict, shared by every view, which each
+    view reads and writes), so one view per options object, group and dict is kept and
+    given again."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    view_as = PipelineOptions.view_as
+    if getattr(view_as, "views", None) is not None:
+        return  # (already in place)
+    views = weakref.WeakKeyDictionary()
+
+    def cached_view_as(self, cls):
+        mine = views.setdefault(self, {})
+        key = (cls, id(self._all_options))  # (the dict lives as long as its view here)
+        if key not in mine:
+            mine[key] = view_as(self, cls)
+        return mine[key]
+    cached_view_as.views = views
+    cached_view_as.__doc__ = view_as.__doc__
+    PipelineOptions.view_as = cached_view_as
 
 
 def top_level_steps(pipeline):

@@ -250,6 +250,7 @@ def new_pipeline(options):
     import apache_beam as beam
     from pipeline import beam_internals
     beam_internals.cache_dofn_specs()  # (building and translating the pipeline)
+    beam_internals.cache_option_views()
     runner = None
     if str(options.view_as(StandardOptions).runner).lower() in ("direct", "directrunner"):
         runner = beam_internals.direct_runner()  # never Prism, a binary from the network

@@ -212,3 +212,31 @@ def test_dofn_specs_are_kept_per_class_unless_the_instance_binds_methods():
               | beam.FlatMap(Totals().add))
     assert_that(summed, equal_to([("a", 5), ("a", 12), ("b", 6)]), label="Summed")
     assert p.run().wait_until_finish() == "DONE"
+
+
+def test_option_views_are_kept_and_share_their_values():
+    """One view per options object and group, given again: what one view sets, every view of
+    the same options reads, as with Beam's fresh views; other options objects (a pipeline's
+    deep copy) have views of their own."""
+    import copy
+
+    from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
+                                                      StandardOptions)
+
+    from pipeline import run, runners
+    options = run.beam_options(["--runner", "DirectRunner", "--experiments", "a"])
+    runners.new_pipeline(options)  # (puts the cache in place)
+    assert PipelineOptions.view_as.views is not None
+    standard = options.view_as(StandardOptions)
+    assert options.view_as(StandardOptions) is standard
+    assert standard.runner == "DirectRunner"
+    standard.streaming = True
+    assert options.view_as(StandardOptions).streaming is True
+    options.view_as(DebugOptions).experiments.append("b")
+    assert options.view_as(DebugOptions).experiments == ["a", "b"]
+    assert options.get_all_options()["experiments"] == ["a", "b"]
+    twin = copy.deepcopy(options)
+    assert twin.view_as(StandardOptions) is not standard
+    twin.view_as(StandardOptions).streaming = False
+    assert standard.streaming is True and options.view_as(StandardOptions).streaming is True
+    assert standard.view_as(DebugOptions).experiments == ["a", "b"]  # (a view's own view)
