@@ -275,11 +275,11 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
     `kernel`: runtime.kernel, the resample kernel of geometric ops (resample_kernel)."""
     resample = resample_kernel(kernel, xla, on_cpu)
     stages = plan(steps, xla, uint8_geometry=kernel == "opencv-uint8" and resample == "opencv")
-    if all(kind == "uint8" for kind, _, _ in stages):
-        stages.append(("plain", len(steps), []))  # (through float32 and back: exact)
-    # The float32 conversion before the first stage that is not uint8, back after the last.
+    # The float32 conversion before the first stage that is not uint8, back after the last;
+    # none for a chain of uint8 stages only (the round trip gives back every uint8 value, at
+    # the cost of seven passes over the pixels).
     float_stages = [index for index, (kind, _, _) in enumerate(stages) if kind != "uint8"]
-    first, last = float_stages[0], float_stages[-1]
+    first, last = (float_stages[0], float_stages[-1]) if float_stages else (None, None)
     parts = []  # (compiled?, fn(images, seeds) -> images)
     for index, (kind, start, part) in enumerate(stages):
         fn = chain_mod.build(part, start=start)

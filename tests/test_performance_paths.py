@@ -109,6 +109,39 @@ def test_pixel_moving_ops_on_uint8_are_exact():
         np.testing.assert_array_equal(fast, plain_chain(steps, images, seeds), err_msg=name)
 
 
+def casts_to_float(fn, images, seeds):
+    """Whether fn's graph converts pixels to float32 anywhere (a Cast op from uint8)."""
+    graph = tf.function(fn).get_concrete_function(tf.constant(images), tf.constant(seeds)).graph
+    return any(node.type == "Cast" and node.get_attr("SrcT") == tf.uint8
+               and node.get_attr("DstT") == tf.float32 for node in graph.get_operations())
+
+
+def test_a_chain_of_uint8_stages_only_never_goes_through_float32():
+    """Pixel-moving ops alone (and, with the opencv-uint8 kernel, geometric ops that only
+    resample) run on the uint8 pixels from end to end: no conversion to float32 and back,
+    which gives back every uint8 value and cost seven passes over the pixels. The pixels are
+    those of the float32 reference."""
+    images, seeds = photos(4, 40, 56), seeds_for(4)
+    for name in [name for name, op in registry.all_ops().items() if op.uint8_exact]:
+        steps = chain.normalize([dict(op=name, **(registry.get(name).test_params or {}))])
+        fast = augment.build_chain(steps)
+        assert not casts_to_float(fast, images, seeds), name
+        np.testing.assert_array_equal(tf.function(fast)(images, seeds).numpy(),
+                                      plain_chain(steps, images, seeds), err_msg=name)
+    steps = chain.normalize([{"op": "tf.image.random_flip_left_right"},
+                             {"op": "tfa.image.rotate", "max_degrees": 20}])
+    uint8 = augment.build_chain(steps, kernel="opencv-uint8")
+    assert not casts_to_float(uint8, images, seeds)
+    with_colour = augment.build_chain(steps + chain.normalize(
+        [{"op": "tf.image.random_brightness", "max_delta": 0.2}]), kernel="opencv-uint8")
+    assert casts_to_float(with_colour, images, seeds)  # (what the test looks for is there)
+    # The same pixels as the kernel gave through float32 and back (every uint8 value survives
+    # the round trip: test_uint8_conversion_is_convert_image_dtype).
+    through_float = augment.to_uint8(augment.to_float(tf.function(uint8)(images, seeds)))
+    np.testing.assert_array_equal(tf.function(uint8)(images, seeds).numpy(), through_float)
+    assert not np.array_equal(tf.function(uint8)(images, seeds).numpy(), images)
+
+
 def test_apply_where_picks_whole_examples_in_a_batch_and_alone():
     from pipeline.ops import draw
     images = photos(4, 40, 56)
