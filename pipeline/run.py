@@ -262,15 +262,15 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     `accelerator`: a Beam resource hint for the augment step (GPU workers on Dataflow).
     `done`, `resumed_buckets`: the keys an interrupted run finished and the buckets holding
     their records (--resume): those inputs are not read again. `listed`: image files and
-    TFRecord files go to the workers in a file in tmp_dir (sources.write_input_list; a run),
-    else inside the pipeline (a dry run, which writes nothing; a labelled dataset's refs,
-    which carry their annotations)."""
+    TFRecord files, a labelled dataset's images and their annotations go to the workers in
+    a file in tmp_dir (sources.write_input_list; a run), else inside the pipeline (a dry run,
+    which writes nothing)."""
     refs = [ref for ref in discovery.refs if ref.key not in done]
     # (Creates here skip their own reshuffle: the refs get one below; the rest are small and
     # a few Beam steps fewer to build and run cut a run's fixed cost.)
-    if listed and all(type(ref) is sources.InputRef for ref in refs):
-        refs = (p | "Inputs" >> beam.Create(sources.write_input_list(tmp_dir, refs),
-                                            reshuffle=False)
+    ranges = _input_list(tmp_dir, refs) if listed else None
+    if ranges is not None:
+        refs = (p | "Inputs" >> beam.Create(ranges, reshuffle=False)
                 | "ListedInputs" >> beam.FlatMap(sources.read_input_list))
     else:
         refs = p | "Inputs" >> beam.Create(refs, reshuffle=False)
@@ -316,6 +316,16 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
                              beam.pvalue.AsList(shard_stats), beam.pvalue.AsList(errors),
                              beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts),
                              beam.pvalue.AsList(orientations)))
+
+
+def _input_list(tmp_dir, refs):
+    """The ranges of the inputs' list written in tmp_dir, or None for inputs whose fields
+    are not plain data (then they go inside the pipeline, as Beam pickles them)."""
+    try:
+        return sources.write_input_list(tmp_dir, refs)
+    except TypeError as e:
+        log.debug("inputs inside the pipeline, not listed: %s", e)
+        return None
 
 
 def read_step(job, discovery, done=frozenset()):

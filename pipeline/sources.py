@@ -460,36 +460,70 @@ def iter_records(stream, max_length=None, offset=0):
 # --- the inputs' list, for the workers ----------------------------------------------------------
 # A run hands its inputs to the pipeline as a file in its temporary folder, read in ranges, not
 # inside the pipeline: Beam pickles and bz2-compresses whatever a Create holds, then unpacks it,
-# on one core before the first image is read (16,000 inputs: ~1.8 s, growing with the inputs).
+# on one core before the first image is read (16,000 image files: ~1.8 s; 20,000 COCO images
+# with their annotations: ~7 s; growing with the inputs).
 
 INPUT_LIST = "inputs.jsonl"
 LIST_RANGE = 1000  # inputs per range of the list
 
 
 def write_input_list(folder, refs):
-    """`refs` one JSON line each in folder/INPUT_LIST -> [(path, start, end)]: byte ranges of
-    LIST_RANGE lines each, for read_input_list. (JSON keeps a key's undecodable bytes, which
-    Python holds as surrogates, as escapes.)"""
+    """`refs` (of one dataclass: InputRef, formats.Ref) one JSON line each in
+    folder/INPUT_LIST -> [(path, start, end, their class)]: byte ranges of LIST_RANGE lines
+    each, for read_input_list. Their fields are plain data (`listed_form`); raises TypeError
+    for a value that is not. (JSON keeps undecodable bytes of a name, which Python holds as
+    surrogates, as escapes.)"""
+    kinds = {type(ref) for ref in refs}
+    if len(kinds) > 1:
+        raise TypeError(f"inputs of several kinds: {sorted(k.__name__ for k in kinds)}")
     path = FileSystems.join(folder, INPUT_LIST)
     ranges, offset = [], 0
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for first in range(0, len(refs), LIST_RANGE):
-            lines = "".join(json.dumps([ref.key, ref.path, ref.label]) + "\n"
-                            for ref in refs[first:first + LIST_RANGE]).encode()
+            lines = "".join(
+                json.dumps([listed_form(getattr(ref, field.name))
+                            for field in dataclasses.fields(ref)]) + "\n"
+                for ref in refs[first:first + LIST_RANGE]).encode()
             f.write(lines)
-            ranges.append((path, offset, offset + len(lines)))
+            ranges.append((path, offset, offset + len(lines), type(refs[first])))
             offset += len(lines)
     return ranges
 
 
 def read_input_list(span):
-    """The InputRefs of one (path, start, end) range of write_input_list's file."""
-    path, start, end = span
+    """The refs of one (path, start, end, class) range of write_input_list's file."""
+    path, start, end, kind = span
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.seek(start)
         lines = f.read(end - start).decode().splitlines()
     for line in lines:
-        yield InputRef(*json.loads(line))
+        yield kind(*(from_listed_form(value) for value in json.loads(line)))
+
+
+def listed_form(value):
+    """`value` (an annotation: strings, numbers, None, lists, tuples, dicts of any such keys)
+    as JSON that gives it back exactly (from_listed_form): a dict as {"m": [[key, value],
+    ...]}, a tuple as {"t": [...]}, so JSON objects are only these two and no key or type is
+    lost. No code runs to read it back, whatever the file holds."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [listed_form(v) for v in value]
+    if isinstance(value, tuple):
+        return {"t": [listed_form(v) for v in value]}
+    if isinstance(value, dict):
+        return {"m": [[listed_form(k), listed_form(v)] for k, v in value.items()]}
+    raise TypeError(f"{type(value).__name__} in an input's fields: not plain data")
+
+
+def from_listed_form(value):
+    if isinstance(value, list):
+        return [from_listed_form(v) for v in value]
+    if isinstance(value, dict):
+        if "t" in value:
+            return tuple(from_listed_form(v) for v in value["t"])
+        return {from_listed_form(k): from_listed_form(v) for k, v in value["m"]}
+    return value
 
 
 # A TFRecord file is read in ranges of at most this many records and bytes, each range a
