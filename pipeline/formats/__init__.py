@@ -139,8 +139,8 @@ def polygon_mask(polygons, height, width):
     """uint8 [H, W]: the pixels whose centre lies inside any of the polygons (flat x0, y0, x1,
     y1 ... in continuous pixel coordinates; even-odd rule), so a polygon along pixel edges
     covers exactly the pixels it encloses."""
-    mask = np.zeros((height, width), np.uint8)
     centres = np.arange(height)[:, None] + 0.5
+    rows, firsts, stops = [], [], []
     for polygon in polygons:
         points = np.asarray(polygon, np.float64).reshape(-1, 2)
         if len(points) < 3:
@@ -150,12 +150,21 @@ def polygon_mask(polygons, height, width):
         with np.errstate(divide="ignore", invalid="ignore"):
             xs = np.where(crossing, x0 + (centres - y0) * (x1 - x0) / (y1 - y0), np.inf)
         xs.sort(1)
-        for row in np.flatnonzero(crossing.any(1)):
-            cuts = xs[row][np.isfinite(xs[row])]
-            for left, right in zip(cuts[0::2], cuts[1::2]):  # centres x + 0.5 in [left, right)
-                first, stop = (int(np.clip(np.ceil(v - 0.5), 0, width)) for v in (left, right))
-                mask[row, first:stop] = 1
-    return mask
+        # Each row's crossings in pairs: the centres x + 0.5 in [left, right) are inside.
+        pairs = xs.shape[1] // 2
+        left, right = xs[:, 0:2 * pairs:2], xs[:, 1:2 * pairs:2]
+        row, pair = np.nonzero(np.isfinite(left) & np.isfinite(right))
+        rows.append(row)
+        firsts.append(np.clip(np.ceil(left[row, pair] - 0.5), 0, width).astype(np.int64))
+        stops.append(np.clip(np.ceil(right[row, pair] - 0.5), 0, width).astype(np.int64))
+    if not rows:
+        return np.zeros((height, width), np.uint8)
+    # Spans filled through a running sum along each row: +1 where one starts, -1 after it.
+    row, first, stop = (np.concatenate(parts) for parts in (rows, firsts, stops))
+    starts = np.zeros((height, width + 1), np.int32)
+    np.add.at(starts, (row, first), 1)
+    np.add.at(starts, (row, stop), -1)
+    return (np.cumsum(starts, axis=1, dtype=np.int32)[:, :width] > 0).view(np.uint8)
 
 
 def box_mask(box, height, width):
