@@ -190,7 +190,10 @@ def cache_option_views():
     views = weakref.WeakKeyDictionary()
 
     def cached_view_as(self, cls):
-        mine = views.setdefault(self, {})
+        try:
+            mine = views.setdefault(self, {})
+        except TypeError:  # (options of a class that cannot be a weak key)
+            return view_as(self, cls)
         key = (cls, id(self._all_options))  # (the dict lives as long as its view here)
         if key not in mine:
             mine[key] = view_as(self, cls)

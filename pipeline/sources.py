@@ -505,7 +505,7 @@ def listed_form(value):
     as JSON that gives it back exactly (from_listed_form): a dict as {"m": [[key, value],
     ...]}, a tuple as {"t": [...]}, so JSON objects are only these two and no key or type is
     lost. No code runs to read it back, whatever the file holds."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or type(value) in (bool, int, float, str):  # (not numpy's, nor enums)
         return value
     if isinstance(value, list):
         return [listed_form(v) for v in value]

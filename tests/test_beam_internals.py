@@ -240,3 +240,9 @@ def test_option_views_are_kept_and_share_their_values():
     twin.view_as(StandardOptions).streaming = False
     assert standard.streaming is True and options.view_as(StandardOptions).streaming is True
     assert standard.view_as(DebugOptions).experiments == ["a", "b"]  # (a view's own view)
+
+    class Unhashable(PipelineOptions):  # (no weak key: asked each time, as Beam does)
+        __hash__ = None
+    odd = Unhashable(["--runner", "DirectRunner"])
+    assert odd.view_as(StandardOptions).runner == "DirectRunner"
+    assert odd.view_as(StandardOptions) is not odd.view_as(StandardOptions)

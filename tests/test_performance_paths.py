@@ -585,9 +585,11 @@ def test_labelled_images_and_their_annotations_come_back_from_the_list_as_they_w
             return [type(value).__name__] + [types(v) for v in value]
         return type(value).__name__
     assert [types(r.annotation) for r in back] == [types(r.annotation) for r in refs]
-    with pytest.raises(TypeError, match="ndarray"):
-        sources.write_input_list(str(tmp_path), [formats.Ref("a", "/a", annotation={
-            "mask": np.zeros(3)})])
+    for value, name in [(np.zeros(3), "ndarray"), (np.float32(0.5), "float32"),
+                        ({1, 2}, "set")]:
+        with pytest.raises(TypeError, match=name):
+            sources.write_input_list(str(tmp_path), [formats.Ref("a", "/a", annotation={
+                "value": value})])
     with pytest.raises(TypeError, match="several kinds"):
         sources.write_input_list(str(tmp_path), [refs[0], sources.InputRef("b", "/b")])
 
