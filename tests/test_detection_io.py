@@ -104,11 +104,24 @@ CHAIN = [{"op": "tf.image.random_flip_left_right"},
          {"op": "tf.image.adjust_jpeg_quality", "jpeg_quality": 100}]  # (a pixels-only op)
 
 
+# Flip, rotate and crop alone: under opencv-uint8 every stage runs on the uint8 pixels, with
+# no float32 round trip.
+MOVES_ONLY = CHAIN[:3]
+
+
 # (the records' PNGs are RGB: decoded in the augment call, as a run decodes them)
-@pytest.mark.parametrize("kernel", ["tensorflow", "opencv", "opencv-uint8"])
-def test_od_api_records_come_out_with_boxes_on_their_objects(tmp_path, kernel):
+@pytest.mark.parametrize("kernel,chain", [("tensorflow", CHAIN), ("opencv", CHAIN),
+                                          ("opencv-uint8", CHAIN),
+                                          ("opencv-uint8", MOVES_ONLY)],
+                         ids=["tensorflow", "opencv", "opencv-uint8", "opencv-uint8-moves-only"])
+def test_od_api_records_come_out_with_boxes_on_their_objects(tmp_path, kernel, chain):
+    from pipeline import augment
+    from pipeline import chain as chain_mod
+    if chain is MOVES_ONLY:
+        assert {kind for kind, _, _ in augment.plan(
+            chain_mod.normalize(chain), False, uint8_geometry=True)} == {"uint8"}
     records = write_records(tmp_path / "in.tfrecord", [od_api_record(), od_api_record(b"43")])
-    manifest = run_job(records, tmp_path / "out", CHAIN, copies=6, format="png", kernel=kernel)
+    manifest = run_job(records, tmp_path / "out", chain, copies=6, format="png", kernel=kernel)
     assert_accounted(manifest)
     assert manifest["counts"]["written"] == 2 and manifest["counts"]["outputs"] == 14
     rows = read_od_api(tmp_path / "out")
