@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from pipeline import config, run
+from pipeline import augment, config, run
+from pipeline import chain as chain_mod
 from tests.conftest import ROOT, assert_accounted, run_job
 
 # The OD API's TfExampleDecoder keys (object_detection/data_decoders/tf_example_decoder.py).
@@ -110,13 +111,10 @@ MOVES_ONLY = CHAIN[:3]
 
 
 # (the records' PNGs are RGB: decoded in the augment call, as a run decodes them)
-@pytest.mark.parametrize("kernel,chain", [("tensorflow", CHAIN), ("opencv", CHAIN),
-                                          ("opencv-uint8", CHAIN),
-                                          ("opencv-uint8", MOVES_ONLY)],
-                         ids=["tensorflow", "opencv", "opencv-uint8", "opencv-uint8-moves-only"])
+@pytest.mark.parametrize("kernel,chain", [
+    pytest.param(kernel, CHAIN, id=kernel) for kernel in ("tensorflow", "opencv", "opencv-uint8")
+] + [pytest.param("opencv-uint8", MOVES_ONLY, id="opencv-uint8-moves-only")])
 def test_od_api_records_come_out_with_boxes_on_their_objects(tmp_path, kernel, chain):
-    from pipeline import augment
-    from pipeline import chain as chain_mod
     if chain is MOVES_ONLY:
         assert {kind for kind, _, _ in augment.plan(
             chain_mod.normalize(chain), False, uint8_geometry=True)} == {"uint8"}
