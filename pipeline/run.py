@@ -502,6 +502,7 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     lock = OutputLock(job.output) if is_local_dir(job.output) else None
     tmp_dir, tmp_made = FileSystems.join(job.output, sinks.TMP_DIR), False
     fingerprint = _fingerprint(job, discovery, num_shards)
+    sinks.stop_writing(tmp_dir, stopped=False)  # an earlier run in this process may have stopped
     resumed = (set(), [])
     try:
         stale = lock.acquire() if lock else None
@@ -525,6 +526,7 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
         stopped = isinstance(e, KeyboardInterrupt) or stops.stopped_by
         kept = 0
         with contextlib.suppress(Exception):  # the run's own error is the one to tell
+            sinks.stop_writing(tmp_dir)  # worker threads may still be running
             if tmp_made and stopped:
                 kept = len(sinks.read_journals(tmp_dir)[0])
             if tmp_made and not kept:

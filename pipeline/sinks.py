@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 import struct
+import threading
 import uuid
 
 import apache_beam as beam
@@ -37,6 +38,18 @@ SLICES = 4
 PARALLEL_SHARDS = 4
 # Order hash, has a label, label, copy index, key length.
 _HEADER = struct.Struct("<8s?qiI")
+# The temporary folders of runs stopped in this process, and the lock that makes a stop and a
+# commit one before the other (reentrant: a signal may stop the run inside a commit on the
+# thread that then counts what was kept).
+_stopped_dirs, _commit_lock = set(), threading.RLock()
+
+
+def stop_writing(tmp_dir, stopped=True):
+    """Once this returns, no worker thread of this process opens a bucket or commits a bundle
+    in `tmp_dir` (stopped=False: they may again, for a new run): what is committed then is
+    what a stopped run keeps, and what it says it keeps."""
+    with _commit_lock:
+        (_stopped_dirs.add if stopped else _stopped_dirs.discard)(tmp_dir)
 
 
 def order_hash(key, copy_index):
@@ -123,8 +136,11 @@ class WriteBuckets(beam.DoFn):
         bucket = (first + shard_of(entry, count), part_of(entry, SLICES))
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
-            self.files[bucket] = (path, FileSystems.create(
-                path, compression_type=CompressionTypes.UNCOMPRESSED))
+            with _commit_lock:
+                if self.tmp_dir in _stopped_dirs:  # its folder may be deleted: not made again
+                    return
+                self.files[bucket] = (path, FileSystems.create(
+                    path, compression_type=CompressionTypes.UNCOMPRESSED))
         self.files[bucket][1].write(sources.frame_record(entry))
 
     def finish_bundle(self):
@@ -138,7 +154,11 @@ class WriteBuckets(beam.DoFn):
                 f.write(json.dumps({"keys": sorted(self.keys), "buckets": [
                     [shard, index, posixpath.basename(path)]
                     for shard, index, path in buckets]}).encode())
-            FileSystems.rename([journal + ".part"], [journal])  # the commit
+            with _commit_lock:
+                if self.tmp_dir in _stopped_dirs:  # the run stopped: this bundle is not kept
+                    self.files, self.keys = {}, set()
+                    return
+                FileSystems.rename([journal + ".part"], [journal])  # the commit
         for shard, index, path in buckets:
             yield GlobalWindows.windowed_value((shard, (index, path)))
         self.files, self.keys = {}, set()
