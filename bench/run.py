@@ -106,10 +106,16 @@ def peer_missing(python):
     return done.stderr.strip().splitlines()[-1] if done.returncode else None
 
 
+def variant_argv(args, out, copies, warmup):
+    """The arguments of `python -m bench.variants` for a row's `args`."""
+    return [*args[:1], "--out", out, "--copies", str(copies),
+            *(["--warmup", warmup] if warmup else []), *args[1:]]
+
+
 def run_variant(args, out, copies, warmup, python=None):
     """One row, one run, in its own process: the variants' RESULT line as a dict."""
-    command = [python or sys.executable, "-m", "bench.variants", *args[:1], "--out", out,
-               "--copies", str(copies), *(["--warmup", warmup] if warmup else []), *args[1:]]
+    command = [python or sys.executable, "-m", "bench.variants",
+               *variant_argv(args, out, copies, warmup)]
     load = os.getloadavg()[0]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

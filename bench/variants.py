@@ -399,7 +399,8 @@ def measure(args):
             "peak_rss_mb": memory.peak / 2 ** 20}
 
 
-def main(argv=None):
+def arguments():
+    """The parser of one row's arguments (also how the smoke test checks every row's)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("variant", choices=sorted(VARIANTS))
     parser.add_argument("--inputs", required=True, help="class folder (or TFRecord glob for "
@@ -414,7 +415,11 @@ def main(argv=None):
                         "Dask cluster of this many worker processes (0: none)")
     parser.add_argument("--count-boxes", action="store_true", help="after timing, read the "
                         "output back and report its records and boxes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     args.beam_args = json.loads(args.beam_args)
     result = measure(args)
     if args.count_boxes:

@@ -1,5 +1,10 @@
-"""The benchmark runs end to end on a tiny dataset and reports every row. Speeds are measured,
-never asserted: only that each row produced its outputs and numbers."""
+"""The benchmark runs end to end on a tiny dataset and reports its rows. Speeds are measured,
+never asserted: only that each row produced its outputs and numbers.
+
+The run covers every kind of row (each variant, input kind, runner and data set); the rows that
+differ from one of those only in a runtime setting (XLA, the resample kernel, recording ops,
+Beam's running mode) have their arguments checked, not run: each costs a process that imports
+TensorFlow, and the suite's time is bounded."""
 import json
 import os
 import subprocess
@@ -7,32 +12,33 @@ import sys
 
 from PIL import Image
 
+from bench import run as bench_run
+from bench import variants
+from pipeline import config
 from tests.conftest import ROOT
 
+RUN = ["F0", "B1", "B2", "augbatch", "augbatch --xla tfrecord", "augbatch --xla threads x2",
+       "augbatch dask x2", "B1 colour", "augbatch colour", "augbatch 512", "augbatch detection"]
+PEER = ["P0", "P1", "P1 colour", "P1 512", "P1 detection"]
 
-def test_bench_reports_every_row(tmp_path):
+
+def test_bench_reports_its_rows(tmp_path):
     out = tmp_path / "bench"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--inputs", "8", "--repeats", "1", "--copies", "1",
-         "--rss-inputs", "8", "--no-warmup", "--jobs", "3", "--out", str(out)],
+         "--rss-inputs", "8", "--no-warmup", "--jobs", "3", "--out", str(out),
+         "--only", *RUN, *PEER],
         cwd=ROOT, capture_output=True, text=True, timeout=900,  # a hang guard: busy CI is slow
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     # The peer's rows (albumentations) run where it is installed, else a note says why not.
-    peer = (["P0", "P1", "P1 colour", "P1 512", "P1 detection"] if "P1" in report["vs_peer"]
-            else [])
+    peer = PEER if "P1" in report["vs_peer"] else []
     assert peer or ("note: rows P0, P1, P1 colour, P1 512, P1 detection (albumentations) "
                     "skipped") in done.stdout
 
     rows = {r["row"]: r for r in report["results"]}
-    assert sorted(rows) == sorted([
-        "F0", "B1", "B2", "augbatch --xla", "augbatch", "augbatch record_ops off",
-        "augbatch --kernel tensorflow",
-        "augbatch --xla tfrecord", "augbatch --xla threads x2",
-        "augbatch --xla multi_processing x2", "augbatch dask x2", "B1 colour",
-        "augbatch --xla colour", "augbatch colour", "augbatch 512", "augbatch detection"]
-        + peer)
+    assert sorted(rows) == sorted(RUN + peer)
     for name, row in rows.items():
         # 8 inputs x 1 copy, every contender; the 512x512 rows run a quarter of the inputs
         assert row["outputs"] == (2 if name.endswith(" 512") else 8), row
@@ -55,3 +61,23 @@ def test_bench_reports_every_row(tmp_path):
     table = done.stdout.splitlines()
     for name in rows:
         assert any(line.startswith(name + " ") for line in table), name
+
+
+def test_every_other_row_has_arguments_its_variant_takes(tmp_path):
+    every = bench_run.rows("folder", "records/*.tfrecord", "large", "boxes/*.tfrecord")
+    others = [(name, args) for name, _, args in every if name not in RUN + PEER]
+    assert sorted(name for name, _ in others) == sorted([
+        "augbatch --xla", "augbatch record_ops off", "augbatch --kernel tensorflow",
+        "augbatch --xla multi_processing x2", "augbatch --xla colour"])
+    for name, args in others:
+        parsed = variants.arguments().parse_args(
+            bench_run.variant_argv(args, str(tmp_path / "out"), 4, None))
+        assert parsed.variant == "augbatch", name
+        runtime = json.loads(parsed.runtime)
+        job = config.load(None, overrides={"input": (parsed.inputs,), "output": parsed.out,
+                                           "chain": variants.CHAINS[parsed.chain], **runtime})
+        assert job.chain and all(getattr(job, k) == v for k, v in runtime.items()), name
+        assert job.xla == ("--xla" in name), name
+        beam_args = json.loads(parsed.beam_args)
+        assert beam_args == (bench_run.MULTI_PROCESSING if "multi_processing" in name
+                             else []), name
