@@ -561,9 +561,12 @@ class AugmentAndEncode(beam.DoFn):
         # runner as one row per copy (copy c of an input is the same image either way).
         runner_job = (dataclasses.replace(self.job, copies=1) if self.job.balance_plan
                       else self.job)
+        # Jobs that differ only in what the runner never reads (where, which seed, how
+        # batched, how many shards) share one traced, and with XLA compiled, chain.
         self.runner = _RUNNERS.acquire(lambda: augment.ChainRunner(runner_job),
                                        tag=repr(dataclasses.replace(
-                                           runner_job, input=(), output="", config_path="")))
+                                           runner_job, input=(), output="", config_path="",
+                                           seed=0, batch_size=0, num_shards=0)))
         self.pool = concurrent.futures.ThreadPoolExecutor(self.runner.in_flight,
                                                           thread_name_prefix="augment")
         self.pending = collections.deque()

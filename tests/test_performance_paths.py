@@ -288,10 +288,19 @@ def test_one_chain_per_process_shared_by_the_dofn_copies(tmp_path):
         make_job("elsewhere", str(tmp_path / "other"), STANDARD), "hash")))
     again.setup()
     assert again.runner is copies[0].runner
-    other = pickler.loads(pickler.dumps(
-        transforms.AugmentAndEncode(make_job("x", str(tmp_path), []), "other")))
-    other.setup()
-    assert other.runner is not copies[0].runner
+
+    def runner_of(chain, **fields):
+        dofn = pickler.loads(pickler.dumps(transforms.AugmentAndEncode(
+            make_job("x", str(tmp_path), chain, **fields), "hash")))
+        dofn.setup()
+        return dofn.runner
+    # Nor do another seed, batch size or number of shards need a new trace: the runner reads
+    # none of them (its seeds come with each batch).
+    assert runner_of(STANDARD, seed=7, batch_size=5, num_shards=3) is copies[0].runner
+    # What the traced chain is made of does: the chain, its kernel, the copies, the quality.
+    for changed in (runner_of([]), runner_of(STANDARD, kernel="tensorflow"),
+                    runner_of(STANDARD, copies=2), runner_of(STANDARD, quality=80)):
+        assert changed is not copies[0].runner
     pickle.dumps(dofn)  # still picklable once built (the runner lives outside it)
 
 
