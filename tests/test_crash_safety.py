@@ -177,3 +177,33 @@ def test_non_empty_output_is_refused_without_overwrite(small_folder, tmp_path):
     assert (f"error: --overwrite refused: {out} holds 2 files augbatch did not write: "
             "augmented-00000-of-00007.tfrecord, notes.txt") in result.stderr
     assert sorted(os.listdir(out)) == ["augmented-00000-of-00007.tfrecord", "notes.txt"]
+
+
+def test_once_a_run_is_stopped_its_workers_write_and_commit_nothing_more(tmp_path):
+    """What a stopped run says it kept is what --resume finds: after sinks.stop_writing, a
+    worker thread still running opens no bucket and commits no bundle (a bundle begun before
+    the stop included), and a new run of the same output may write again."""
+    from pipeline import sinks
+    tmp_dir = str(tmp_path / sinks.TMP_DIR)
+
+    def bundle(keys):
+        writer = sinks.WriteBuckets(tmp_dir, 2)
+        writer.start_bundle()
+        for key in keys:
+            writer.process(transforms.OutputRecord(key, 0, 1, b"x" * 100))
+        return writer
+
+    committed = list(bundle(["a", "b"]).finish_bundle())
+    assert committed and len(sinks.read_journals(tmp_dir)[0]) == 2
+    begun = bundle(["c"])  # its bucket is open when the stop comes
+    sinks.stop_writing(tmp_dir)
+    try:
+        late = bundle(["d"])
+        assert late.files == {}  # no bucket opened
+        assert list(begun.finish_bundle()) == [] and list(late.finish_bundle()) == []
+        assert sinks.read_journals(tmp_dir)[0] == {"a", "b"}
+        assert len([n for n in os.listdir(tmp_dir) if n.startswith("done-")]) == 1  # no .part
+    finally:
+        sinks.stop_writing(tmp_dir, stopped=False)
+    assert list(bundle(["e"]).finish_bundle())  # a new run writes again
+    assert sinks.read_journals(tmp_dir)[0] == {"a", "b", "e"}
