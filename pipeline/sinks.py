@@ -152,13 +152,13 @@ class WriteBuckets(beam.DoFn):
             journal = FileSystems.join(self.tmp_dir, f"done-{self.bundle}.json")
             with _commit_lock:
                 if self.tmp_dir in _stopped_dirs:  # the run stopped: this bundle is not kept
-                    self.files, self.keys = {}, set()
-                    return
-                with FileSystems.create(journal + ".part") as f:
-                    f.write(json.dumps({"keys": sorted(self.keys), "buckets": [
-                        [shard, index, posixpath.basename(path)]
-                        for shard, index, path in buckets]}).encode())
-                FileSystems.rename([journal + ".part"], [journal])  # the commit
+                    buckets = []
+                else:
+                    with FileSystems.create(journal + ".part") as f:
+                        f.write(json.dumps({"keys": sorted(self.keys), "buckets": [
+                            [shard, index, posixpath.basename(path)]
+                            for shard, index, path in buckets]}).encode())
+                    FileSystems.rename([journal + ".part"], [journal])  # the commit
         for shard, index, path in buckets:
             yield GlobalWindows.windowed_value((shard, (index, path)))
         self.files, self.keys = {}, set()
