@@ -163,9 +163,9 @@ def _albumentations_chain(name, boxes=False):
     there, `x * alpha + beta`: its contrast takes no mean, where tf.image's moves each channel
     around its own), then for "standard" a bilinear rotation with a constant (black) fill.
     With `boxes` the boxes follow (normalised x, y as the OD API stores them; `index` says
-    which objects are left). BboxParams' defaults are augbatch's default target rules: a moved box is the
-    enclosing box of its corners, clipped to the frame, dropped only once wholly outside
-    (min_visibility 0, no minimum area or side)."""
+    which objects are left). BboxParams' defaults are augbatch's default target rules: a
+    moved box is the enclosing box of its corners, clipped to the frame, dropped only once
+    wholly outside (min_visibility 0, no minimum area or side)."""
     import albumentations as A
     import cv2
     steps = [A.HorizontalFlip(p=0.5),
