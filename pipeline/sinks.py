@@ -27,15 +27,20 @@ from apache_beam.transforms.window import GlobalWindows
 from pipeline import sources
 
 TMP_DIR = ".augbatch-tmp"
-# A shard is sorted in parts of at most about this many bytes of records (memory, whatever
-# its size).
-SORT_BYTES = 32 << 20
+# The shards a worker writes at once hold together about this many bytes of records while
+# they sort them (memory, whatever their size); a part of a shard larger than a writer's
+# share is read again for each part.
+SORT_BYTES = 64 << 20
 # Bucket files per shard and bundle, each a slice of the hash order: a shard of the planned
-# size (run.SHARD_TARGET_BYTES, 128 MB) then sorts in one pass over its buckets.
+# size (run.SHARD_TARGET_BYTES, 128 MB), written by one or two writers, then sorts in one
+# pass over its buckets.
 SLICES = 4
 # Shards a worker writes at once, at most (file reads and writes and CRCs release the GIL);
 # together they hold about SORT_BYTES of records.
 PARALLEL_SHARDS = 4
+# A shard is written in pieces of about this size: one more copy of each record, far fewer
+# calls into the file (each, for a local file, a system call or two).
+WRITE_BYTES = 1 << 20
 # Order hash, has a label, label, copy index, key length.
 _HEADER = struct.Struct("<8s?qiI")
 # The temporary folders of runs stopped in this process, and the lock that makes a stop and a
@@ -192,7 +197,8 @@ class WriteShard(beam.DoFn):
         self.num_shards, self.prefix, self.compression = num_shards, prefix, compression
 
     def setup(self):
-        self.writers = min(PARALLEL_SHARDS, os.cpu_count() or 1)
+        # (a run of one shard has one writer: it gets the whole of SORT_BYTES)
+        self.writers = min(PARALLEL_SHARDS, os.cpu_count() or 1, total_shards(self.num_shards))
         self.pool = concurrent.futures.ThreadPoolExecutor(self.writers,
                                                           thread_name_prefix="write-shard")
 
@@ -219,6 +225,7 @@ class WriteShard(beam.DoFn):
                        else CompressionTypes.UNCOMPRESSED)
         labels, copies, records = collections.Counter(), collections.Counter(), 0
         with FileSystems.create(staging, compression_type=compression) as f:
+            pieces, size = [], 0
             for paths, parts, part in self._parts(buckets):
                 entries = sorted(self._entries(paths, parts, part), key=lambda e: e[0])
                 for before, after in zip(entries, entries[1:]):
@@ -226,15 +233,16 @@ class WriteShard(beam.DoFn):
                         raise ValueError(f"duplicate output record: key {after[0][1]!r} "
                                          f"copy {after[0][2]}")
                 for (_, _, copy_index), label, payload in entries:
-                    # In three writes, not one of the record joined: an image is copied
-                    # only into the file (a local file's buffer takes the small parts).
                     head, tail = sources.frame_parts(payload)
-                    f.write(head)
-                    f.write(payload)
-                    f.write(tail)
+                    pieces += (head, payload, tail)
+                    size += len(payload)
+                    if size >= WRITE_BYTES:
+                        f.write(b"".join(pieces))
+                        pieces, size = [], 0
                     labels[str(label)] += 1
                     copies[str(copy_index)] += 1
                 records += len(entries)
+            f.write(b"".join(pieces))
         return {"shard": name, "records": records, "labels": dict(labels),
                 "copies": dict(copies), "split": split}
 

@@ -73,11 +73,13 @@ def test_batch_sizes_1_3_64_give_identical_shards(two_sizes, tmp_path, xla):
 
 
 def test_a_shard_sorted_in_slices_is_the_same_file(two_sizes, tmp_path, monkeypatch):
-    """The shard writer sorts SORT_BYTES of records at a time (bounded memory): a shard
-    sorted in many slices is byte for byte the one sorted at once."""
+    """The shard writer sorts SORT_BYTES of records at a time (bounded memory) and writes
+    about WRITE_BYTES at once: a shard sorted in many slices and written record by record is
+    byte for byte the one sorted and written at once."""
     from pipeline import sinks
     whole = run_job(two_sizes, tmp_path / "whole", [], copies=2, num_shards=2)
     monkeypatch.setattr(sinks, "SORT_BYTES", 2000)  # about one record per slice
+    monkeypatch.setattr(sinks, "WRITE_BYTES", 1)  # a write per record
     sliced = run_job(two_sizes, tmp_path / "sliced", [], copies=2, num_shards=2)
     assert shard_bytes(tmp_path / "whole") == shard_bytes(tmp_path / "sliced")
     assert whole["counts"] == sliced["counts"] and whole["counts"]["outputs"] == 27
