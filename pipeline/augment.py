@@ -161,20 +161,16 @@ def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, paralle
                          record=None):
     """chain + encode for one copy at a time: (encoded bytes per copy, output shape, notes).
     `record`: build_record's, whose notes of each copy come from the same loop (else None)."""
-    blank = record and record.blank(tf.shape(images)[1], tf.shape(images)[2])
-    noted, signature = record.traced_one(blank) if record else (None, ())
-
     def one(args):
         index, seed, png = args
         image = chain(images[index][None], seed[None])[0]
-        return (_encode_one(image, png, quality), tf.shape(image),
-                noted(seed, blank) if record else ())
-    encoded, shapes, notes = tf.map_fn(
+        return _encode_one(image, png, quality), tf.shape(image)
+    encoded, shapes = tf.map_fn(
         one, (copy_of, seeds, as_png), parallel_iterations=parallel,
-        fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32),
-                             signature))
+        fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32)))
+    notes = record(seeds, tf.shape(images)[1], tf.shape(images)[2]) if record else ()
     # (shapes: all alike; and defined for no copies)
-    return encoded, tf.reduce_max(shapes, axis=0), record.unpack(notes) if record else ()
+    return encoded, tf.reduce_max(shapes, axis=0), notes
 
 
 def _encode_batch(images, as_png, quality):
