@@ -75,6 +75,11 @@ def rows(folder, records, large, boxes):
          ["P1", "--inputs", folder]),
         ("P1 colour", "albumentations (OpenCV), 2-process pool, colour-only chain",
          ["P1", "--inputs", folder, "--chain", "colour"]),
+        ("P1 tf arithmetic", "as P1, with brightness and contrast computed as tf.image "
+         "computes them (the contrast around each channel's own mean: augbatch's arithmetic), "
+         "as per-channel lookup tables", ["P1", "--inputs", folder, "--tf-arithmetic"]),
+        ("P1 colour tf arithmetic", "as P1 colour, with tf.image's arithmetic (as P1 tf "
+         "arithmetic)", ["P1", "--inputs", folder, "--chain", "colour", "--tf-arithmetic"]),
         ("augbatch 512", "augbatch expand, standard chain, default, folder of 512x512 images "
          "(a quarter of --inputs)", augbatch(large, "standard", False)),
         ("P1 512", "albumentations (OpenCV), 2-process pool, standard chain, 512x512 images",
@@ -91,7 +96,10 @@ def rows(folder, records, large, boxes):
 
 
 # The peer's rows run in a Python that has albumentations (--peer-python); skipped without one.
-PEER_ROWS = ("P0", "P1", "P1 colour", "P1 512", "P1 detection")
+PEER_ROWS = ("P0", "P1", "P1 colour", "P1 tf arithmetic", "P1 colour tf arithmetic",
+             "P1 512", "P1 detection")
+# The peer doing augbatch's arithmetic (tf.image's contrast), for the rows on the same data.
+SAME_ARITHMETIC = {"augbatch": "P1 tf arithmetic", "augbatch colour": "P1 colour tf arithmetic"}
 # Rows on their own data sets: compared with the peer only (no B1 or F0 ran on their data).
 OWN_DATA = ("augbatch 512", "P1 512", "augbatch detection", "P1 detection")
 # Rows that read the OD API TFRecords (and warm up on such records).
@@ -206,7 +214,7 @@ def table(results, reference):
 def peer_of(row):
     """The peer row a row compares with: the same chain (and data) in albumentations."""
     for suffix in (" colour", " 512", " detection"):
-        if row.endswith(suffix):
+        if row.endswith(suffix) or suffix + " " in row:
             return "P1" + suffix
     return "P1"
 
@@ -280,13 +288,19 @@ def main(argv=None):
             runs[name].append(future.result())
     results = [summarize(name, what, runs[name]) for name, what, _ in chosen]
     reference = {"B1 colour": "B1 colour", "augbatch --xla colour": "B1 colour",
-                 "augbatch colour": "B1 colour", "P1 colour": "B1 colour"}
+                 "augbatch colour": "B1 colour", "P1 colour": "B1 colour",
+                 "P1 colour tf arithmetic": "B1 colour"}
 
     by_name = {r["row"]: r for r in results}
     vs_peer = {r["row"]: {"wall": r["img_per_s"] / peer["img_per_s"],
                           "cpu": r["img_per_cpu_s"] / peer["img_per_cpu_s"]}
                for r in results for peer in [by_name.get(peer_of(r["row"]))] if peer}
+    vs_same_arithmetic = {
+        row: {"wall": by_name[row]["img_per_s"] / by_name[peer]["img_per_s"],
+              "cpu": by_name[row]["img_per_cpu_s"] / by_name[peer]["img_per_cpu_s"]}
+        for row, peer in SAME_ARITHMETIC.items() if row in by_name and peer in by_name}
     report = {"results": results, "vs_peer": vs_peer,
+              "vs_peer_same_arithmetic": vs_same_arithmetic,
               "startup_s": startup.result(),
               "rss_scaling": rss.result(),
               "load_average": {"min": min(loads), "max": max(loads),
@@ -301,6 +315,9 @@ def main(argv=None):
             written = r["runs"][0]["written"]
             print(f"{r['row']}: {written['records']} records, {written['records_with_boxes']} "
                   f"with boxes, {written['boxes']} boxes")
+    for row, ratios in vs_same_arithmetic.items():
+        print(f"{row} vs {SAME_ARITHMETIC[row]} (albumentations doing tf.image's "
+              f"arithmetic): wall {ratios['wall']:.2f}, CPU {ratios['cpu']:.2f}")
     print(f"start-up (CLI start to exit, one input, one copy): {report['startup_s']:.1f} s")
     rss = report["rss_scaling"]
     print(f"peak RSS {rss['inputs'][0]} -> {rss['inputs'][1]} small inputs: "

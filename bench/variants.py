@@ -7,6 +7,7 @@ peak memory is its own, and prints one JSON line: outputs, wall and CPU seconds,
   augbatch  pipeline.run.run_expand (Beam), the thing being measured
   P0        OpenCV decode + re-encode only in a 2-process pool: the peer's floor
   P1        the peer a CPU user would pick: albumentations (OpenCV) in a 2-process pool
+            (--tf-arithmetic: its brightness and contrast computed as tf.image does)
   P1-boxes  P1 on OD API TFRecords: boxes carried (BboxParams), the same records written
 
 Every contender reads the same inputs, writes `copies` augmented JPEGs (quality 95) per input
@@ -158,19 +159,21 @@ POOL_PROCESSES = 2
 _pool_state = {}
 
 
-def _albumentations_chain(name, boxes=False):
+def _albumentations_chain(name, boxes=False, tf_arithmetic=False):
     """The benchmark's chain in albumentations: flip, brightness and contrast (one transform
     there, `x * alpha + beta`: its contrast takes no mean, where tf.image's moves each channel
     around its own), then for "standard" a bilinear rotation with a constant (black) fill.
     With `boxes` the boxes follow (normalised x, y as the OD API stores them; `index` says
     which objects are left). BboxParams' defaults are augbatch's default target rules: a
     moved box is the enclosing box of its corners, clipped to the frame, dropped only once
-    wholly outside (min_visibility 0, no minimum area or side)."""
+    wholly outside (min_visibility 0, no minimum area or side). `tf_arithmetic`: brightness
+    and contrast as tf.image computes them instead (_tf_brightness_contrast)."""
     import albumentations as A
     import cv2
-    steps = [A.HorizontalFlip(p=0.5),
-             A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS,
-                                        contrast_limit=CONTRAST[1] - 1.0, p=1.0)]
+    colour = (A.Lambda(image=_tf_brightness_contrast, p=1.0) if tf_arithmetic
+              else A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS,
+                                              contrast_limit=CONTRAST[1] - 1.0, p=1.0))
+    steps = [A.HorizontalFlip(p=0.5), colour]
     if name == "standard":
         steps.append(A.Rotate(limit=DEGREES, interpolation=cv2.INTER_LINEAR,
                               border_mode=cv2.BORDER_CONSTANT, p=1.0))
@@ -179,11 +182,30 @@ def _albumentations_chain(name, boxes=False):
     return A.Compose(steps, bbox_params=bbox_params)
 
 
-def _pool_setup(chain, copies, boxes=False):
+def _tf_brightness_contrast(image, **_):
+    """tf.image.random_brightness then random_contrast as tf.image computes them (float32, the
+    contrast around each channel's own mean, no clip between the two; stored as augbatch
+    stores float pixels), written as an OpenCV user would: the channels' means, then one
+    lookup table per channel for both ops. What albumentations costs doing augbatch's
+    arithmetic (rows "P1 tf arithmetic")."""
     import cv2
+    import numpy as np
+    rng = _pool_state["rng"]
+    delta = np.float32(rng.uniform(-BRIGHTNESS, BRIGHTNESS))
+    factor = np.float32(rng.uniform(*CONTRAST))
+    values = np.arange(256, dtype=np.float32) * np.float32(1 / 255) + delta
+    means = (np.array(cv2.mean(image)[:3]) / 255 + delta).astype(np.float32)
+    table = (values[:, None] - means) * factor + means
+    table = (np.clip(table, 0.0, 1.0) * np.float32(255.5)).astype(np.uint8)
+    return cv2.LUT(image, table.reshape(256, 1, 3))
+
+
+def _pool_setup(chain, copies, boxes=False, tf_arithmetic=False):
+    import cv2
+    import numpy as np
     cv2.setNumThreads(1)  # the pool fills the cores
-    _pool_state.update(chain=_albumentations_chain(chain, boxes) if chain else None,
-                       copies=copies)
+    _pool_state.update(chain=_albumentations_chain(chain, boxes, tf_arithmetic) if chain
+                       else None, copies=copies, rng=np.random.default_rng())
 
 
 def _pool_one(item):
@@ -203,12 +225,13 @@ def _pool_one(item):
     return encoded, label
 
 
-def run_pool(folder, out_dir, copies, chain):
+def run_pool(folder, out_dir, copies, chain, tf_arithmetic=False):
     """P0 (chain None) or P1: files -> Pool(decode, augment, encode) -> TFRecordWriter."""
     import multiprocessing
     import tensorflow as tf
     count = 0
-    pool = multiprocessing.Pool(POOL_PROCESSES, _pool_setup, (chain, copies))
+    pool = multiprocessing.Pool(POOL_PROCESSES, _pool_setup,
+                                (chain, copies, False, tf_arithmetic))
     with tf.io.TFRecordWriter(os.path.join(out_dir, "out.tfrecord")) as writer:
         for encoded, label in pool.imap(_pool_one, list_inputs(folder), chunksize=8):
             for data in encoded:
@@ -325,7 +348,7 @@ VARIANTS = {"F0": lambda a: run_tf_data(a.inputs, a.out, a.copies, None),
             "B1": lambda a: run_tf_data(a.inputs, a.out, a.copies, a.chain),
             "B2": lambda a: run_idg(a.inputs, a.out, a.copies, a.chain),
             "P0": lambda a: run_pool(a.inputs, a.out, a.copies, None),
-            "P1": lambda a: run_pool(a.inputs, a.out, a.copies, a.chain),
+            "P1": lambda a: run_pool(a.inputs, a.out, a.copies, a.chain, a.tf_arithmetic),
             "P1-boxes": lambda a: run_pool_boxes(a.inputs, a.out, a.copies, a.chain),
             "augbatch": lambda a: run_augbatch(a.inputs, a.out, a.copies, a.chain,
                                                a.beam_args, a.dask_workers,
@@ -416,6 +439,9 @@ def arguments():
                         "Dask cluster of this many worker processes (0: none)")
     parser.add_argument("--count-boxes", action="store_true", help="after timing, read the "
                         "output back and report its records and boxes")
+    parser.add_argument("--tf-arithmetic", action="store_true", help="P1: brightness and "
+                        "contrast as tf.image computes them (the contrast around each "
+                        "channel's mean), as lookup tables")
     return parser
 
 

@@ -19,7 +19,8 @@ from tests.conftest import ROOT
 
 RUN = ["F0", "B1", "B2", "augbatch", "augbatch --xla tfrecord", "augbatch --xla threads x2",
        "augbatch dask x2", "B1 colour", "augbatch colour", "augbatch 512", "augbatch detection"]
-PEER = ["P0", "P1", "P1 colour", "P1 512", "P1 detection"]
+PEER = ["P0", "P1", "P1 colour", "P1 tf arithmetic", "P1 colour tf arithmetic", "P1 512",
+        "P1 detection"]
 
 
 def test_bench_reports_its_rows(tmp_path):
@@ -34,11 +35,13 @@ def test_bench_reports_its_rows(tmp_path):
     report = json.loads((out / "results.json").read_text())
     # The peer's rows (albumentations) run where it is installed, else a note says why not.
     peer = PEER if "P1" in report["vs_peer"] else []
-    assert peer or ("note: rows P0, P1, P1 colour, P1 512, P1 detection (albumentations) "
-                    "skipped") in done.stdout
+    assert peer or (f"note: rows {', '.join(PEER)} (albumentations) skipped") in done.stdout
 
     rows = {r["row"]: r for r in report["results"]}
     assert sorted(rows) == sorted(RUN + peer)
+    if peer:  # augbatch against albumentations doing the same arithmetic, printed
+        assert sorted(report["vs_peer_same_arithmetic"]) == ["augbatch", "augbatch colour"]
+        assert "augbatch colour vs P1 colour tf arithmetic (albumentations doing" in done.stdout
     for name, row in rows.items():
         # 8 inputs x 1 copy, every contender; the 512x512 rows run a quarter of the inputs
         assert row["outputs"] == (2 if name.endswith(" 512") else 8), row
