@@ -231,8 +231,11 @@ def compose(transforms):
     """One transform per example doing the list's transforms in order (first op first).
 
     Output -> input maps compose left to right: the last op maps an output pixel into the
-    previous op's output, and so on back to the input.
+    previous op's output, and so on back to the input. One transform is itself (its flat
+    form has the last entry 1 already: to_flat would divide by 1), without six ops per copy.
     """
+    if len(transforms) == 1:
+        return transforms[0]
     matrix = to_matrices(transforms[0])
     for flat in transforms[1:]:
         matrix = tf.matmul(matrix, to_matrices(flat))
