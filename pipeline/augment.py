@@ -326,12 +326,13 @@ def build_geometry(steps, xla=False):
     return run
 
 
-def build_record(steps, xla=False, channels=3):
+def build_record(steps, xla=False, channels=3, parallel=None):
     """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
     the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
     draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced.
-    Its own loop over the copies, where TensorFlow prunes the pixel work of the blank image
-    the ops are traced on (inside the chain's loop it did not: 0.1-0.25 ms per 512x512 copy)."""
+    Its own loop over the copies (`parallel` at once: the chain's), where TensorFlow prunes
+    the pixel work of the blank image the ops are traced on, but for stateful ops such as a
+    Python op's (inside the chain's loop it did not: 0.1-0.25 ms per 512x512 copy)."""
     parts = []
     for kind, start, part in plan(steps, xla):
         fn = chain_mod.build_record(part, start)
@@ -367,7 +368,7 @@ def build_record(steps, xla=False, channels=3):
         traced, signature = traced_one(images)
         return unpack(tf.map_fn(lambda seed: traced(seed, images), seeds,
                                 fn_output_signature=signature,
-                                parallel_iterations=PARALLEL_COPIES))
+                                parallel_iterations=parallel or PARALLEL_COPIES))
 
     def unpack(packed):
         return _unpack(packed, *layout)
@@ -539,7 +540,7 @@ class ChainRunner:
         # so a pixel's last bit could depend on its neighbours). A GPU wants whole batches.
         one_by_one = not self.chain.compiled and "CPU" in self.device
         # What was done to each copy (augment/ops), noted in the same call.
-        record = (build_record(job.chain, job.xla, job.channels)
+        record = (build_record(job.chain, job.xla, job.channels, parallel)
                   if job.record_ops and any(chain_mod.op_paths(job.chain)) else None)
 
         def augment_encode(images, seeds, as_png, rows):

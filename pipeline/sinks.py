@@ -28,12 +28,12 @@ from pipeline import sources
 
 TMP_DIR = ".augbatch-tmp"
 # The shards a worker writes at once hold together about this many bytes of records while
-# they sort them (memory, whatever their size); a part of a shard larger than a writer's
-# share is read again for each part.
+# they sort them (memory, whatever their size): a slice of a shard larger than a writer's
+# share is cut into parts, and its bucket files are read once per part.
 SORT_BYTES = 64 << 20
-# Bucket files per shard and bundle, each a slice of the hash order: a shard of the planned
-# size (run.SHARD_TARGET_BYTES, 128 MB), written by one or two writers, then sorts in one
-# pass over its buckets.
+# Bucket files per shard and bundle, each a slice of the hash order: a shard a little under
+# the planned size (run.SHARD_TARGET_BYTES, 128 MB; bucket entries add their key) sorts in
+# one pass over its buckets when it is the only one a worker writes at once.
 SLICES = 4
 # Shards a worker writes at once, at most (file reads and writes and CRCs release the GIL);
 # together they hold about SORT_BYTES of records.
@@ -235,13 +235,14 @@ class WriteShard(beam.DoFn):
                 for (_, _, copy_index), label, payload in entries:
                     head, tail = sources.frame_parts(payload)
                     pieces += (head, payload, tail)
-                    size += len(payload)
+                    size += len(head) + len(payload) + len(tail)
                     if size >= WRITE_BYTES:
                         f.write(b"".join(pieces))
                         pieces, size = [], 0
                     labels[str(label)] += 1
                     copies[str(copy_index)] += 1
                 records += len(entries)
+                del entries  # (before the next part is read: one part in memory at a time)
             f.write(b"".join(pieces))
         return {"shard": name, "records": records, "labels": dict(labels),
                 "copies": dict(copies), "split": split}
