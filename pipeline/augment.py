@@ -414,6 +414,16 @@ def _unpack(packed, notes, shapes, dtypes):
         for t, s in zip(flat, shapes)])
 
 
+def _nested_like(layout, values):
+    """tf.nest.pack_sequence_as(layout, values) for the lists, tuples and dicts (keys in
+    tf.nest.flatten's sorted order) of the notes: `values` an iterator."""
+    if isinstance(layout, dict):
+        return {key: _nested_like(layout[key], values) for key in sorted(layout)}
+    if isinstance(layout, (list, tuple)):
+        return type(layout)(_nested_like(part, values) for part in layout)
+    return next(values)
+
+
 def _dtype(index, runs):
     """What run `index` of the chain returns: float32 pixels, uint8 after the last run."""
     return tf.uint8 if index == len(runs) - 1 else tf.float32
@@ -543,7 +553,7 @@ class ChainRunner:
         record = (build_record(job.chain, job.xla, job.channels, parallel)
                   if job.record_ops and any(chain_mod.op_paths(job.chain)) else None)
 
-        def augment_encode(images, seeds, as_png, rows):
+        def augment_encode_nested(images, seeds, as_png, rows):
             # Copy i of the batch is input copy_of[i].
             copy_of = tf.repeat(tf.range(tf.shape(images)[0]), self.copies)
             if one_by_one:
@@ -556,6 +566,13 @@ class ChainRunner:
             notes = record(seeds, tf.shape(images)[1], tf.shape(images)[2]) if record else ()
             with tf.device("/device:CPU:0"):
                 return _encode_batch(out, as_png, self.quality), tf.shape(out)[1:], notes
+
+        def augment_encode(images, seeds, as_png, rows):
+            # The notes leave the graph flat: TensorFlow's nesting of a call's outputs, and
+            # tf.nest's, cost ~20 us per copy in Python; augment_encode nests them again.
+            encoded, shape, notes = augment_encode_nested(images, seeds, as_png, rows)
+            self._notes_layout = tf.nest.map_structure(lambda _: None, notes)
+            return encoded, shape, tuple(tf.nest.flatten(notes))
 
         def encode(images, as_png):
             return _encode_batch(images, as_png, self.quality)
@@ -592,8 +609,9 @@ class ChainRunner:
         elif self._record_steps is None:  # plain copies: nothing done
             ops = [[] for _ in range(count)]
         else:
-            ops = chain_mod.op_records(
-                self._record_steps, tf.nest.map_structure(lambda t: t.numpy(), notes), count)
+            values = iter([t.numpy() for t in notes])
+            ops = chain_mod.op_records(self._record_steps,
+                                       _nested_like(self._notes_layout, values), count)
         return ([bytes(b) for b in encoded.numpy()], tuple(int(s) for s in shape.numpy()), ops)
 
     def encode(self, images, formats):

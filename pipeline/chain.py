@@ -493,7 +493,11 @@ def op_records(steps, notes, count):
         entries = []
         for path, name, conditions, draws, move, seeds, random in columns:
             entry = {"at": path, "op": name, "ran": True}
-            skipped = next((p for p, mask in conditions if not mask[row]), None)
+            skipped = None
+            for condition, mask in conditions:  # (a loop: most steps have none)
+                if not mask[row]:
+                    skipped = condition
+                    break
             if skipped:
                 entry.update(ran=False, by=skipped)
                 entries.append(entry)
@@ -520,6 +524,14 @@ def _plain_number(value, digits=4):
     return round(float(value), digits)
 
 
+def _is_identity(t):
+    """Whether the 8 numbers are the identity transform's, each within 1e-6 (element by
+    element: most moves differ in their first)."""
+    return (abs(t[0] - 1.0) < 1e-6 and abs(t[1]) < 1e-6 and abs(t[2]) < 1e-6
+            and abs(t[3]) < 1e-6 and abs(t[4] - 1.0) < 1e-6 and abs(t[5]) < 1e-6
+            and abs(t[6]) < 1e-6 and abs(t[7]) < 1e-6)
+
+
 def describe_move(transform, in_h, in_w, out_h, out_w):
     """A geometric op's transform (8 numbers, output pixel -> input point, geometry.py's
     convention) in words: {"box": [x0, y0, x1, y1]} the input region shown (pixel edges) for
@@ -530,8 +542,7 @@ def describe_move(transform, in_h, in_w, out_h, out_w):
     cannot say (perspective, shear). {} for no move."""
     t = [float(v) for v in transform]
     size = [int(in_h), int(in_w), int(out_h), int(out_w)]
-    if (max(abs(a - b) for a, b in zip(t, (1, 0, 0, 0, 1, 0, 0, 0))) < 1e-6
-            and size[:2] == size[2:]):
+    if size[:2] == size[2:] and _is_identity(t):
         return {}
     r = lambda v, digits=2: round(float(v), digits) + 0.0  # noqa: E731 (+0.0: no -0.0)
     if abs(t[6]) > 1e-9 or abs(t[7]) > 1e-9:

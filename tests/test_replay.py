@@ -246,6 +246,24 @@ def test_describe_move_reads_crops_flips_and_rotations():
     turned = chain.describe_move([c, -s, 0, s, c, 0, 0, 0], 10, 10, 10, 10)
     assert turned["angle"] == round(math.degrees(0.3), 2) and turned["scale"] == [1.0, 1.0]
     assert "matrix" in chain.describe_move([1, 0, 0, 0, 1, 0, 0.01, 0], 10, 10, 10, 10)
+    # no move: each number within 1e-6 of the identity's, and the size kept
+    assert chain.describe_move([1 + 5e-7, 0, 4e-7, 0, 1, -9e-7, 0, 0], 10, 20, 10, 20) == {}
+    for index in range(8):
+        near = [1, 0, 0, 0, 1, 0, 0, 0]
+        near[index] += 2e-6
+        assert not chain._is_identity(near), index
+    assert chain.describe_move([1, 0, 0, 0, 1, 0, 0, 0], 10, 20, 5, 20) != {}
+
+
+def test_notes_leave_the_graph_flat_and_come_back_as_tf_nest_nests_them():
+    notes = [{"seeds": tf.constant([1]), "move": (), "draws": [tf.constant([2.0])],
+              "conditions": [tf.constant([True]), tf.constant([False])]},
+             {"move": (tf.constant([3.0]), tf.constant([4])), "draws": [], "seeds": tf.constant(5),
+              "conditions": []}]
+    layout = tf.nest.map_structure(lambda _: None, notes)
+    back = augment._nested_like(layout, iter(tf.nest.flatten(notes)))
+    tf.nest.assert_same_structure(back, notes)
+    assert all(a is b for a, b in zip(tf.nest.flatten(back), tf.nest.flatten(notes)))
 
 
 # --- inspect --record and preview --explain ----------------------------------------------------

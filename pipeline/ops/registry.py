@@ -227,11 +227,11 @@ def all_ops(family=None):
 
 
 def get(name, path="op"):
-    ops = all_ops()
+    load_families()
     if name in _UNAVAILABLE:
         raise ConfigError(path, f"{name} {_UNAVAILABLE[name]}",
                           hint="`augbatch list-ops` lists the ops of this stack")
-    if name not in ops:
-        raise ConfigError(path, f"unknown op '{name}'" + did_you_mean(name, ops),
+    if name not in _OPS:
+        raise ConfigError(path, f"unknown op '{name}'" + did_you_mean(name, all_ops()),
                           hint="`augbatch list-ops` lists every op")
-    return ops[name]
+    return _OPS[name]  # (not all_ops(): it sorts every op, ~10 us, on every record's call)
