@@ -73,8 +73,7 @@ def discover(kind, job, found):
 
 def files_of(found):
     """(path, base folder) of every listed file that is not hidden."""
-    return [(f, item.base) for item in found for f in item.files
-            if not any(part.startswith(".") for part in relative(f, item.base).split("/"))]
+    return [(f, item.base) for item in found for f, _ in item.visible]
 
 
 def relative(path, base):
