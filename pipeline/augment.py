@@ -610,8 +610,9 @@ class ChainRunner:
             ops = [[] for _ in range(count)]
         else:
             values = iter([t.numpy() for t in notes])
-            ops = chain_mod.op_records(self._record_steps,
-                                       _nested_like(self._notes_layout, values), count)
+            nested = _nested_like(self._notes_layout, values)
+            assert next(values, None) is None, "the notes do not match their layout"
+            ops = chain_mod.op_records(self._record_steps, nested, count)
         return ([bytes(b) for b in encoded.numpy()], tuple(int(s) for s in shape.numpy()), ops)
 
     def encode(self, images, formats):

@@ -252,6 +252,10 @@ def test_describe_move_reads_crops_flips_and_rotations():
         near = [1, 0, 0, 0, 1, 0, 0, 0]
         near[index] += 2e-6
         assert not chain._is_identity(near), index
+    # as max(|t - identity|) < 1e-6 was: a NaN is passed over after the first number only
+    nan = float("nan")
+    assert chain._is_identity([1, nan, 0, 0, 1, 0, 0, 0])
+    assert not chain._is_identity([nan, 0, 0, 0, 1, 0, 0, 0])
     assert chain.describe_move([1, 0, 0, 0, 1, 0, 0, 0], 10, 20, 5, 20) != {}
 
 
