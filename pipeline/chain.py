@@ -525,12 +525,10 @@ def _plain_number(value, digits=4):
 
 
 def _is_identity(t):
-    """Whether the 8 numbers are the identity transform's, each within 1e-6, element by
-    element (most moves differ in their first): what max(|t - identity|) < 1e-6 said, a NaN
-    after the first number passed over as max() passes it over."""
-    return (abs(t[0] - 1.0) < 1e-6 and not abs(t[1]) >= 1e-6 and not abs(t[2]) >= 1e-6
-            and not abs(t[3]) >= 1e-6 and not abs(t[4] - 1.0) >= 1e-6
-            and not abs(t[5]) >= 1e-6 and not abs(t[6]) >= 1e-6 and not abs(t[7]) >= 1e-6)
+    """Whether the 8 numbers are the identity transform's, each within 1e-6 (the first alone
+    first: most moves differ there)."""
+    return (abs(t[0] - 1.0) < 1e-6
+            and max(abs(a - b) for a, b in zip(t, (1, 0, 0, 0, 1, 0, 0, 0))) < 1e-6)
 
 
 def describe_move(transform, in_h, in_w, out_h, out_w):

@@ -254,8 +254,7 @@ def discover(job):
     found = _expand_inputs(job)
     all_files = [f for item in found for f in item.files]
     loops = [_ref(link, item.base) for item in found for link in item.loops]
-    hidden = sorted(printable(r) for item in found  # (folders with a hidden file)
-                    if item.is_folder and len(item.visible) < len(item.relative)
+    hidden = sorted(printable(r) for item in found if item.is_folder
                     for f, r in item.relative if _hidden(r))
     kind = job.input_kind
     from pipeline import formats

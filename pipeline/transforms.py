@@ -309,8 +309,8 @@ _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
 def header(data):
     """The image's Header, from the header alone."""
     from PIL import Image
-    formats = [next((name for magic, name in _MAGIC if data.startswith(magic)), None)]
-    with Image.open(io.BytesIO(data), formats=formats if formats[0] else None) as im:
+    told = next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+    with Image.open(io.BytesIO(data), formats=[told] if told else None) as im:
         fmt = PIL_FORMATS.get(im.format)
         if fmt is None:
             raise UnsupportedFormat(f"unsupported image format {im.format} (augbatch reads "
