@@ -14,6 +14,7 @@ import click
 from pipeline import __version__
 from pipeline import errors
 from pipeline.errors import Terminated, UserError
+from pipeline.ops import registry
 
 log = logging.getLogger("augbatch")
 
@@ -487,8 +488,8 @@ def validate(config_path, allow_python_ops):
 
 
 @main.command("list-ops")
-@click.option("--family", type=click.Choice(["tf.image", "tfa.image", "keras.layers", "idg",
-                                             "python"]), help="Only this family.")
+@click.option("--family", type=click.Choice(list(registry.FAMILY_MODULES)),
+              help="Only this family.")
 def list_ops(family):
     """List every augmentation op with its parameters (read from the registry).
 
@@ -496,7 +497,6 @@ def list_ops(family):
     Example:
       augbatch list-ops --family tfa.image
     """
-    from pipeline.ops import registry
     for name, op in registry.all_ops(family).items():
         kind = "random" if op.random else "fixed"
         carries = {"unchanged": "targets unchanged", "transformed": "moves targets",

@@ -42,7 +42,16 @@ COLOUR_CHAIN = [
 ]
 STANDARD_CHAIN = COLOUR_CHAIN + [
     {"op": "tfa.image.rotate", "max_degrees": DEGREES, "interpolation": "bilinear"}]
-CHAINS = {"standard": STANDARD_CHAIN, "colour": COLOUR_CHAIN}
+# The same chains with albumentations' arithmetic for brightness and contrast (x * alpha +
+# beta, no mean; the same draws' ranges as P1's RandomBrightnessContrast), on uint8 pixels.
+UINT8_COLOUR_CHAIN = [
+    COLOUR_CHAIN[0],
+    {"op": "uint8.random_brightness_contrast", "contrast": list(CONTRAST),
+     "brightness": [-BRIGHTNESS, BRIGHTNESS]},
+]
+UINT8_STANDARD_CHAIN = UINT8_COLOUR_CHAIN + STANDARD_CHAIN[3:]
+CHAINS = {"standard": STANDARD_CHAIN, "colour": COLOUR_CHAIN,
+          "standard-uint8": UINT8_STANDARD_CHAIN, "colour-uint8": UINT8_COLOUR_CHAIN}
 
 
 def list_inputs(folder):

@@ -204,13 +204,15 @@ def _compilable(step):
 
 def plan(steps, xla, uint8_geometry=False):
     """The chain as stages [(kind, start index, steps)], in order, kind one of
-    'uint8' (pixel-moving head, before the float conversion, and with `uint8_geometry` the
-    tail after it), 'xla' or 'plain'. `uint8_geometry`: geometric ops that only resample join
-    the head and tail (runtime.kernel opencv-uint8), where they resample uint8 pixels."""
+    'uint8' (the head before the float conversion: ops that only move pixels or compute on
+    uint8 themselves; with `uint8_geometry` the tail after it too), 'xla' or 'plain'.
+    `uint8_geometry`: geometric ops that only resample join the head and tail
+    (runtime.kernel opencv-uint8), where they resample uint8 pixels."""
     steps = list(steps)
 
     def stays_uint8(step):  # (an op XLA compiles goes to XLA instead: there it costs nothing)
         return ((_is_op(step, "uint8_exact") and not (xla and _is_op(step, "xla")))
+                or _is_op(step, "uint8_native")
                 or (uint8_geometry and _resamples_alone(step)))
     head = 0
     while head < len(steps) and stays_uint8(steps[head]):

@@ -111,8 +111,8 @@ def config_hash(job):
                 "format": job.format, "quality": job.quality}
     if job.xla:  # XLA draws other random numbers than TensorFlow's kernels
         decisive["xla"] = True
-    elif job.kernel != "tensorflow" and _resamples(job.chain):  # its pixels differ a little
-        decisive["kernel"] = job.kernel  # from TensorFlow's kernel (colour-only chains: same)
+    elif job.kernel != "tensorflow" and _kernel_matters(job.chain):  # its pixels differ a
+        decisive["kernel"] = job.kernel  # little from TensorFlow's kernels
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
     if job.augment_splits != ("train",):  # which splits get copies
@@ -127,16 +127,17 @@ def config_hash(job):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _resamples(steps):
-    """Whether a chain has a geometric op that resamples (the kernel choice changes its pixels)."""
+def _kernel_matters(steps):
+    """Whether a chain has an op the kernel choice changes the pixels of: a geometric op that
+    resamples, or a uint8 op (OpenCV's arithmetic or TensorFlow's)."""
     from pipeline.ops import geometry, registry
     for step in steps:
         if "op" in step:
             op = registry.get(step["op"])
-            if (op.targets == registry.TRANSFORMED
-                    and isinstance(op.build(step["params"]), geometry.Projective)):
+            if op.uint8_native or (op.targets == registry.TRANSFORMED
+                                   and isinstance(op.build(step["params"]), geometry.Projective)):
                 return True
-        elif any(_resamples(step.get(kind, [])) for kind in chain_mod.GROUPS):
+        elif any(_kernel_matters(step.get(kind, [])) for kind in chain_mod.GROUPS):
             return True
     return False
 

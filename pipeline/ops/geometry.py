@@ -41,7 +41,7 @@ def transform(images, transforms, interpolation="nearest", fill_mode="constant",
     """
     if getattr(_tracing, "for_xla", False):
         return transform_with_gathers(images, transforms, interpolation, fill_mode, fill_value)
-    if getattr(_tracing, "kernel", "tensorflow") == "opencv":
+    if kernel_in_use() == "opencv":
         return transform_with_opencv(images, transforms, interpolation, fill_mode, fill_value)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=tf.cast(transforms, tf.float32),
@@ -76,6 +76,21 @@ def kernel(name):
         _tracing.kernel = before
 
 
+def kernel_in_use():
+    """The kernel being traced for: "opencv" or "tensorflow" (compiled by XLA: tensorflow)."""
+    if getattr(_tracing, "for_xla", False):
+        return "tensorflow"
+    return getattr(_tracing, "kernel", "tensorflow")
+
+
+def call_opencv(fn, inputs, dtype, name):
+    """tf.numpy_function(fn, inputs, dtype) for a function that only calls OpenCV and numpy
+    (never TensorFlow): noted in OPENCV_TOKENS."""
+    out = tf.numpy_function(fn, inputs, dtype, stateful=False, name=name)
+    OPENCV_TOKENS.add(out.op.get_attr("token").decode())
+    return out
+
+
 def transform_with_opencv(images, transforms, interpolation="nearest", fill_mode="constant",
                           fill_value=0.0):
     """transform() with OpenCV's warpAffine / warpPerspective, called from the graph."""
@@ -84,14 +99,12 @@ def transform_with_opencv(images, transforms, interpolation="nearest", fill_mode
     # (float64 here, as OpenCV takes its matrices: less Python per image in the call; from
     # float32, as the sampling points have always been computed)
     matrices = tf.cast(tf.cast(transforms, tf.float32), tf.float64)
-    out = tf.numpy_function(warp, [images, matrices], images.dtype,
-                            stateful=False, name="opencv_warp")
-    OPENCV_TOKENS.add(out.op.get_attr("token").decode())
+    out = call_opencv(warp, [images, matrices], images.dtype, name="opencv_warp")
     return tf.ensure_shape(out, images.shape)
 
 
 @functools.lru_cache(maxsize=None)
-def _cv2():
+def cv2_module():
     """OpenCV, each call on the calling thread: the runner already fills the cores with several
     images at once, as it does TensorFlow's ops (augment.configure_threads)."""
     import cv2
@@ -101,7 +114,7 @@ def _cv2():
 
 @functools.lru_cache(maxsize=None)
 def _warp_options(interpolation, fill_mode, fill_value):
-    cv2 = _cv2()
+    cv2 = cv2_module()
     return dict(flags=cv2.WARP_INVERSE_MAP | (cv2.INTER_LINEAR if interpolation == "bilinear"
                                               else cv2.INTER_NEAREST),
                 borderMode=getattr(cv2, _BORDERS[fill_mode]), borderValue=(fill_value,) * 4)
@@ -111,7 +124,7 @@ def _warp(images, transforms, options):
     """Each image of `images` [B, H, W, C] warped by its row of `transforms` [B, 8] (float64).
     Runs in TensorFlow's threads, which take turns at Python's lock for it, and Python's work
     per call costs more there than alone (~80 us around each warp, measured): kept little."""
-    cv2 = _cv2()
+    cv2 = cv2_module()
     height, width, channels = images.shape[1:]
     out = np.empty_like(images)
     for index, flat in enumerate(transforms):

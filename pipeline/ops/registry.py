@@ -29,6 +29,7 @@ FAMILY_MODULES = {
     "keras.layers": "pipeline.ops.keras_layers",
     "idg": "pipeline.ops.idg",
     "python": "pipeline.ops.python_ops",
+    "uint8": "pipeline.ops.uint8",
 }
 
 # Parameter kinds and the Python values each accepts.
@@ -145,6 +146,9 @@ class Op:
     geometry: Optional[Callable] = None
     # Only moves pixels (no arithmetic): exact on uint8, may run before the float conversion.
     uint8_exact: bool = False
+    # Computes on uint8 pixels itself when given them (one rounding; on floats, the same map
+    # unrounded): may run before the float conversion, and after it (augment.plan).
+    uint8_native: bool = False
     # XLA compiles it on CPU and GPU (element-wise colour maths, flips). Explicit: compiling
     # changes the random draws, so what is compiled must not depend on the machine.
     xla: bool = False
@@ -187,7 +191,7 @@ _loaded = set()
 
 def register(name, family, params=(), random=False, keeps_shape=True, test_params=None,
              check=None, open_params=False, doc=None, targets=None, geometry=None,
-             uint8_exact=False, xla=False):
+             uint8_exact=False, uint8_native=False, xla=False):
     """Decorator: register `builder` as the op `name` (see Op for the traits)."""
     if targets not in TARGET_TRAITS:
         raise ValueError(f"{name}: targets must be one of {TARGET_TRAITS}")
@@ -197,7 +201,7 @@ def register(name, family, params=(), random=False, keeps_shape=True, test_param
                doc=(doc or (builder.__doc__ or "")).strip().split("\n")[0],
                keeps_shape=keeps_shape, test_params=test_params, check=check,
                open_params=open_params, targets=targets, geometry=geometry,
-               uint8_exact=uint8_exact, xla=xla))
+               uint8_exact=uint8_exact, uint8_native=uint8_native, xla=xla))
         return builder
     return wrap
 
