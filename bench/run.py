@@ -63,12 +63,17 @@ def rows(folder, records, large, boxes):
         ("augbatch dask x2", "as augbatch, on a local Dask cluster of 2 worker processes (CPU: "
          "client, scheduler and workers)", augbatch(folder, "standard", False)
          + ["--dask-workers", "2"]),
+        ("augbatch uint8", "as augbatch, with uint8.random_brightness_contrast for tf.image's "
+         "brightness and contrast: albumentations' arithmetic (x * alpha + beta, no mean), so "
+         "the ratio to P1 compares the same arithmetic", augbatch(folder, "standard-uint8", False)),
         ("B1 colour", "hand-written tf.data, colour-only chain",
          ["B1", "--inputs", folder, "--chain", "colour"]),
         ("augbatch --xla colour", "augbatch expand, colour-only chain, XLA",
          augbatch(folder, "colour", True)),
         ("augbatch colour", "augbatch expand, colour-only chain, default (no XLA)",
          augbatch(folder, "colour", False)),
+        ("augbatch uint8 colour", "as augbatch colour, with uint8.random_brightness_contrast "
+         "(as augbatch uint8)", augbatch(folder, "colour-uint8", False)),
         ("P0", "OpenCV decode + re-encode only, 2-process pool: the peer's floor",
          ["P0", "--inputs", folder]),
         ("P1", "albumentations (OpenCV), 2-process pool, standard chain",
@@ -288,7 +293,8 @@ def main(argv=None):
             runs[name].append(future.result())
     results = [summarize(name, what, runs[name]) for name, what, _ in chosen]
     reference = {"B1 colour": "B1 colour", "augbatch --xla colour": "B1 colour",
-                 "augbatch colour": "B1 colour", "P1 colour": "B1 colour",
+                 "augbatch colour": "B1 colour", "augbatch uint8 colour": "B1 colour",
+                 "P1 colour": "B1 colour",
                  "P1 colour tf arithmetic": "B1 colour"}
 
     by_name = {r["row"]: r for r in results}

@@ -18,7 +18,8 @@ from pipeline import config
 from tests.conftest import ROOT
 
 RUN = ["F0", "B1", "B2", "augbatch", "augbatch --xla tfrecord", "augbatch --xla threads x2",
-       "augbatch dask x2", "B1 colour", "augbatch colour", "augbatch 512", "augbatch detection"]
+       "augbatch dask x2", "B1 colour", "augbatch colour", "augbatch uint8 colour",
+       "augbatch 512", "augbatch detection"]
 PEER = ["P0", "P1", "P1 colour", "P1 tf arithmetic", "P1 colour tf arithmetic", "P1 512",
         "P1 detection"]
 
@@ -71,7 +72,7 @@ def test_every_other_row_has_arguments_its_variant_takes(tmp_path):
     others = [(name, args) for name, _, args in every if name not in RUN + PEER]
     assert sorted(name for name, _ in others) == sorted([
         "augbatch --xla", "augbatch record_ops off", "augbatch --kernel tensorflow",
-        "augbatch --xla multi_processing x2", "augbatch --xla colour"])
+        "augbatch --xla multi_processing x2", "augbatch --xla colour", "augbatch uint8"])
     for name, args in others:
         parsed = variants.arguments().parse_args(
             bench_run.variant_argv(args, str(tmp_path / "out"), 4, None))
@@ -81,6 +82,9 @@ def test_every_other_row_has_arguments_its_variant_takes(tmp_path):
                                            "chain": variants.CHAINS[parsed.chain], **runtime})
         assert job.chain and all(getattr(job, k) == v for k, v in runtime.items()), name
         assert job.xla == ("--xla" in name), name
+        # (the uint8 rows: albumentations' arithmetic for brightness and contrast)
+        assert any(step.get("op", "").startswith("uint8.") for step in job.chain) == (
+            "uint8" in name), name
         beam_args = json.loads(parsed.beam_args)
         assert beam_args == (bench_run.MULTI_PROCESSING if "multi_processing" in name
                              else []), name
