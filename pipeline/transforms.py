@@ -6,6 +6,7 @@ import functools
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import typing
@@ -62,7 +63,7 @@ class Decoded:
 
     @property
     def nbytes(self):
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)  # (np.prod costs ~10 us a call: twice per input)
 
     def pixels(self):
         """The image, decoded here if the augment call was to decode it (DecodeImage's
