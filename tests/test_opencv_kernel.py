@@ -168,15 +168,20 @@ def test_kernel_in_the_config_and_on_the_command_line(small_folder, tmp_path):
                     "kernel": "tensorflow"}).config_hash
 
 
-def test_the_opencv_kernel_keeps_the_runner_parallel_and_deterministic():
-    """Python in the graph makes a runner go one call at a time, except this kernel's, which
-    never calls TensorFlow back; copies alone and in batches give the same bytes."""
-    job = make_job("x", "y", STANDARD, copies=2)
-    runner = augment.ChainRunner(job)
+def parallel_and_batch_free(steps, call):
+    """Python in the graph makes a runner go one call at a time, except OpenCV's (`call`: the
+    name of its numpy_function), which never calls TensorFlow back; copies alone and in
+    batches give the same bytes. -> (3 photos, 6 seeds, their 6 copies as PNGs)."""
+    runner = augment.ChainRunner(make_job("x", "y", steps, copies=2))
     assert runner.in_flight == augment.IN_FLIGHT
-    assert "opencv_warp" in str(runner._augment_encode.graph.as_graph_def())
+    assert call in str(runner._augment_encode.graph.as_graph_def())
     images, seeds = photos(3, 40, 48), seeds_for(6)
     whole = runner.augment_encode(images, seeds, ["png"] * 6)[0]
     alone = [b for i in range(3) for b in runner.augment_encode(
         images[i:i + 1], seeds[2 * i:2 * i + 2], ["png"] * 2)[0]]
     assert whole == alone
+    return images, seeds, whole
+
+
+def test_the_opencv_kernel_keeps_the_runner_parallel_and_deterministic():
+    parallel_and_batch_free(STANDARD, "opencv_warp")

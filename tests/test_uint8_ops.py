@@ -15,6 +15,7 @@ from cli import main
 from pipeline import augment, chain
 from pipeline.ops import draw, geometry, registry
 from tests.conftest import make_job
+from tests.test_opencv_kernel import parallel_and_batch_free
 from tests.test_performance_paths import photos, seeds_for
 
 NAME = "uint8.random_brightness_contrast"
@@ -135,15 +136,7 @@ def test_bad_parameters_name_their_path():
 
 
 def test_the_runner_stays_parallel_and_copies_ignore_their_batch():
-    job = make_job("x", "y", [{"op": NAME, **WIDE}], copies=2)
-    runner = augment.ChainRunner(job)
-    assert runner.in_flight == augment.IN_FLIGHT  # OpenCV in the graph calls no TensorFlow
-    assert "opencv_multiply_add" in str(runner._augment_encode.graph.as_graph_def())
-    images, seeds = photos(3, 40, 48), seeds_for(6)
-    whole = runner.augment_encode(images, seeds, ["png"] * 6)[0]
-    alone = [b for i in range(3) for b in runner.augment_encode(
-        images[i:i + 1], seeds[2 * i:2 * i + 2], ["png"] * 2)[0]]
-    assert whole == alone
+    images, seeds, whole = parallel_and_batch_free([{"op": NAME, **WIDE}], "opencv_multiply_add")
     pixels = [tf.io.decode_png(b).numpy() for b in whole]
     # (the chain gives step 0 its seed folded with its place, 0)
     step_seeds = draw.fold_in(tf.constant(seeds), 0).numpy()
