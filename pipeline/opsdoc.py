@@ -51,7 +51,8 @@ def render():
             "Every op a chain step can name (`{op: NAME, ...parameters}`), generated from the "
             "registry by `python -m pipeline.opsdoc`. Any step also takes `probability` "
             "(0-1). Images are float32 in [0, 1] inside the chain; the `uint8` ops work on "
-            "the stored 8-bit pixels where the chain holds them (README: Determinism and lineage).", "",
+            "the stored 8-bit pixels where the chain holds them (README: Determinism and "
+            "lineage).", "",
             f"Keras preprocessing layers (`{KERAS}.*`) depend on the installed Keras: see "
             "[ops-keras2.md](ops-keras2.md) (TensorFlow 2.15) and "
             "[ops-keras3.md](ops-keras3.md) (TensorFlow 2.16+).", ""]
