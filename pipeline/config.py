@@ -111,8 +111,13 @@ def config_hash(job):
                 "format": job.format, "quality": job.quality}
     if job.xla:  # XLA draws other random numbers than TensorFlow's kernels
         decisive["xla"] = True
-    elif job.kernel != "tensorflow" and _kernel_matters(job.chain):  # its pixels differ a
-        decisive["kernel"] = job.kernel  # little from TensorFlow's kernels
+    elif job.kernel != "tensorflow":
+        if _has_op(job.chain, _resamples):  # its pixels differ a little from TensorFlow's
+            decisive["kernel"] = job.kernel
+        if _has_op(job.chain, lambda op, params: op.uint8_native):
+            # The op's first version computed them with OpenCV's addWeighted under an OpenCV
+            # kernel, whose roundings differ a little: the records it wrote have another hash.
+            decisive["uint8_ops"] = "tensorflow"
     if job.target_rules != targets.Rules():  # (the defaults keep earlier configs' hashes)
         decisive["targets"] = dataclasses.asdict(job.target_rules)
     if job.augment_splits != ("train",):  # which splits get copies
@@ -127,19 +132,23 @@ def config_hash(job):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _kernel_matters(steps):
-    """Whether a chain has an op the kernel choice changes the pixels of: a geometric op that
-    resamples, or a uint8 op (OpenCV's arithmetic or TensorFlow's)."""
-    from pipeline.ops import geometry, registry
+def _has_op(steps, test):
+    """Whether a chain has an op step for which test(op, params) holds (in groups too)."""
+    from pipeline.ops import registry
     for step in steps:
         if "op" in step:
-            op = registry.get(step["op"])
-            if op.uint8_native or (op.targets == registry.TRANSFORMED
-                                   and isinstance(op.build(step["params"]), geometry.Projective)):
+            if test(registry.get(step["op"]), step["params"]):
                 return True
-        elif any(_kernel_matters(step.get(kind, [])) for kind in chain_mod.GROUPS):
+        elif any(_has_op(step.get(kind, []), test) for kind in chain_mod.GROUPS):
             return True
     return False
+
+
+def _resamples(op, params):
+    """A geometric op that resamples: the kernel choice changes its pixels."""
+    from pipeline.ops import geometry, registry
+    return (op.targets == registry.TRANSFORMED
+            and isinstance(op.build(params), geometry.Projective))
 
 
 def _plain(value):

@@ -168,13 +168,15 @@ def test_kernel_in_the_config_and_on_the_command_line(small_folder, tmp_path):
                     "kernel": "tensorflow"}).config_hash
 
 
-def parallel_and_batch_free(steps, call):
-    """Python in the graph makes a runner go one call at a time, except OpenCV's (`call`: the
-    name of its numpy_function), which never calls TensorFlow back; copies alone and in
-    batches give the same bytes. -> (3 photos, 6 seeds, their 6 copies as PNGs)."""
+def parallel_and_batch_free(steps, call=None):
+    """The runner stays parallel (Python in the graph makes it go one call at a time, except
+    OpenCV's: `call`, the name of its numpy_function, which never calls TensorFlow back; with
+    no `call`, the graph calls no Python at all); copies alone and in batches give the same
+    bytes. -> (3 photos, 6 seeds, their 6 copies as PNGs)."""
     runner = augment.ChainRunner(make_job("x", "y", steps, copies=2))
     assert runner.in_flight == augment.IN_FLIGHT
-    assert call in str(runner._augment_encode.graph.as_graph_def())
+    graph = str(runner._augment_encode.graph.as_graph_def())
+    assert call in graph if call else "PyFunc" not in graph
     images, seeds = photos(3, 40, 48), seeds_for(6)
     whole = runner.augment_encode(images, seeds, ["png"] * 6)[0]
     alone = [b for i in range(3) for b in runner.augment_encode(

@@ -5,16 +5,15 @@ and at its tail with the opencv-uint8 kernel) they work on those, several times 
 tf.image's pair (whose contrast moves each channel around its own mean, in float32); between
 float ops they compute the same map on the floats, rounded when the chain stores its pixels.
 
-On the CPU with an OpenCV kernel (runtime.kernel), uint8 pixels go through OpenCV's
-addWeighted; elsewhere (runtime.kernel tensorflow, a GPU, XLA) through TensorFlow's ops. Both
-round x * alpha + beta to the nearest level, half to even; OpenCV may fuse the multiply-add,
-so a value within a float32 rounding of a half level can land on the other side:
-tests/test_uint8_ops.py bounds it on real photos.
+It computes with TensorFlow's ops on every device, rounding x * alpha + beta to the nearest level,
+half to even. (Its first version, of 2026-12-03, called OpenCV's addWeighted under the CPU's
+OpenCV kernels: that call from the graph, a Python function, waits for Python's lock while the
+runner's other threads hold it, and cost more CPU and wall time in whole runs than TensorFlow's
+four passes.)
 """
-import numpy as np
 import tensorflow as tf
 
-from pipeline.ops import draw, geometry
+from pipeline.ops import draw
 from pipeline.ops.registry import UNCHANGED, Param, register
 
 F = "uint8"
@@ -45,23 +44,7 @@ def random_brightness_contrast(contrast, brightness):
 def multiply_add(images, alpha, beta):
     """uint8 images [B, H, W, C] -> round(x * alpha + beta) saturated to 0..255, with alpha
     and beta float32 [B] (one per image)."""
-    if geometry.kernel_in_use() == "opencv":
-        out = geometry.call_opencv(_add_weighted, [images, alpha, beta], tf.uint8,
-                                   name="opencv_multiply_add")
-        return tf.ensure_shape(out, images.shape)
-    out = tf.round(tf.cast(images, tf.float32) * draw.expand(alpha) + draw.expand(beta))
-    return tf.cast(tf.raw_ops.ClipByValue(t=out, clip_value_min=0.0, clip_value_max=255.0),
-                   tf.uint8)
-
-
-def _add_weighted(images, alpha, beta):
-    """OpenCV's saturating x * alpha + 0 * x + beta on each image, its channels side by side
-    in one plane (element-wise: any number of channels)."""
-    cv2 = geometry.cv2_module()
-    batch, height = images.shape[:2]
-    out = np.empty_like(images)
-    for index in range(batch):
-        plane = images[index].reshape(height, -1)
-        cv2.addWeighted(plane, float(alpha[index]), plane, 0.0, float(beta[index]),
-                        dst=out[index].reshape(height, -1))
-    return out
+    with tf.name_scope("uint8_multiply_add"):
+        out = tf.round(tf.cast(images, tf.float32) * draw.expand(alpha) + draw.expand(beta))
+        return tf.cast(tf.raw_ops.ClipByValue(t=out, clip_value_min=0.0, clip_value_max=255.0),
+                       tf.uint8)
