@@ -163,15 +163,24 @@ def _encode_one(image, as_png, quality):
 def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, parallel,
                          record=None):
     """chain + encode for one copy at a time: (encoded bytes per copy, output shape, notes).
-    `record`: build_record's, for the notes of each copy (in a loop of its own), or None."""
+    `record`: build_record's, for the notes of each copy (in the same loop where it can), or
+    None."""
+    prepared = record.prepare(tf.shape(images)[1], tf.shape(images)[2]) if record else None
+    inline = prepared is not None and prepared[2]
+
     def one(args):
         index, seed, png = args
         image = chain(images[index][None], seed[None])[0]
-        return _encode_one(image, png, quality), tf.shape(image)
-    encoded, shapes = tf.map_fn(
+        out = (_encode_one(image, png, quality), tf.shape(image))
+        return out + (prepared[0](seed),) if inline else out
+    encoded, shapes, *packed = tf.map_fn(
         one, (copy_of, seeds, as_png), parallel_iterations=parallel,
-        fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32)))
-    notes = record(seeds, tf.shape(images)[1], tf.shape(images)[2]) if record else ()
+        fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32))
+        + ((prepared[1],) if inline else ()))
+    if inline:
+        notes = record.unpack(packed[0])
+    else:
+        notes = record(seeds, tf.shape(images)[1], tf.shape(images)[2], prepared) if record else ()
     # (shapes: all alike; and defined for no copies)
     return encoded, tf.reduce_max(shapes, axis=0), notes
 
@@ -332,9 +341,13 @@ def build_record(steps, xla=False, channels=3, parallel=None):
     """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
     the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
     draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced.
-    Its own loop over the copies (`parallel` at once: the chain's), where TensorFlow prunes
-    the pixel work of the blank image the ops are traced on, but for stateful ops such as a
-    Python op's (inside the chain's loop it did not: 0.1-0.25 ms per 512x512 copy)."""
+    Its own loop over the copies (`parallel` at once: the chain's); or, through
+    `fn.prepare` and `fn.unpack`, a part of the chain's loop over its copies (fewer ops: a
+    loop of its own costs, and the draws the chain makes too are made once there). Either
+    way TensorFlow prunes the pixel work of the blank image the ops are traced on, but for
+    stateful ops (a Python op's, a Keras layer's): those keep a loop of their own, where
+    that work is done once per copy (inside the chain's loop it was not pruned: 0.1-0.25 ms
+    per 512x512 copy)."""
     parts = []
     for kind, start, part in plan(steps, xla):
         fn = chain_mod.build_record(part, start)
@@ -364,17 +377,25 @@ def build_record(steps, xla=False, channels=3, parallel=None):
         return traced, tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
                                              traced.structured_outputs)
 
-    def run(seeds, height, width):
-        # The copies one at a time inside the graph: one call for the batch, no loop per draw.
+    def prepare(height, width):
+        """(fn(seed [2]) -> one copy's notes, packed; their TensorSpecs; whether they may
+        join the chain's loop: no stateful op)."""
         images = blank(height, width)
         traced, signature = traced_one(images)
-        return unpack(tf.map_fn(lambda seed: traced(seed, images), seeds,
-                                fn_output_signature=signature,
+        stateful = any(op.op_def.is_stateful for op in traced.graph.get_operations())
+        return (lambda seed: traced(seed, images)), signature, not stateful
+
+    def run(seeds, height, width, prepared=None):
+        # The copies one at a time inside the graph: one call for the batch, no loop per draw.
+        notes_of, signature, _ = prepared or prepare(height, width)
+        return unpack(tf.map_fn(notes_of, seeds, fn_output_signature=signature,
                                 parallel_iterations=parallel or PARALLEL_COPIES))
 
     def unpack(packed):
+        """The packed notes of the copies [B, ...] -> the notes."""
         return _unpack(packed, *layout)
     run.steps = lambda: [step for fn, _ in parts for step in fn.steps]
+    run.prepare, run.unpack = prepare, unpack
     return run
 
 

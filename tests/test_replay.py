@@ -231,6 +231,30 @@ def test_every_op_can_be_recorded():
                     "matrix"} & set(entry)
 
 
+def _loops(concrete):
+    """The while loops of a traced function, its called functions' included."""
+    graph = concrete.graph.as_graph_def()
+    return sum(node.op in ("While", "StatelessWhile") for node in list(graph.node) + [
+        node for f in graph.library.function for node in f.node_def])
+
+
+def test_the_notes_made_in_the_chains_loop_are_those_of_a_loop_of_their_own():
+    """On the CPU each copy's notes are made in the chain's own loop over the copies (no loop
+    of their own: a runner recording its ops has no more loops than one that does not); they
+    are what the record's own loop (the GPU's and XLA's way) notes."""
+    from tests.test_performance_paths import photos as some_photos, seeds_for
+    images, seeds = some_photos(2, 40, 48), seeds_for(6)
+    runner = augment.ChainRunner(make_job("x", "y", CHAIN, copies=3))
+    plain = augment.ChainRunner(make_job("x", "y", CHAIN, copies=3, record_ops=False))
+    assert _loops(runner._augment_encode) == _loops(plain._augment_encode)
+    _, _, found = runner.augment_encode(images, seeds, ["png"] * 6)
+    record = augment.build_record(chain.normalize(CHAIN))
+    notes = tf.function(record, autograph=False)(tf.constant(seeds), tf.constant(40),
+                                                 tf.constant(48))
+    assert found == chain.op_records(record.steps(), tf.nest.map_structure(np.asarray, notes), 6)
+    assert {e["ran"] for ops in found for e in ops} == {True, False}  # the coin and the pick
+
+
 def test_describe_move_reads_crops_flips_and_rotations():
     assert chain.describe_move([1, 0, 0, 0, 1, 0, 0, 0], 10, 20, 10, 20) == {}
     assert chain.describe_move([-1, 0, 19, 0, 1, 0, 0, 0], 10, 20, 10, 20) == {"flip": "x"}
