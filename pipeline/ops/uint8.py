@@ -1,7 +1,7 @@
 """uint8: colour ops with the arithmetic of 8-bit pipelines (OpenCV's convertTo, albumentations'
-RandomBrightnessContrast): one multiply-add per pixel value and one rounding, no mean and no
-float32 round trip. Where the chain holds its stored uint8 pixels (augment.plan: at its head,
-and at its tail with the opencv-uint8 kernel) they work on those, several times cheaper than
+RandomBrightnessContrast): one multiply-add per pixel value and one rounding, no mean. Where
+the chain holds its stored uint8 pixels (augment.plan: at its head, and at its tail with the
+opencv-uint8 kernel) they work on those and give back uint8 pixels at once, cheaper than
 tf.image's pair (whose contrast moves each channel around its own mean, in float32); between
 float ops they compute the same map on the floats, rounded when the chain stores its pixels.
 
