@@ -274,11 +274,18 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
                 | "ListedInputs" >> beam.FlatMap(sources.read_input_list))
     else:
         refs = p | "Inputs" >> beam.Create(refs, reshuffle=False)
-    refs = refs | "Spread" >> beam.Reshuffle()
+    # The inputs (and a TFRecord file's ranges) spread over the workers; on one worker in this
+    # process that would only cost (~65 ms of a run's start: the first image read later).
+    from pipeline import runners
+    one_worker = runners.one_worker_here(p.options)
+
+    def spread(pcoll, name):
+        return pcoll if one_worker else pcoll | name >> beam.Reshuffle()
+    refs = spread(refs, "Spread")
     if discovery.kind == "tfrecord":  # each file read in ranges of records, spread like files
-        refs = (refs | "Ranges" >> beam.FlatMap(sources.record_ranges,
-                                                2 * sources.max_file_bytes(job.max_pixels))
-                | "SpreadRanges" >> beam.Reshuffle())
+        refs = spread(refs | "Ranges" >> beam.FlatMap(sources.record_ranges,
+                                                      2 * sources.max_file_bytes(job.max_pixels)),
+                      "SpreadRanges")
     read = refs | "Read" >> beam.ParDo(read_step(job, discovery, done)).with_outputs(
         T.ERRORS, main="inputs")
     # What discovery found but cannot use (images beside the class folders, symlink loops,

@@ -244,6 +244,16 @@ def check_submission(job, options, dry_run=False):
     return notes
 
 
+def one_worker_here(options):
+    """Whether the pipeline runs in this process on one worker: the DirectRunner's default
+    (in_memory, one worker). There a shuffle spreads nothing: every step runs on the one
+    worker, in one bundle each."""
+    from apache_beam.options.pipeline_options import DirectOptions
+    direct = options.view_as(DirectOptions)
+    return (str(options.view_as(StandardOptions).runner).lower() in ("direct", "directrunner")
+            and direct.direct_running_mode == "in_memory" and direct.direct_num_workers == 1)
+
+
 def new_pipeline(options):
     """beam.Pipeline(options), with the runner's option check as a user error (Dataflow checks
     project, region and gs:// locations here)."""

@@ -97,6 +97,24 @@ def test_other_runners_write_the_same_bytes(reference, tmp_path, beam_args):
     same_output(tmp_path / "out", reference_out)
 
 
+def test_inputs_are_spread_only_where_there_are_workers_to_spread_them_over(reference,
+                                                                           tmp_path):
+    """In this process on one worker (the default) the inputs go straight to their read: a
+    shuffle there spreads nothing and delays the first image; with workers, they are spread
+    (the bytes are the same either way: test_other_runners_write_the_same_bytes)."""
+    photos, config, _, _ = reference
+
+    def steps(*beam_args):
+        text = expand("-c", config, "-i", photos, "-o", str(tmp_path / "never"), "--dry-run",
+                      *beam_args).output
+        return [line.split(". ", 1)[1] for line in text.splitlines()
+                if line.split(".", 1)[0].strip().isdigit()]
+    alone = steps()
+    assert alone[:2] == ["Inputs", "Read"] and "Spread" not in alone
+    spread = steps("--", "--direct_num_workers=2", "--direct_running_mode=multi_threading")
+    assert spread[:3] == ["Inputs", "Spread", "Read"]
+
+
 # --- runner selection --------------------------------------------------------------------------
 
 def test_runner_names_and_options_are_assembled():
