@@ -575,6 +575,7 @@ def _fingerprint(job, discovery, num_shards):
     return {"config_hash": job.config_hash, "inputs": inputs.hexdigest()[:16],
             "num_shards": json.loads(json.dumps(num_shards)), "prefix": job.prefix,
             "compression": job.compression,  # (as JSON: split shards as lists)
+            "buckets": sinks.BUCKET_FORMAT,  # (earlier runs' buckets held the records unframed)
             # records with and without augment/ops do not mix (not hashed: said when off)
             **({"record_ops": False} if not job.record_ops else {})}
 

@@ -2,10 +2,11 @@
 
 A record's shard and its place in the shard are a pure function of (key, copy index): a salted
 hash picks the shard, records sit in hash order (a shuffle a model can train on directly).
-Workers append records to per-bundle bucket files in a temporary folder, one per shard and
-slice of the hash order; one step per shard gathers the buckets Beam committed, sorts them a
-slice at a time, and writes the shard in the temporary folder (a retry writes it again); the
-run moves the shards to their final names once it is done. So the bytes do not depend on
+Workers append records (framed as the shard will hold them) to per-bundle bucket files in a
+temporary folder, one per shard and slice of the hash order; one step per shard gathers the
+buckets Beam committed, sorts them a slice at a time, and writes the shard in the temporary
+folder (a retry writes it again); the run moves the shards to their final names once it is
+done. So the bytes do not depend on
 bundles, batches, workers, runners or retries, and a crash never leaves a shard under a final
 name.
 """
@@ -41,8 +42,10 @@ PARALLEL_SHARDS = 4
 # A shard is written in pieces of about this size: one more copy of each record, far fewer
 # calls into the file (each, for a local file, a system call or two).
 WRITE_BYTES = 1 << 20
-# Order hash, has a label, label, copy index, key length.
+# A bucket entry: order hash, has a label, label, copy index, key length; then the key and the
+# framed record. BUCKET_FORMAT names this layout: a resumed run reads only buckets of its own.
 _HEADER = struct.Struct("<8s?qiI")
+BUCKET_FORMAT = 2
 # The temporary folders of runs stopped in this process, and the lock that makes a stop and a
 # commit one before the other (reentrant: a signal may stop the run inside a commit on the
 # thread that then counts what was kept).
@@ -106,16 +109,23 @@ def shard_name(prefix, index, num_shards, compression):
 
 
 def _bucket_entry(record):
+    """The record's place and label, then its TFRecord record as the shard will hold it:
+    framed here, where the Beam thread mostly waits on TensorFlow, not in the shard writer,
+    which runs alone at the end of a run."""
     key = record.key.encode()
-    return (_HEADER.pack(order_hash(record.key, record.copy_index), record.label is not None,
-                         record.label or 0, record.copy_index, len(key)) + key + record.payload)
+    head, tail = sources.frame_parts(record.payload)
+    return b"".join((_HEADER.pack(order_hash(record.key, record.copy_index),
+                                  record.label is not None, record.label or 0,
+                                  record.copy_index, len(key)), key, head, record.payload, tail))
 
 
 def _parse_entry(entry):
+    """-> ((order hash, key, copy index), label, the framed record: a view, not a copy)."""
     order, has_label, label, copy_index, key_length = _HEADER.unpack_from(entry)
     start = _HEADER.size
     key = entry[start:start + key_length].decode()
-    return (order, key, copy_index), (label if has_label else None), entry[start + key_length:]
+    return ((order, key, copy_index), (label if has_label else None),
+            memoryview(entry)[start + key_length:])
 
 
 class WriteBuckets(beam.DoFn):
@@ -232,10 +242,9 @@ class WriteShard(beam.DoFn):
                     if before[0] == after[0]:
                         raise ValueError(f"duplicate output record: key {after[0][1]!r} "
                                          f"copy {after[0][2]}")
-                for (_, _, copy_index), label, payload in entries:
-                    head, tail = sources.frame_parts(payload)
-                    pieces += (head, payload, tail)
-                    size += len(head) + len(payload) + len(tail)
+                for (_, _, copy_index), label, framed in entries:
+                    pieces.append(framed)
+                    size += len(framed)
                     if size >= WRITE_BYTES:
                         f.write(b"".join(pieces))
                         pieces, size = [], 0

@@ -207,3 +207,26 @@ def test_once_a_run_is_stopped_its_workers_write_and_commit_nothing_more(tmp_pat
         sinks.stop_writing(tmp_dir, stopped=False)
     assert list(bundle(["e"]).finish_bundle())  # a new run writes again
     assert sinks.read_journals(tmp_dir)[0] == {"a", "b", "e"}
+
+
+def test_the_buckets_of_an_earlier_bucket_format_are_not_resumed(small_folder, tmp_path):
+    """Work kept by an augbatch whose bucket files held the records unframed (its run.json
+    names no bucket format) is refused by --resume, not read as framed records; the kept work
+    is left as it was."""
+    from pipeline import sinks
+    out, config_file = tmp_path / "out", tmp_path / "config.yaml"
+    config_file.write_text(CONFIG)
+    job = config.load(str(config_file), overrides={"input": (small_folder,), "output": str(out)})
+    discovery = sources.discover(job)
+    earlier = run._fingerprint(job, discovery, run.pick_num_shards(job, discovery))
+    assert earlier.pop("buckets") == sinks.BUCKET_FORMAT
+    kept = out / sinks.TMP_DIR
+    os.makedirs(kept)
+    (kept / run.RUN_FILE).write_text(json.dumps(earlier, sort_keys=True))
+    result = CliRunner().invoke(main, ["expand", "-c", str(config_file), "-i",
+                                      small_folder, "-o", str(out), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "--resume: the interrupted run in" in result.stderr
+    assert "differs from this one in buckets" in result.stderr  # (and in nothing else)
+    assert "in buckets, " not in result.stderr
+    assert os.listdir(kept) == [run.RUN_FILE]
