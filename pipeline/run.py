@@ -297,7 +297,6 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
     decoded = read.inputs | "Decode" >> beam.ParDo(T.DecodeImage(
         job.channels, job.max_pixels, job.exif_orientation, in_graph=True)).with_outputs(
         T.ERRORS, T.ORIENTED, main="images")
-    orientations = decoded[T.ORIENTED] | "CountOrientations" >> beam.combiners.Count.PerElement()
     augment = beam.ParDo(T.AugmentAndEncode(job, config_hash))
     if accelerator:
         augment = augment.with_resource_hints(accelerator=accelerator)
@@ -314,15 +313,16 @@ def build_pipeline(p, job, discovery, num_shards, tmp_dir, config_hash, accelera
 
     errors = ((read[T.ERRORS], outside, decoded[T.ERRORS], augmented[T.ERRORS])
               | "AllErrors" >> beam.Flatten())
-    discovered = ((read.inputs | "Seen" >> beam.Map(lambda _: 1)),
-                  (read[T.ERRORS] | "SeenBad" >> beam.Map(lambda _: 1)),
-                  (outside | "SeenOutside" >> beam.Map(lambda _: 1))) | "AllSeen" >> beam.Flatten()
-    count = discovered | "CountSeen" >> beam.combiners.Count.Globally()
+    # What the read step saw (SEEN: each input read, each that failed to read, each rejected
+    # path) and the photos' EXIF orientations, counted in one step (one shuffle, not three).
+    seen = [pcoll | name >> beam.Map(lambda _: SEEN) for name, pcoll in (
+        ("Seen", read.inputs), ("SeenBad", read[T.ERRORS]), ("SeenOutside", outside))]
+    counts = ((*seen, decoded[T.ORIENTED]) | "AllCounted" >> beam.Flatten()
+              | "Count" >> beam.combiners.Count.PerElement())
     (p | "Once" >> beam.Create([None])
      | "Summary" >> beam.Map(_write_summary, job.output, tmp_dir,
                              beam.pvalue.AsList(shard_stats), beam.pvalue.AsList(errors),
-                             beam.pvalue.AsSingleton(count), beam.pvalue.AsList(target_counts),
-                             beam.pvalue.AsList(orientations)))
+                             beam.pvalue.AsList(counts), beam.pvalue.AsList(target_counts)))
 
 
 def _input_list(tmp_dir, refs):
@@ -355,12 +355,17 @@ def _added(counts):
     return dict(sorted(total.items()))
 
 
-def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_counts=(),
-                   orientations=()):
+SEEN = "seen"  # (counted with the EXIF orientations, which are numbers)
+
+
+def _write_summary(_, output, tmp_dir, shard_stats, errors, counts, target_counts=()):
     """Runs once, after every shard is written: errors.jsonl (sorted) and the counts, in the
     temporary folder (run_expand commits them with the shards).
-    `discovered` counts what the read step saw: each input read, each input that failed to
-    read (a damaged TFRecord's unreadable rest counts as one) and each rejected path."""
+    `counts`: [(SEEN, what the read step saw: each input read, each input that failed to read
+    (a damaged TFRecord's unreadable rest counts as one) and each rejected path)] and
+    [(EXIF orientation, photos)]."""
+    orientations = dict(counts)
+    discovered = orientations.pop(SEEN, 0)
     errors = sorted(errors, key=lambda e: (e.key, e.stage))
     staging = FileSystems.join(tmp_dir, "errors.jsonl")
     with FileSystems.create(staging) as f:
@@ -375,7 +380,7 @@ def _write_summary(_, output, tmp_dir, shard_stats, errors, discovered, target_c
                                         by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
                "errored": len({e.key for e in errors}),
                "targets": _added(target_counts),
-               "orientations": {str(o): n for o, n in sorted(orientations)}}
+               "orientations": {str(o): n for o, n in sorted(orientations.items())}}
     with FileSystems.create(FileSystems.join(tmp_dir, "summary.json")) as f:
         f.write(json.dumps(summary).encode())
 

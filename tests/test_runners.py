@@ -284,6 +284,7 @@ from apache_beam.internal import pickler
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 import pipeline
+import pipeline.run
 
 with open(job_file, "rb") as f:
     payloads, refs = pickle.load(f)
@@ -326,9 +327,9 @@ all_errors = errors(read_out) + errors(decode_out) + errors(augment_out)
 summary, args = loaded["Summary"]
 target_counts = tagged(augment_out, "target_counts")
 oriented = tagged(decode_out, "oriented")  # (EXIF orientations, counted per orientation)
-orientations = [(o, oriented.count(o)) for o in sorted(set(oriented))]
-# AsList x2, AsSingleton, AsList x2
-side_values = iter([stats, all_errors, len(refs), target_counts, orientations])
+counts = [(pipeline.run.SEEN, len(refs))] + [(o, oriented.count(o)) for o in set(oriented)]
+# AsList x4
+side_values = iter([stats, all_errors, counts, target_counts])
 out(summary.process(None, *[next(side_values) if "Placeholder" in type(a).__name__ else a
                             for a in args]))
 print(json.dumps({"pipeline": pipeline.__file__, "loaded": sorted(fns),
