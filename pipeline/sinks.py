@@ -6,9 +6,8 @@ Workers append records (framed as the shard will hold them) to per-bundle bucket
 temporary folder, one per shard and slice of the hash order; one step per shard gathers the
 buckets Beam committed, sorts them a slice at a time, and writes the shard in the temporary
 folder (a retry writes it again); the run moves the shards to their final names once it is
-done. So the bytes do not depend on
-bundles, batches, workers, runners or retries, and a crash never leaves a shard under a final
-name.
+done. So the bytes do not depend on bundles, batches, workers, runners or retries, and a crash
+never leaves a shard under a final name.
 """
 import collections
 import concurrent.futures
