@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import os
 import threading
+import typing
 
 import numpy as np
 import tensorflow as tf
@@ -166,17 +167,17 @@ def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, paralle
     `record`: build_record's, for the notes of each copy (in the same loop where it can), or
     None."""
     prepared = record.prepare(tf.shape(images)[1], tf.shape(images)[2]) if record else None
-    inline = prepared is not None and prepared[2]
+    inline = prepared is not None and prepared.in_chain_loop
 
     def one(args):
         index, seed, png = args
         image = chain(images[index][None], seed[None])[0]
         out = (_encode_one(image, png, quality), tf.shape(image))
-        return out + (prepared[0](seed),) if inline else out
+        return out + (prepared.notes_of(seed),) if inline else out
     encoded, shapes, *packed = tf.map_fn(
         one, (copy_of, seeds, as_png), parallel_iterations=parallel,
         fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([3], tf.int32))
-        + ((prepared[1],) if inline else ()))
+        + ((prepared.signature,) if inline else ()))
     if inline:
         notes = record.unpack(packed[0])
     else:
@@ -337,6 +338,13 @@ def build_geometry(steps, xla=False):
     return run
 
 
+class CopyNotes(typing.NamedTuple):
+    """build_record's `prepare`: one copy's notes, traced for images of one size."""
+    notes_of: typing.Callable  # fn(seed [2]) -> the copy's notes, packed (_pack)
+    signature: object  # their TensorSpecs
+    in_chain_loop: bool  # whether they may join the chain's loop (no stateful op)
+
+
 def build_record(steps, xla=False, channels=3, parallel=None):
     """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
     the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
@@ -378,17 +386,15 @@ def build_record(steps, xla=False, channels=3, parallel=None):
                                              traced.structured_outputs)
 
     def prepare(height, width):
-        """(fn(seed [2]) -> one copy's notes, packed; their TensorSpecs; whether they may
-        join the chain's loop: no stateful op)."""
         images = blank(height, width)
         traced, signature = traced_one(images)
         stateful = any(op.op_def.is_stateful for op in traced.graph.get_operations())
-        return (lambda seed: traced(seed, images)), signature, not stateful
+        return CopyNotes(lambda seed: traced(seed, images), signature, not stateful)
 
     def run(seeds, height, width, prepared=None):
         # The copies one at a time inside the graph: one call for the batch, no loop per draw.
-        notes_of, signature, _ = prepared or prepare(height, width)
-        return unpack(tf.map_fn(notes_of, seeds, fn_output_signature=signature,
+        prepared = prepared or prepare(height, width)
+        return unpack(tf.map_fn(prepared.notes_of, seeds, fn_output_signature=prepared.signature,
                                 parallel_iterations=parallel or PARALLEL_COPIES))
 
     def unpack(packed):
