@@ -168,12 +168,12 @@ def test_kernel_in_the_config_and_on_the_command_line(small_folder, tmp_path):
                     "kernel": "tensorflow"}).config_hash
 
 
-def parallel_and_batch_free(steps, call=None):
+def parallel_and_batch_free(steps, call=None, **fields):
     """The runner stays parallel (Python in the graph makes it go one call at a time, except
     OpenCV's: `call`, the name of its numpy_function, which never calls TensorFlow back; with
     no `call`, the graph calls no Python at all); copies alone and in batches give the same
     bytes. -> (3 photos, 6 seeds, their 6 copies as PNGs)."""
-    runner = augment.ChainRunner(make_job("x", "y", steps, copies=2))
+    runner = augment.ChainRunner(make_job("x", "y", steps, copies=2, **fields))
     assert runner.in_flight == augment.IN_FLIGHT
     graph = str(runner._augment_encode.graph.as_graph_def())
     assert call in graph if call else "PyFunc" not in graph
@@ -186,4 +186,5 @@ def parallel_and_batch_free(steps, call=None):
 
 
 def test_the_opencv_kernel_keeps_the_runner_parallel_and_deterministic():
-    parallel_and_batch_free(STANDARD, "opencv_warp")
+    """On float32 images the warp is OpenCV's own, through a numpy_function."""
+    parallel_and_batch_free(STANDARD, "opencv_warp", kernel="opencv")

@@ -1,0 +1,109 @@
+"""OpenCV's uint8 warp as a TensorFlow op, compiled on this machine on first use.
+
+The CPU kernel (geometry.transform_with_opencv) calls OpenCV through tf.numpy_function, and
+each call takes Python's lock from a TensorFlow thread, where it waits on the Beam thread and
+the other TensorFlow threads. compiled_warp.cc does OpenCV's arithmetic for uint8 images
+(fixed point at 1/32 pixel, weights in 1/32768) without Python: the same pixels, checked bit
+for bit against OpenCV in tests/test_compiled_warp.py, so the choice changes no byte and no
+config hash. Float32 images keep OpenCV itself: its float arithmetic changes between versions.
+
+The library is built with the machine's C++ compiler ($CXX, else g++) against the installed
+TensorFlow's headers, once per TensorFlow and source version, into augbatch's cache folder
+($AUGBATCH_CACHE_DIR, else $XDG_CACHE_HOME/augbatch, else ~/.cache/augbatch). Without a
+compiler, or with AUGBATCH_COMPILED_WARP=0, warps call OpenCV as before: slower, same bytes.
+"""
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+log = logging.getLogger("augbatch")
+
+SOURCE = Path(__file__).with_suffix(".cc")
+# Building takes ~10 s on one core; a compiler that hangs must not hang the run.
+BUILD_TIMEOUT_S = 600
+
+
+def cache_dir():
+    """Where augbatch keeps what it builds for this machine."""
+    if os.environ.get("AUGBATCH_CACHE_DIR"):
+        return Path(os.environ["AUGBATCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "augbatch"
+
+
+def _compiler_command(output):
+    """The compile command, or None without a compiler."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        return None
+    # Every x86-64 CPU TensorFlow's wheels run on has SSE4.1 (they need AVX). The arithmetic
+    # is integer, so the bytes do not depend on the instructions; -ffp-contract=off keeps
+    # the float path's roundings OpenCV's.
+    vector = ["-msse4.1"] if platform.machine() in ("x86_64", "AMD64") else []
+    return [compiler, "-O3", "-ffp-contract=off", "-fPIC", "-shared", *vector, str(SOURCE),
+            "-o", str(output), *tf.sysconfig.get_compile_flags(),
+            *tf.sysconfig.get_link_flags()]
+
+
+def _library_path():
+    """The built library's path: named by what it was built from and for."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    for part in (tf.__version__, platform.machine(), *tf.sysconfig.get_compile_flags()):
+        key.update(part.encode())
+    return cache_dir() / "ops" / f"compiled_warp-{key.hexdigest()[:16]}.so"
+
+
+def _build(path):
+    """Compile the library to `path` (written whole, then renamed: processes building it at
+    once each finish with a whole file). -> None, or why it failed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
+        built = Path(scratch) / path.name
+        command = _compiler_command(built)
+        if command is None:
+            return f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH"
+        log.info("augbatch: building its compiled warp for TensorFlow %s (once, ~10 s)",
+                 tf.__version__)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return f"the compiler took over {BUILD_TIMEOUT_S} s"
+        if done.returncode != 0:
+            last = [line for line in done.stderr.splitlines() if "error" in line][-3:]
+            return f"the compiler failed: {' | '.join(last) or done.stderr[-300:]}"
+        os.replace(built, path)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def library():
+    """The loaded op library, or None (then warps call OpenCV through Python)."""
+    if os.environ.get("AUGBATCH_COMPILED_WARP", "1") == "0":
+        return None
+    try:
+        path = _library_path()
+        failure = None if path.exists() else _build(path)
+        if failure is None:
+            return tf.load_op_library(str(path))
+    except (OSError, tf.errors.NotFoundError) as error:
+        failure = str(error)
+    log.warning("augbatch: warps call OpenCV through Python (same pixels, slower): could "
+                "not build or load the compiled warp: %s", failure)
+    return None
+
+
+def warp(images, transforms, interpolation, fill_mode, fill_value):
+    """uint8 images [B, H, W, C] warped by transforms [B, 8] (float64, output -> input) as
+    OpenCV's warpAffine / warpPerspective with WARP_INVERSE_MAP would."""
+    return library().augbatch_warp(images, transforms, interpolation=interpolation,
+                                   fill_mode=fill_mode, fill_value=fill_value)
