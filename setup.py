@@ -43,8 +43,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    # The compiled warp's source: built on the user's machine at first use (compiled_warp.py).
-    package_data={"pipeline.ops": ["compiled_warp.cc"]},
+    # The native ops' sources: built on the user's machine at first use (ops/native.py).
+    package_data={"pipeline.ops": ["native_warp.cc", "native_lookup.cc"]},
     py_modules=["cli"],
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -35,7 +35,7 @@ import threadpoolctl
 from pipeline import chain as chain_mod
 from pipeline import quiet
 from pipeline.errors import UserError
-from pipeline.ops import geometry, registry
+from pipeline.ops import geometry, native, registry
 
 log = logging.getLogger("augbatch")
 
@@ -306,7 +306,8 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
             for index, (compiled, fn) in enumerate(runs)]
 
     def run(images, seeds, rows=1):
-        with geometry.kernel(resample):  # (traced now: the kernel is chosen for this graph)
+        # (traced now: the kernel is chosen for this graph)
+        with geometry.kernel(resample), native.for_cpu(on_cpu and not xla):
             for fn in runs:
                 images = (fn(images, seeds, rows) if isinstance(fn, _Compiled)
                           else fn(images, seeds))

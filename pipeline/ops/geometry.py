@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from pipeline.ops import compiled_warp, draw
+from pipeline.ops import native, draw
 
 INTERPOLATIONS = ("nearest", "bilinear")
 FILL_MODES = ("constant", "reflect", "wrap", "nearest")
@@ -94,13 +94,13 @@ def call_opencv(fn, inputs, dtype, name):
 def transform_with_opencv(images, transforms, interpolation="nearest", fill_mode="constant",
                           fill_value=0.0):
     """transform() with OpenCV's warpAffine / warpPerspective: for uint8 images, OpenCV's
-    arithmetic compiled as a TensorFlow op where it could be built (compiled_warp); otherwise
+    arithmetic as a native TensorFlow op where it could be built (native.py); otherwise
     OpenCV itself, called from the graph."""
     # (float64 here, as OpenCV takes its matrices: less Python per image in the call; from
     # float32, as the sampling points have always been computed)
     matrices = tf.cast(tf.cast(transforms, tf.float32), tf.float64)
-    if images.dtype == tf.uint8 and compiled_warp.library() is not None:
-        return compiled_warp.warp(images, matrices, interpolation, fill_mode, float(fill_value))
+    if images.dtype == tf.uint8 and native.library() is not None:
+        return native.warp(images, matrices, interpolation, fill_mode, float(fill_value))
     warp = functools.partial(_warp, options=_warp_options(interpolation, fill_mode,
                                                           float(fill_value)))
     out = call_opencv(warp, [images, matrices], images.dtype, name="opencv_warp")

@@ -1,17 +1,23 @@
-"""OpenCV's uint8 warp as a TensorFlow op, compiled on this machine on first use.
+"""augbatch's native ops: TensorFlow ops in C++, compiled on this machine on first use. Each
+gives the same bytes as the ops it stands in for, which remain the path where it cannot be built.
 
-The CPU kernel (geometry.transform_with_opencv) calls OpenCV through tf.numpy_function, and
-each call takes Python's lock from a TensorFlow thread, where it waits on the Beam thread and
-the other TensorFlow threads. compiled_warp.cc does OpenCV's arithmetic for uint8 images
-(fixed point at 1/32 pixel, weights in 1/32768) without Python: the same pixels, checked bit
-for bit against OpenCV in tests/test_compiled_warp.py, so the choice changes no byte and no
-config hash. Float32 images keep OpenCV itself: its float arithmetic changes between versions.
+- native_warp.cc: OpenCV's uint8 warp. The CPU kernel (geometry.transform_with_opencv)
+  calls OpenCV through tf.numpy_function, and each call takes Python's lock from a TensorFlow
+  thread, where it waits on the Beam thread and the other TensorFlow threads. This op does
+  OpenCV's arithmetic for uint8 images (fixed point at 1/32 pixel, weights in 1/32768)
+  without Python: the same pixels, checked bit for bit against OpenCV in
+  tests/test_native_ops.py. Float32 images keep OpenCV itself: its float arithmetic
+  changes between versions.
+- native_lookup.cc: a byte table per image, for uint8 ops whose pixels depend only on their
+  own value (uint8.multiply_add): the table is computed with TensorFlow's ops, the same
+  arithmetic as per pixel.
 
 The library is built with the machine's C++ compiler ($CXX, else g++) against the installed
 TensorFlow's headers, once per TensorFlow and source version, into augbatch's cache folder
 ($AUGBATCH_CACHE_DIR, else $XDG_CACHE_HOME/augbatch, else ~/.cache/augbatch). Without a
-compiler, or with AUGBATCH_COMPILED_WARP=0, warps call OpenCV as before: slower, same bytes.
+compiler, or with AUGBATCH_NATIVE_OPS=0, the ops run as before: slower, the same bytes.
 """
+import contextlib
 import functools
 import hashlib
 import logging
@@ -20,14 +26,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import tensorflow as tf
 
 log = logging.getLogger("augbatch")
 
-SOURCE = Path(__file__).with_suffix(".cc")
-# Building takes ~10 s on one core; a compiler that hangs must not hang the run.
+SOURCES = [Path(__file__).with_name(name) for name in ("native_warp.cc", "native_lookup.cc")]
+# Building takes ~15 s on one core; a compiler that hangs must not hang the run.
 BUILD_TIMEOUT_S = 600
 
 
@@ -44,22 +51,23 @@ def _compiler_command(output):
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         return None
-    # Every x86-64 CPU TensorFlow's wheels run on has SSE4.1 (they need AVX). The arithmetic
-    # is integer, so the bytes do not depend on the instructions; -ffp-contract=off keeps
-    # the float path's roundings OpenCV's.
+    # Every x86-64 CPU TensorFlow's wheels run on has SSE4.1 (they need AVX). The pixel
+    # arithmetic is integer, so the bytes do not depend on the instructions; -ffp-contract=off
+    # keeps the sample points' double arithmetic OpenCV's (no fused multiply-adds).
     vector = ["-msse4.1"] if platform.machine() in ("x86_64", "AMD64") else []
-    return [compiler, "-O3", "-ffp-contract=off", "-fPIC", "-shared", *vector, str(SOURCE),
-            "-o", str(output), *tf.sysconfig.get_compile_flags(),
+    return [compiler, "-O3", "-ffp-contract=off", "-fPIC", "-shared", *vector,
+            *map(str, SOURCES), "-o", str(output), *tf.sysconfig.get_compile_flags(),
             *tf.sysconfig.get_link_flags()]
 
 
 def _library_path():
     """The built library's path: named by what it was built from and for."""
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     for part in (tf.__version__, platform.machine(), *tf.sysconfig.get_compile_flags()):
         key.update(part.encode())
-    return cache_dir() / "ops" / f"compiled_warp-{key.hexdigest()[:16]}.so"
+    return cache_dir() / "ops" / f"native_ops-{key.hexdigest()[:16]}.so"
 
 
 def _build(path):
@@ -71,7 +79,7 @@ def _build(path):
         command = _compiler_command(built)
         if command is None:
             return f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH"
-        log.info("augbatch: building its compiled warp for TensorFlow %s (once, ~10 s)",
+        log.info("augbatch: building its native ops for TensorFlow %s (once, ~15 s)",
                  tf.__version__)
         try:
             done = subprocess.run(command, capture_output=True, text=True,
@@ -87,8 +95,8 @@ def _build(path):
 
 @functools.lru_cache(maxsize=None)
 def library():
-    """The loaded op library, or None (then warps call OpenCV through Python)."""
-    if os.environ.get("AUGBATCH_COMPILED_WARP", "1") == "0":
+    """The loaded op library, or None (then the ops it stands in for run instead)."""
+    if os.environ.get("AUGBATCH_NATIVE_OPS", "1") == "0":
         return None
     try:
         path = _library_path()
@@ -97,9 +105,29 @@ def library():
             return tf.load_op_library(str(path))
     except (OSError, tf.errors.NotFoundError) as error:
         failure = str(error)
-    log.warning("augbatch: warps call OpenCV through Python (same pixels, slower): could "
-                "not build or load the compiled warp: %s", failure)
+    log.warning("augbatch: running without its native ops (same pixels, slower: warps call "
+                "OpenCV through Python): could not build or load them: %s", failure)
     return None
+
+
+_tracing = threading.local()
+
+
+@contextlib.contextmanager
+def for_cpu(enabled=True):
+    """While tracing in here, ops may call the native ops: they have CPU kernels only, and
+    XLA cannot compile them (augment.build_chain: the CPU without XLA)."""
+    before = getattr(_tracing, "cpu", False)
+    _tracing.cpu = enabled
+    try:
+        yield
+    finally:
+        _tracing.cpu = before
+
+
+def usable():
+    """Whether the op being traced may call the native ops (for_cpu, and they are built)."""
+    return getattr(_tracing, "cpu", False) and library() is not None
 
 
 def warp(images, transforms, interpolation, fill_mode, fill_value):
@@ -107,3 +135,8 @@ def warp(images, transforms, interpolation, fill_mode, fill_value):
     OpenCV's warpAffine / warpPerspective with WARP_INVERSE_MAP would."""
     return library().augbatch_warp(images, transforms, interpolation=interpolation,
                                    fill_mode=fill_mode, fill_value=fill_value)
+
+
+def lookup(images, tables):
+    """uint8 images [B, ...] with each value v of image b replaced by tables[b, v] ([B, 256])."""
+    return library().augbatch_lookup(images, tables)

@@ -1,8 +1,8 @@
 // OpenCV's warpAffine / warpPerspective of uint8 images (WARP_INVERSE_MAP; INTER_NEAREST or
 // INTER_LINEAR; BORDER_CONSTANT, REFLECT, WRAP or REPLICATE) as a TensorFlow op: the CPU
-// kernel's warp in TensorFlow's threads without Python's lock (pipeline/ops/compiled_warp.py
+// kernel's warp in TensorFlow's threads without Python's lock (pipeline/ops/native.py
 // builds and loads it). OpenCV's arithmetic, so OpenCV's pixels: sample points in fixed point
-// at 1/32 pixel, bilinear weights in 1/32768; tests/test_compiled_warp.py compares the two bit
+// at 1/32 pixel, bilinear weights in 1/32768; tests/test_native_ops.py compares the two bit
 // for bit.
 #include <cmath>
 #include <cstdint>

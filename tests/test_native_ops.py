@@ -1,7 +1,7 @@
-"""The compiled warp (pipeline/ops/compiled_warp.cc): OpenCV's uint8 warp as a TensorFlow op,
-built on this machine. Its pixels are OpenCV's bit for bit, so a run writes the same bytes with
-it or without it; it is built once per TensorFlow into augbatch's cache, and without a compiler
-the warps call OpenCV as before and say so."""
+"""The native ops (pipeline/ops/native.py), built on this machine: OpenCV's uint8 warp, whose
+pixels are OpenCV's bit for bit, and a byte lookup per image, whose pixels are the uint8 op's.
+A run writes the same bytes with them or without them; they are built once per TensorFlow into
+augbatch's cache, and without a compiler the ops they stand in for run and the log says so."""
 import logging
 import math
 import os
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.ops import compiled_warp, geometry
-from tests.conftest import run_job, shard_bytes
+from pipeline import augment
+from pipeline.ops import geometry, native, uint8
+from tests.conftest import make_job, run_job, shard_bytes
 from tests.test_opencv_kernel import parallel_and_batch_free
 from tests.test_performance_paths import STANDARD, photos
 
@@ -39,15 +40,15 @@ def _matrices(height, width, rng):
 
 
 def opencv(images, matrices, interpolation, fill_mode, fill_value):
-    """The same warps by OpenCV itself, as the kernel calls it without the compiled warp."""
+    """The same warps by OpenCV itself, as the kernel calls it without the native warp."""
     options = geometry._warp_options(interpolation, fill_mode, float(fill_value))
     return geometry._warp(images, matrices, options)
 
 
 @pytest.mark.parametrize("interpolation", geometry.INTERPOLATIONS)
 @pytest.mark.parametrize("fill_mode", geometry.FILL_MODES)
-def test_the_compiled_warp_writes_opencvs_pixels(interpolation, fill_mode):
-    assert compiled_warp.library() is not None, "this machine has g++: the warp must build"
+def test_the_native_warp_writes_opencvs_pixels(interpolation, fill_mode):
+    assert native.library() is not None, "this machine has g++: the warp must build"
     rng = np.random.default_rng(7)
     photo = np.concatenate([photos(1, 61, 83)[0]] * 2, axis=-1)  # real pixels, 6 channels
     for (height, width), channels in (((61, 83), 3), ((61, 83), 1), ((40, 33), 4),
@@ -56,7 +57,7 @@ def test_the_compiled_warp_writes_opencvs_pixels(interpolation, fill_mode):
         matrices = _matrices(height, width, rng)
         images = np.repeat(images, len(matrices), axis=0)
         for fill_value in (0.0, 128.4, 300.0):
-            ours = compiled_warp.warp(images, matrices, interpolation, fill_mode,
+            ours = native.warp(images, matrices, interpolation, fill_mode,
                                       fill_value).numpy()
             ref = opencv(images, matrices, interpolation, fill_mode, fill_value)
             for index, (a, b) in enumerate(zip(ours, ref)):
@@ -65,37 +66,66 @@ def test_the_compiled_warp_writes_opencvs_pixels(interpolation, fill_mode):
 
 
 def test_the_cpu_kernel_runs_it_without_python_and_writes_the_same_bytes(monkeypatch):
-    """The default kernel's uint8 warp is the compiled op: the runner's graph calls no Python,
+    """The default kernel's uint8 warp is the native op: the runner's graph calls no Python,
     and its copies are those of OpenCV called through Python."""
-    images, seeds, compiled = parallel_and_batch_free(STANDARD)
-    monkeypatch.setenv("AUGBATCH_COMPILED_WARP", "0")
-    compiled_warp.library.cache_clear()
+    _, _, native_copies = parallel_and_batch_free(STANDARD)
+    uint8_chain = [STANDARD[0], {"op": "uint8.random_brightness_contrast"}, STANDARD[3]]
+    graph = str(augment.ChainRunner(make_job("x", "y", uint8_chain))
+                ._augment_encode.graph.as_graph_def())
+    assert "AugbatchWarp" in graph and "AugbatchLookup" in graph and "PyFunc" not in graph
+    monkeypatch.setenv("AUGBATCH_NATIVE_OPS", "0")
+    native.library.cache_clear()
     try:
-        assert compiled_warp.library() is None
-        assert parallel_and_batch_free(STANDARD, "opencv_warp")[2] == compiled
+        assert native.library() is None
+        assert parallel_and_batch_free(STANDARD, "opencv_warp")[2] == native_copies
     finally:
-        monkeypatch.delenv("AUGBATCH_COMPILED_WARP")
-        compiled_warp.library.cache_clear()
+        monkeypatch.delenv("AUGBATCH_NATIVE_OPS")
+        native.library.cache_clear()
 
 
-def test_a_run_writes_the_same_shards_with_or_without_it(small_folder, tmp_path, monkeypatch):
-    chain = STANDARD + [{"op": "tfa.image.transform", "interpolation": "bilinear",
-                         "transforms": [0.9, -0.1, 3.5, 0.1, 1.1, -2.5, 0.002, -0.001]}]
+def test_the_lookup_writes_the_uint8_ops_pixels():
+    """Each image's 256 values computed with the op's own arithmetic and looked up: the bytes
+    of the arithmetic on every pixel, for gains and offsets that saturate, keep every level,
+    darken to black and land on ties (x * 1 + 0.5 rounds half to even)."""
+    images = np.concatenate([photos(4, 37, 53), photos(4, 37, 53, offset=4)])
+    alpha = np.array([0.0, 1.0, 1.0, 0.7, 1.3, 2.5, 100.0, 0.5], np.float32)
+    beta = np.array([0.0, 0.0, 0.5, -30.25, 40.7, -255.0, 0.0, 127.5], np.float32)
+    by_pixel = uint8.multiply_add(images, alpha, beta).numpy()
+    with native.for_cpu():
+        assert native.usable()
+        looked_up = tf.function(uint8.multiply_add)
+        graph = str(looked_up.get_concrete_function(images, alpha, beta).graph.as_graph_def())
+        assert "AugbatchLookup" in graph
+        np.testing.assert_array_equal(looked_up(images, alpha, beta).numpy(), by_pixel)
+        np.testing.assert_array_equal(native.lookup(images[:, :0], np.zeros((8, 256), np.uint8)),
+                                      images[:, :0])  # empty images: nothing to look up
+    assert not native.usable()  # only while tracing for the CPU
+
+
+def test_a_run_writes_the_same_shards_with_or_without_them(small_folder, tmp_path, monkeypatch):
+    """The uint8 op between a flip and a rotation, and a projective warp after them: every
+    step on uint8 pixels, each native op in play."""
+    chain = [{"op": "tf.image.random_flip_left_right"},
+             {"op": "uint8.random_brightness_contrast", "contrast": [0.6, 1.4],
+              "brightness": [-0.3, 0.3]},
+             {"op": "tfa.image.rotate", "max_degrees": 20, "interpolation": "bilinear"},
+             {"op": "tfa.image.transform", "interpolation": "bilinear",
+              "transforms": [0.9, -0.1, 3.5, 0.1, 1.1, -2.5, 0.002, -0.001]}]
     runs = {}
     for setting in ("1", "0"):
-        monkeypatch.setenv("AUGBATCH_COMPILED_WARP", setting)
-        compiled_warp.library.cache_clear()
+        monkeypatch.setenv("AUGBATCH_NATIVE_OPS", setting)
+        native.library.cache_clear()
         run_job(small_folder, tmp_path / setting, chain, copies=3)
         runs[setting] = shard_bytes(tmp_path / setting)
-    compiled_warp.library.cache_clear()
+    native.library.cache_clear()
     assert runs["1"] and runs["1"] == runs["0"]
 
 
 BUILD = """
 import sys
-from pipeline.ops import compiled_warp
-library = compiled_warp.library()
-print("built" if library is not None else "none", compiled_warp._library_path())
+from pipeline.ops import native
+library = native.library()
+print("built" if library is not None else "none", native._library_path())
 """
 
 
@@ -124,10 +154,10 @@ def test_it_is_built_once_into_the_cache_even_by_processes_at_once(tmp_path):
 def test_without_a_compiler_warps_call_opencv_and_say_so(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("AUGBATCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    compiled_warp.library.cache_clear()
+    native.library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="augbatch"):
-            assert compiled_warp.library() is None
+            assert native.library() is None
         assert "no C++ compiler" in caplog.text and "same pixels" in caplog.text
         images = photos(2, 30, 40)
         matrices = np.array([[0.9, -0.3, 8.5, 0.25, 1.1, -4.5, 0, 0]] * 2, np.float32)
@@ -140,7 +170,7 @@ def test_without_a_compiler_warps_call_opencv_and_say_so(tmp_path, monkeypatch, 
         np.testing.assert_array_equal(out, opencv(images, matrices.astype(np.float64),
                                                   "bilinear", "reflect", 0.0))
     finally:
-        compiled_warp.library.cache_clear()
+        native.library.cache_clear()
 
 
 def test_a_compiler_that_fails_is_named_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
@@ -149,11 +179,11 @@ def test_a_compiler_that_fails_is_named_and_the_run_goes_on(tmp_path, monkeypatc
     compiler.chmod(0o755)
     monkeypatch.setenv("AUGBATCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(compiler))
-    compiled_warp.library.cache_clear()
+    native.library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="augbatch"):
-            assert compiled_warp.library() is None
+            assert native.library() is None
         assert "this compiler is broken" in caplog.text
         assert not list((tmp_path / "cache" / "ops").iterdir())  # nothing half-built kept
     finally:
-        compiled_warp.library.cache_clear()
+        native.library.cache_clear()
