@@ -59,8 +59,14 @@ inline int16_t SaturateShort(int v) {
   return static_cast<int16_t>(v < -32768 ? -32768 : (v > 32767 ? 32767 : v));
 }
 
-inline int RoundToInt(double v) {  // cvRound: to nearest, ties to even
-  return static_cast<int>(std::nearbyint(v));
+// cvRound (SSE2's cvtsd2si): to nearest, ties to even; out of range or NaN: INT_MIN.
+inline int RoundToInt(double v) {
+  const double rounded = std::nearbyint(v);
+  if (!(rounded >= std::numeric_limits<int>::min() &&
+        rounded <= std::numeric_limits<int>::max())) {
+    return std::numeric_limits<int>::min();
+  }
+  return static_cast<int>(rounded);
 }
 
 // One output row's sample points: integer part (x, y) and the 1/32 fraction index
