@@ -144,6 +144,9 @@ def configure_threads(tf_threads, xla=False):
 # --- pixel conversions and encoding ------------------------------------------------------------
 
 def to_float(images):
+    """convert_image_dtype(images, float32); on the CPU in one pass (native.to_float)."""
+    if native.usable():
+        return native.to_float(images)
     return tf.image.convert_image_dtype(images, tf.float32)
 
 
@@ -151,7 +154,9 @@ def to_uint8(images):
     """convert_image_dtype(clip(images, 0, 1), uint8, saturate=True) in three passes, not six:
     after the clip, x * 255.5 is within [0, 255.5], so its saturating cast is a plain cast;
     and ClipByValue clips in one pass, where tf.clip_by_value takes two (min, then max: the
-    same values)."""
+    same values). On the CPU the three in one (native.to_uint8)."""
+    if native.usable():
+        return native.to_uint8(images)
     clipped = tf.raw_ops.ClipByValue(t=images, clip_value_min=0.0, clip_value_max=1.0)
     return tf.cast(clipped * 255.5, tf.uint8)
 

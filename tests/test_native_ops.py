@@ -67,12 +67,15 @@ def test_the_native_warp_writes_opencvs_pixels(interpolation, fill_mode):
 
 def test_the_cpu_kernel_runs_it_without_python_and_writes_the_same_bytes(monkeypatch):
     """The default kernel's uint8 warp is the native op: the runner's graph calls no Python,
-    and its copies are those of OpenCV called through Python."""
+    and its copies are those of OpenCV called through Python. The conversions to and from
+    float32 and the uint8 op's lookup are native too."""
     _, _, native_copies = parallel_and_batch_free(STANDARD)
     uint8_chain = [STANDARD[0], {"op": "uint8.random_brightness_contrast"}, STANDARD[3]]
-    graph = str(augment.ChainRunner(make_job("x", "y", uint8_chain))
-                ._augment_encode.graph.as_graph_def())
-    assert "AugbatchWarp" in graph and "AugbatchLookup" in graph and "PyFunc" not in graph
+    for steps, ops in ((STANDARD, ("AugbatchToFloat", "AugbatchToUint8", "AugbatchWarp")),
+                       (uint8_chain, ("AugbatchLookup", "AugbatchWarp"))):
+        graph = str(augment.ChainRunner(make_job("x", "y", steps))
+                    ._augment_encode.graph.as_graph_def())
+        assert all(op in graph for op in ops) and "PyFunc" not in graph
     monkeypatch.setenv("AUGBATCH_NATIVE_OPS", "0")
     native.library.cache_clear()
     try:
@@ -102,15 +105,43 @@ def test_the_lookup_writes_the_uint8_ops_pixels():
     assert not native.usable()  # only while tracing for the CPU
 
 
-def test_a_run_writes_the_same_shards_with_or_without_them(small_folder, tmp_path, monkeypatch):
-    """The uint8 op between a flip and a rotation, and a projective warp after them: every
-    step on uint8 pixels, each native op in play."""
-    chain = [{"op": "tf.image.random_flip_left_right"},
-             {"op": "uint8.random_brightness_contrast", "contrast": [0.6, 1.4],
-              "brightness": [-0.3, 0.3]},
-             {"op": "tfa.image.rotate", "max_degrees": 20, "interpolation": "bilinear"},
-             {"op": "tfa.image.transform", "interpolation": "bilinear",
-              "transforms": [0.9, -0.1, 3.5, 0.1, 1.1, -2.5, 0.002, -0.001]}]
+def test_the_conversions_are_tensorflows():
+    """uint8 -> float32 for every level, and float32 -> uint8 at and around every level's
+    edge, outside [0, 1], at the infinities and NaN: TensorFlow's values, bit for bit."""
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    edges = np.arange(257, dtype=np.float32) / np.float32(255.5)
+    values = np.concatenate([
+        edges, np.nextafter(edges, np.float32(2)), np.nextafter(edges, np.float32(-2)),
+        np.arange(256, dtype=np.float32) / np.float32(255),
+        np.random.default_rng(3).uniform(-0.5, 1.5, 4000).astype(np.float32),
+        np.array([0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, 3.4e38, -3.4e38],
+                 np.float32)])
+    values = values[:len(values) // 3 * 3].reshape(1, -1, 1, 3)  # (an odd count: a tail too)
+    expected = augment.to_float(levels).numpy(), augment.to_uint8(values).numpy()
+    with native.for_cpu():
+        assert native.usable()
+        ours = (tf.function(augment.to_float)(levels).numpy(),
+                tf.function(augment.to_uint8)(values).numpy())
+        graph = str(tf.function(augment.to_uint8).get_concrete_function(values).graph
+                    .as_graph_def())
+        assert "AugbatchToUint8" in graph
+    np.testing.assert_array_equal(ours[0].view(np.int32), expected[0].view(np.int32))
+    np.testing.assert_array_equal(ours[1], expected[1])
+
+
+@pytest.mark.parametrize("chain", [
+    # The uint8 op between a flip and a rotation, and a projective warp after them: every
+    # step on uint8 pixels (the native warp and lookup).
+    [{"op": "tf.image.random_flip_left_right"},
+     {"op": "uint8.random_brightness_contrast", "contrast": [0.6, 1.4],
+      "brightness": [-0.3, 0.3]},
+     {"op": "tfa.image.rotate", "max_degrees": 20, "interpolation": "bilinear"},
+     {"op": "tfa.image.transform", "interpolation": "bilinear",
+      "transforms": [0.9, -0.1, 3.5, 0.1, 1.1, -2.5, 0.002, -0.001]}],
+    # tf.image's colour ops in float32 between them (the native conversions).
+    STANDARD], ids=["uint8", "float"])
+def test_a_run_writes_the_same_shards_with_or_without_them(small_folder, tmp_path, monkeypatch,
+                                                           chain):
     runs = {}
     for setting in ("1", "0"):
         monkeypatch.setenv("AUGBATCH_NATIVE_OPS", setting)

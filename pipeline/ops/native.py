@@ -11,6 +11,8 @@ gives the same bytes as the ops it stands in for, which remain the path where it
 - native_lookup.cc: a byte table per image, for uint8 ops whose pixels depend only on their
   own value (uint8.multiply_add): the table is computed with TensorFlow's ops, the same
   arithmetic as per pixel.
+- native_convert.cc: the chain's conversions between uint8 and float32 pixels
+  (augment.to_float, augment.to_uint8) in one pass each, with TensorFlow's arithmetic.
 
 The library is built with the machine's C++ compiler ($CXX, else g++) against the installed
 TensorFlow's headers, once per TensorFlow and source version, into augbatch's cache folder
@@ -33,7 +35,8 @@ import tensorflow as tf
 
 log = logging.getLogger("augbatch")
 
-SOURCES = [Path(__file__).with_name(name) for name in ("native_warp.cc", "native_lookup.cc")]
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("native_warp.cc", "native_lookup.cc", "native_convert.cc")]
 # Building takes ~15 s on one core; a compiler that hangs must not hang the run.
 BUILD_TIMEOUT_S = 600
 
@@ -140,3 +143,13 @@ def warp(images, transforms, interpolation, fill_mode, fill_value):
 def lookup(images, tables):
     """uint8 images [B, ...] with each value v of image b replaced by tables[b, v] ([B, 256])."""
     return library().augbatch_lookup(images, tables)
+
+
+def to_float(images):
+    """uint8 images -> float32 in [0, 1], as convert_image_dtype computes them."""
+    return library().augbatch_to_float(images, scale=1.0 / 255)
+
+
+def to_uint8(images):
+    """float32 images -> uint8: clip to [0, 1], times 255.5, truncated (augment.to_uint8)."""
+    return library().augbatch_to_uint8(images)
