@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from pipeline.ops import native, draw
+from pipeline.ops import draw, native
 
 INTERPOLATIONS = ("nearest", "bilinear")
 FILL_MODES = ("constant", "reflect", "wrap", "nearest")
@@ -99,7 +99,7 @@ def transform_with_opencv(images, transforms, interpolation="nearest", fill_mode
     # (float64 here, as OpenCV takes its matrices: less Python per image in the call; from
     # float32, as the sampling points have always been computed)
     matrices = tf.cast(tf.cast(transforms, tf.float32), tf.float64)
-    if images.dtype == tf.uint8 and native.library() is not None:
+    if images.dtype == tf.uint8 and native.library() is not None:  # (this kernel: the CPU's)
         return native.warp(images, matrices, interpolation, fill_mode, float(fill_value))
     warp = functools.partial(_warp, options=_warp_options(interpolation, fill_mode,
                                                           float(fill_value)))

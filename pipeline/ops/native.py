@@ -49,18 +49,23 @@ def cache_dir():
     return Path(base) / "augbatch"
 
 
+def _flags():
+    """The compiler's flags, TensorFlow's included."""
+    # Every x86-64 CPU TensorFlow's wheels run on has SSE4.1 (they need AVX). The pixel
+    # arithmetic is integer, so the bytes do not depend on the instructions; -ffp-contract=off
+    # keeps the float arithmetic as written (no fused multiply-adds): OpenCV's sample points,
+    # TensorFlow's conversions.
+    vector = ["-msse4.1"] if platform.machine() in ("x86_64", "AMD64") else []
+    return ["-O3", "-ffp-contract=off", "-fPIC", "-shared", *vector,
+            *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+
+
 def _compiler_command(output):
     """The compile command, or None without a compiler."""
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         return None
-    # Every x86-64 CPU TensorFlow's wheels run on has SSE4.1 (they need AVX). The pixel
-    # arithmetic is integer, so the bytes do not depend on the instructions; -ffp-contract=off
-    # keeps the sample points' double arithmetic OpenCV's (no fused multiply-adds).
-    vector = ["-msse4.1"] if platform.machine() in ("x86_64", "AMD64") else []
-    return [compiler, "-O3", "-ffp-contract=off", "-fPIC", "-shared", *vector,
-            *map(str, SOURCES), "-o", str(output), *tf.sysconfig.get_compile_flags(),
-            *tf.sysconfig.get_link_flags()]
+    return [compiler, *map(str, SOURCES), "-o", str(output), *_flags()]
 
 
 def _library_path():
@@ -68,7 +73,7 @@ def _library_path():
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.read_bytes())
-    for part in (tf.__version__, platform.machine(), *tf.sysconfig.get_compile_flags()):
+    for part in (tf.__version__, platform.machine(), *_flags()):
         key.update(part.encode())
     return cache_dir() / "ops" / f"native_ops-{key.hexdigest()[:16]}.so"
 

@@ -13,7 +13,7 @@ four passes.)
 """
 import tensorflow as tf
 
-from pipeline.ops import native, draw
+from pipeline.ops import draw, native
 from pipeline.ops.registry import UNCHANGED, Param, register
 
 F = "uint8"
