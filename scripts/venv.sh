@@ -4,6 +4,7 @@
 #   pinned (default): Python 3.11, TensorFlow 2.15.1 + tensorflow-addons, in .venv
 #   modern:           Python 3.12, TensorFlow 2.21 + Keras 3, no tensorflow-addons, in .venv-modern
 #                     (versions from constraints/modern.txt)
+# It also builds augbatch's native ops (pipeline/ops/native.py) into its cache.
 # The interpreter is python3.X from the PATH, else one installed by pyenv (even when it is not
 # pyenv's global version). PYTHON and VENV override the interpreter and the environment's folder;
 # --which-python prints the interpreter and stops.
@@ -31,3 +32,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet $CONSTRAINTS -e ".${EXTRAS:+[$EXTRAS]}"
+# augbatch's native ops, built now rather than by the first run (~15 s once per TensorFlow
+# version; without a C++ compiler augbatch says so and runs without them).
+TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -c "import logging, sys
+logging.basicConfig(level=logging.INFO, format='%(message)s')
+from pipeline.ops import native
+native.library()" 2>&1 | grep -v "^WARNING:root:\|tensorflow_addons\|TensorFlow Addons" || true
