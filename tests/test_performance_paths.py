@@ -113,10 +113,12 @@ def test_pixel_moving_ops_on_uint8_are_exact():
 
 
 def casts_to_float(fn, images, seeds):
-    """Whether fn's graph converts pixels to float32 anywhere (a Cast op from uint8)."""
+    """Whether fn's graph converts pixels to float32 anywhere (a Cast op from uint8, or the
+    native conversion)."""
     graph = tf.function(fn).get_concrete_function(tf.constant(images), tf.constant(seeds)).graph
-    return any(node.type == "Cast" and node.get_attr("SrcT") == tf.uint8
-               and node.get_attr("DstT") == tf.float32 for node in graph.get_operations())
+    return any(node.type == "AugbatchToFloat" or node.type == "Cast"
+               and node.get_attr("SrcT") == tf.uint8 and node.get_attr("DstT") == tf.float32
+               for node in graph.get_operations())
 
 
 def test_a_chain_of_uint8_stages_only_never_goes_through_float32():

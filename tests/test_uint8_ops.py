@@ -109,6 +109,7 @@ def test_a_chain_of_it_flips_and_rotations_stays_uint8():
     casts = [op.name for op in graph.get_operations() if op.type == "Cast"
              and op.inputs[0].dtype == tf.uint8]
     assert casts and all("uint8_multiply_add/" in name for name in casts), casts
+    assert "AugbatchToFloat" not in {op.type for op in graph.get_operations()}
 
 
 # sample_configs/fast_cpu.yaml's config hash with the op's first version, which computed it with
