@@ -1,7 +1,8 @@
 """The native ops (pipeline/ops/native.py), built on this machine: OpenCV's uint8 warp, whose
-pixels are OpenCV's bit for bit, and a byte lookup per image, whose pixels are the uint8 op's.
-A run writes the same bytes with them or without them; they are built once per TensorFlow into
-augbatch's cache, and without a compiler the ops they stand in for run and the log says so."""
+pixels are OpenCV's bit for bit; a byte lookup per image, whose pixels are the uint8 op's; the
+conversions between uint8 and float32, whose values are TensorFlow's. A run writes the same
+bytes with them or without them; they are built once per TensorFlow into augbatch's cache, and
+without a compiler the ops they stand in for run and the log says so."""
 import logging
 import math
 import os
@@ -57,8 +58,7 @@ def test_the_native_warp_writes_opencvs_pixels(interpolation, fill_mode):
         matrices = _matrices(height, width, rng)
         images = np.repeat(images, len(matrices), axis=0)
         for fill_value in (0.0, 128.4, 300.0):
-            ours = native.warp(images, matrices, interpolation, fill_mode,
-                                      fill_value).numpy()
+            ours = native.warp(images, matrices, interpolation, fill_mode, fill_value).numpy()
             ref = opencv(images, matrices, interpolation, fill_mode, fill_value)
             for index, (a, b) in enumerate(zip(ours, ref)):
                 assert np.array_equal(a, b), (height, width, channels, fill_value, index,
