@@ -177,6 +177,29 @@ def build(steps, fuse=True, start=0, record=False, path="augment.chain"):
     return run
 
 
+def build_levels(steps, start=0):
+    """The chain on the 256 levels of uint8 pixels, ``fn(values, seeds, mean_of) -> values``
+    (the form tf_image._on_levels describes), with `build`'s draws; or None unless every step
+    is an op that has that form (colour ops whose pixels depend only on their value, their
+    channel and the image's channel means)."""
+    fns = []
+    for step in steps:
+        levels = (getattr(registry.get(step["op"]).build(step["params"]), "levels", None)
+                  if "op" in step else None)
+        if levels is None:
+            return None
+        if step["probability"] < 1.0:
+            levels = _levels_with_probability(levels, step["probability"])
+        fns.append(levels)
+
+    def run(values, seeds, mean_of):
+        from pipeline.ops import draw
+        for index, fn in enumerate(fns, start):
+            values = fn(values, draw.fold_in(seeds, index), mean_of)
+        return values
+    return run
+
+
 def _build_step(step, record=False, path=None):
     if "op" in step:
         body = registry.get(step["op"]).build(step["params"])
@@ -217,16 +240,34 @@ def _apply_where(fn, mask, images, seeds, record=None):
     return tf.dynamic_stitch(index, [kept, changed])
 
 
+def _chosen(seeds, probability):
+    """The examples a step with this probability applies to: a coin per example."""
+    from pipeline.ops import draw
+    return draw.coin(draw.fold_in(seeds, _COIN), probability)
+
+
 def _with_probability(fn, probability, record=None):
-    from pipeline.ops import draw, geometry
+    from pipeline.ops import geometry
 
     def chosen(seeds):
-        return draw.coin(draw.fold_in(seeds, _COIN), probability)
+        return _chosen(seeds, probability)
 
     def run(images, seeds):
         return _apply_where(fn, chosen(seeds), images, seeds, record)
     if isinstance(fn, geometry.Projective):
         return fn.sometimes(chosen, standalone=run)  # still fusable, with the same coin
+    return run
+
+
+def _levels_with_probability(fn, probability):
+    """A step's form on levels with its coin: the values of the images it skips unchanged
+    (each image's values depend only on its own draws and pixels, so computing them for all
+    and keeping the chosen is what running it on the chosen gives)."""
+    def run(values, seeds, mean_of):
+        import tensorflow as tf
+        from pipeline.ops import draw
+        chosen = draw.expand(_chosen(seeds, probability))
+        return tf.where(chosen, fn(values, seeds, mean_of), values)
     return run
 
 

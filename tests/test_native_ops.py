@@ -1,5 +1,6 @@
 """The native ops (pipeline/ops/native.py), built on this machine: OpenCV's uint8 warp, whose
-pixels are OpenCV's bit for bit; a byte lookup per image, whose pixels are the uint8 op's; the
+pixels are OpenCV's bit for bit; a byte lookup per image (and channel), whose pixels are the
+uint8 op's and tf.image's brightness and contrast's, with tf.image's mean of a channel; the
 conversions between uint8 and float32, whose values are TensorFlow's. A run writes the same
 bytes with them or without them; they are built once per TensorFlow into augbatch's cache, and
 without a compiler the ops they stand in for run and the log says so."""
@@ -13,11 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment
+from pipeline import augment, chain
 from pipeline.ops import geometry, native, uint8
 from tests.conftest import make_job, run_job, shard_bytes
 from tests.test_opencv_kernel import parallel_and_batch_free
-from tests.test_performance_paths import STANDARD, photos
+from tests.test_performance_paths import STANDARD, photos, seeds_for
 
 
 def _matrices(height, width, rng):
@@ -100,9 +101,105 @@ def test_the_lookup_writes_the_uint8_ops_pixels():
         graph = str(looked_up.get_concrete_function(images, alpha, beta).graph.as_graph_def())
         assert "AugbatchLookup" in graph
         np.testing.assert_array_equal(looked_up(images, alpha, beta).numpy(), by_pixel)
-        np.testing.assert_array_equal(native.lookup(images[:, :0], np.zeros((8, 256), np.uint8)),
-                                      images[:, :0])  # empty images: nothing to look up
+        empty = native.lookup(images[:, :0], np.zeros((8, 256, 1), np.uint8))
+        np.testing.assert_array_equal(empty, images[:, :0])  # empty images: nothing to look up
     assert not native.usable()  # only while tracing for the CPU
+
+
+def _images(height, width, channels, count, rng):
+    """Real photos' pixels (a channel repeated past three), or noise for a single channel."""
+    if channels == 1:
+        return rng.integers(0, 256, (count, height, width, 1), dtype=np.uint8)
+    photo = photos(count, height, width)
+    return np.ascontiguousarray(np.concatenate([photo, photo], axis=-1)[..., :channels])
+
+
+SHAPES = [(1, 1, 3), (1, 2, 3), (3, 7, 3), (17, 33, 1), (31, 45, 4), (5, 1, 2), (64, 64, 3),
+          (129, 67, 3)]
+
+
+def test_the_level_mean_is_adjust_contrasts_mean():
+    """native.level_mean of the pixels that a table of values stands for is the mean
+    tf.image.adjust_contrast takes of those pixels as float32 (its output at factor 0), bit
+    for bit: its order of summation, values whose sums round."""
+    rng = np.random.default_rng(11)
+    for height, width, channels in SHAPES + [(1, 4097, 3), (250, 251, 3)]:
+        images = _images(height, width, channels, 2, rng)
+        levels = (rng.uniform(-3, 3, (2, 256, channels)) * rng.uniform(0, 1e3, (2, 1, 1))
+                  ).astype(np.float32)
+        pixels = np.stack([levels[b][images[b], np.arange(channels)] for b in range(2)])
+        expected = tf.image.adjust_contrast(pixels, 0.0).numpy()[:, 0, 0, :]
+        ours = native.level_mean(images, levels).numpy()
+        np.testing.assert_array_equal(ours.view(np.int32), expected.view(np.int32),
+                                      err_msg=(height, width, channels))
+
+
+def test_the_lookup_takes_a_table_per_channel():
+    rng = np.random.default_rng(5)
+    for height, width, channels in SHAPES:
+        images = _images(height, width, channels, 3, rng)
+        tables = rng.integers(0, 256, (3, 256, channels), dtype=np.uint8)
+        expected = np.stack([tables[b][images[b], np.arange(channels)] for b in range(3)])
+        np.testing.assert_array_equal(native.lookup(images, tables).numpy(), expected)
+
+
+COLOUR_CHAINS = {
+    "brightness, contrast": [
+        {"op": "tf.image.random_brightness", "max_delta": 0.3},
+        {"op": "tf.image.random_contrast", "lower": 0.5, "upper": 1.8}],
+    "contrast, brightness, contrast": [
+        {"op": "tf.image.random_contrast", "lower": 0.2, "upper": 3.0},
+        {"op": "tf.image.random_brightness", "max_delta": 0.5},
+        {"op": "tf.image.adjust_contrast", "contrast_factor": 1.7}],
+    "fixed brightness, saturating contrast": [
+        {"op": "tf.image.adjust_brightness", "delta": -0.2},
+        {"op": "tf.image.random_contrast", "lower": 2.5, "upper": 6.0}],
+    "each sometimes": [
+        {"op": "tf.image.random_brightness", "max_delta": 0.3, "probability": 0.5},
+        {"op": "tf.image.random_contrast", "lower": 0.5, "upper": 1.8, "probability": 0.3}],
+}
+
+
+@pytest.mark.parametrize("name", COLOUR_CHAINS)
+def test_tf_images_colour_ops_on_levels_write_their_pixels(name):
+    """tf.image's brightness and contrast between the float32 conversions, computed on each
+    image's 256 levels per channel and looked up (augment.through_levels): the bytes of the
+    float32 passes over every pixel, for real photos and noise, odd sizes, 1 to 4 channels,
+    one image and several, contrasts that clip."""
+    steps = chain.normalize(COLOUR_CHAINS[name])
+    fast = augment.through_levels(chain.build(steps), chain.build_levels(steps))
+
+    @tf.function
+    def both(images, seeds):
+        with native.for_cpu():
+            on_levels = fast(images, seeds)
+        return on_levels, fast(images, seeds)  # (outside for_cpu: the float32 passes)
+    rng = np.random.default_rng(2)
+    for height, width, channels in SHAPES:
+        for count in (1, 3):
+            images = _images(height, width, channels, count, rng)
+            seeds = seeds_for(count, salt=height)
+            on_levels, on_pixels = both(images, seeds)
+            np.testing.assert_array_equal(on_levels.numpy(), on_pixels.numpy(),
+                                          err_msg=(height, width, channels, count))
+    graph = str(both.get_concrete_function(images, seeds).graph.as_graph_def())
+    assert "AugbatchLevelMean" in graph and "AdjustContrastv2" in graph
+
+
+def test_the_chain_computes_colour_on_levels_only_where_it_can():
+    """The float32 stage of brightness and contrast runs on levels (their probabilities
+    too); a group, or an op without a form on levels, keeps the float32 passes."""
+    def graph(steps):
+        run = augment.build_chain(chain.normalize(steps), kernel="opencv-uint8")
+        images, seeds = photos(2, 20, 30), seeds_for(2)
+        return str(tf.function(run).get_concrete_function(images, seeds).graph.as_graph_def())
+    assert "AugbatchLevelMean" in graph(STANDARD) and "AdjustContrastv2" not in graph(STANDARD)
+    sometimes = [STANDARD[0], STANDARD[1], dict(STANDARD[2], probability=0.5), STANDARD[3]]
+    assert "AugbatchLevelMean" in graph(sometimes)
+    saturation = [STANDARD[1], {"op": "tf.image.random_saturation", "lower": 0.5, "upper": 1.5}]
+    group = [{"one_of": STANDARD[1:3]}]
+    for steps in (saturation, group):
+        assert "AugbatchLevelMean" not in graph(steps) and "AugbatchLookup" not in graph(steps)
 
 
 def test_the_conversions_are_tensorflows():

@@ -8,9 +8,10 @@ gives the same bytes as the ops it stands in for, which remain the path where it
   without Python: the same pixels, checked bit for bit against OpenCV in
   tests/test_native_ops.py. Float32 images keep OpenCV itself: its float arithmetic
   changes between versions.
-- native_lookup.cc: a byte table per image, for uint8 ops whose pixels depend only on their
-  own value (uint8.multiply_add): the table is computed with TensorFlow's ops, the same
-  arithmetic as per pixel.
+- native_lookup.cc: for colour ops whose pixels depend only on their own value and channel
+  (uint8.multiply_add; tf.image's brightness and contrast, augment.through_levels), a byte
+  table per image (and channel), computed on the 256 levels with TensorFlow's ops, the same
+  arithmetic as per pixel; and the mean tf.image.adjust_contrast takes, in its own order.
 - native_convert.cc: the chain's conversions between uint8 and float32 pixels
   (augment.to_float, augment.to_uint8) in one pass each, with TensorFlow's arithmetic.
 
@@ -146,8 +147,16 @@ def warp(images, transforms, interpolation, fill_mode, fill_value):
 
 
 def lookup(images, tables):
-    """uint8 images [B, ...] with each value v of image b replaced by tables[b, v] ([B, 256])."""
+    """uint8 images [B, ..., C] with each value v of image b, channel c replaced by
+    tables[b, v, c] (tables [B, 256, C]; [B, 256, 1]: one table for every channel)."""
     return library().augbatch_lookup(images, tables)
+
+
+def level_mean(images, levels):
+    """Each channel's mean of levels[b, images[b, ..., c], c] (uint8 images [B, H, W, C],
+    levels float32 [B, 256, C]) -> [B, C]: tf.image.adjust_contrast's mean of those pixels,
+    bit for bit."""
+    return library().augbatch_level_mean(images, levels)
 
 
 def to_float(images):

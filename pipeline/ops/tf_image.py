@@ -281,7 +281,7 @@ def transpose():
           params=[Param("delta", "float", low=-1.0, high=1.0)])
 def adjust_brightness(delta):
     """Add `delta` to every pixel."""
-    return lambda images, seeds: tf.image.adjust_brightness(images, delta)
+    return _pointwise(lambda images, seeds: tf.image.adjust_brightness(images, delta))
 
 
 @register("tf.image.random_brightness", F, targets=UNCHANGED, xla=True, random=True, test_params={"max_delta": 0.2},
@@ -290,14 +290,15 @@ def random_brightness(max_delta):
     """Add a delta drawn from [-max_delta, max_delta) (tf.image.stateless_random_brightness)."""
     def fn(images, seeds):
         return images + draw.expand(draw.uniform(seeds, -max_delta, max_delta))
-    return fn
+    return _pointwise(fn)
 
 
 @register("tf.image.adjust_contrast", F, targets=UNCHANGED, xla=True, test_params={"contrast_factor": 1.5},
           params=[Param("contrast_factor", "float", low=0.0)])
 def adjust_contrast(contrast_factor):
     """Scale each channel's distance from its mean by `contrast_factor`."""
-    return lambda images, seeds: tf.image.adjust_contrast(images, contrast_factor)
+    return _on_levels(lambda images, seeds: tf.image.adjust_contrast(images, contrast_factor),
+                      _contrast_on_levels(lambda seeds: tf.constant(contrast_factor, tf.float32)))
 
 
 def _per_image_factor(adjust, factors):
@@ -305,13 +306,38 @@ def _per_image_factor(adjust, factors):
     return lambda images, seeds: draw.per_example(adjust, images, factors(seeds))
 
 
+def _on_levels(fn, levels):
+    """The op `fn`, with its form on the 256 levels of uint8 pixels (augment.through_levels):
+    levels(values float32 [B, 256, 1, C], seeds, mean_of) -> values, where values[b, v, 0, c]
+    stands for the pixels of image b, channel c, whose stored level is v, and mean_of(values)
+    is each image's channel means of the pixels they stand for, [B, 1, 1, C]."""
+    fn.levels = levels
+    return fn
+
+
+def _pointwise(fn):
+    """An op whose pixels depend only on their own value: on the levels, the op itself."""
+    return _on_levels(fn, lambda values, seeds, mean_of: fn(values, seeds))
+
+
+def _contrast_on_levels(factors):
+    """adjust_contrast's arithmetic, mean + factor * (x - mean), for factors(seeds) per image
+    (or one for all)."""
+    def levels(values, seeds, mean_of):
+        mean, factor = mean_of(values), factors(seeds)
+        return mean + (draw.expand(factor) if factor.shape.rank else factor) * (values - mean)
+    return levels
+
+
 @register("tf.image.random_contrast", F, targets=UNCHANGED, xla=True, random=True,
           test_params={"lower": 0.6, "upper": 1.4}, check=_pair_ordered("lower", "upper"),
           params=[Param("lower", "float", low=0.0), Param("upper", "float", low=0.0)])
 def random_contrast(lower, upper):
     """adjust_contrast with a factor drawn from [lower, upper) (stateless_random_contrast)."""
-    return _per_image_factor(tf.image.adjust_contrast,
-                             lambda seeds: draw.uniform(seeds, lower, upper))
+    def factors(seeds):
+        return draw.uniform(seeds, lower, upper)
+    return _on_levels(_per_image_factor(tf.image.adjust_contrast, factors),
+                      _contrast_on_levels(factors))
 
 
 @register("tf.image.adjust_saturation", F, targets=UNCHANGED, xla=True, test_params={"saturation_factor": 1.5},
