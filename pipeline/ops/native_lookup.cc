@@ -8,7 +8,7 @@
 //   of summation of TensorFlow's CPU AdjustContrastv2 (tf.image.adjust_contrast), so the mean
 //   is its mean bit for bit: the sums of the plane folded in halves, then times 1 / (H * W).
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
@@ -64,6 +64,19 @@ class LookupOp : public OpKernel {
   }
 };
 
+// The first fold of LevelMeanOp for `pairs` pairs of rows of `channels` values (C, when it is
+// not 0, is `channels` as a constant: the loop over the channels unrolled).
+template <int C>
+void FirstFold(const uint8_t* x, const uint8_t* x_right, const float* value, int64_t pairs,
+               int64_t channels, float* sum) {
+  if (C) channels = C;
+  for (int64_t p = 0; p < pairs * channels; p += channels) {
+    for (int64_t c = 0; c < channels; ++c) {
+      sum[p + c] = value[x_right[p + c] * channels + c] + value[x[p + c] * channels + c];
+    }
+  }
+}
+
 class LevelMeanOp : public OpKernel {
  public:
   explicit LevelMeanOp(OpKernelConstruction* context) : OpKernel(context) {}
@@ -88,21 +101,24 @@ class LevelMeanOp : public OpKernel {
     }
     const uint8_t* pixels = images.flat<uint8_t>().data();
     const float* level = levels.flat<float>().data();
-    std::vector<float> sums((size - size / 2) * channels);
+    std::unique_ptr<float[]> sums(new float[(size - size / 2) * channels]);
     for (int64_t b = 0; b < batch; ++b) {
       const uint8_t* x = pixels + b * size * channels;
       const float* value = level + b * 256 * channels;
-      float* sum = sums.data();
-      // The first fold: the right half of the plane added to the left (its middle row,
-      // for an odd count, copied).
+      float* sum = sums.get();
+      // The first fold: the right half of the plane's rows added to the left half (the
+      // middle row of an odd count copied).
       int64_t right = size / 2, left = size - right;
       const uint8_t* x_right = x + left * channels;
-      for (int64_t i = 0; i < right * channels; ++i) {
-        const int64_t c = i % channels;
-        sum[i] = value[x_right[i] * channels + c] + value[x[i] * channels + c];
+      switch (channels) {
+        case 1: FirstFold<1>(x, x_right, value, right, channels, sum); break;
+        case 3: FirstFold<3>(x, x_right, value, right, channels, sum); break;
+        case 4: FirstFold<4>(x, x_right, value, right, channels, sum); break;
+        default: FirstFold<0>(x, x_right, value, right, channels, sum);
       }
-      for (int64_t i = right * channels; i < left * channels; ++i) {
-        sum[i] = value[x[i] * channels + i % channels];
+      for (int64_t c = 0; left > right && c < channels; ++c) {
+        const int64_t i = right * channels + c;
+        sum[i] = value[x[i] * channels + c];
       }
       // Then in halves until one row is left: its channels hold the sums.
       for (int64_t remaining = left; remaining > 1; remaining = left) {
