@@ -35,6 +35,6 @@ fi
 # augbatch's native ops, built now rather than by the first run (~15 s once per TensorFlow
 # version; without a C++ compiler augbatch says so and runs without them).
 TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -c "import logging, sys
-logging.basicConfig(level=logging.INFO, format='%(message)s')
+logging.basicConfig(level=logging.INFO, format='augbatch: %(message)s')
 from pipeline.ops import native
 native.library()" 2>&1 | grep -v "^WARNING:root:\|tensorflow_addons\|TensorFlow Addons" || true

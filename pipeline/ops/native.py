@@ -88,7 +88,7 @@ def _build(path):
         command = _compiler_command(built)
         if command is None:
             return f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH"
-        log.info("augbatch: building its native ops for TensorFlow %s (once, ~15 s)",
+        log.info("building its native ops for TensorFlow %s (once, ~15 s)",
                  tf.__version__)
         try:
             done = subprocess.run(command, capture_output=True, text=True,
@@ -114,7 +114,7 @@ def library():
             return tf.load_op_library(str(path))
     except (OSError, tf.errors.NotFoundError) as error:
         failure = str(error)
-    log.warning("augbatch: running without its native ops (same pixels, slower: warps call "
+    log.warning("running without its native ops (same pixels, slower: warps call "
                 "OpenCV through Python): could not build or load them: %s", failure)
     return None
 
