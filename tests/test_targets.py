@@ -187,7 +187,8 @@ def test_a_chain_on_uint8_pixels_moves_them_where_boxes_masks_and_keypoints_go(k
     """flip, uint8.random_brightness_contrast, rotate: with opencv-uint8 every step works on
     the stored pixels (the colour op in the uint8 head, the rotation in the tail). The colour
     op draws no geometry: the moves are those of the same chain with tf.image's brightness in
-    its place, and the bright rectangle lands where the targets say."""
+    its place, and the bright rectangle lands where the targets say; so it does with
+    tf.image's brightness and contrast there (computed on levels, before the uint8 warp)."""
     flip = {"op": "tf.image.random_flip_left_right"}
     rotate = {"op": "tfa.image.rotate", "max_degrees": 25, "interpolation": "bilinear"}
     colour = {"op": "uint8.random_brightness_contrast", "contrast": [0.8, 1.2],
@@ -200,19 +201,22 @@ def test_a_chain_on_uint8_pixels_moves_them_where_boxes_masks_and_keypoints_go(k
     found.keypoints = np.array([[[(TOP + BOTTOM) / 2 / H, (LEFT + RIGHT) / 2 / W]]])
     found.visibility = np.array([[2]])
     out, moves = augment_scene(steps, kernel=kernel)
-    _, same = augment_scene([flip, {"op": "tf.image.random_brightness", "max_delta": 0.1},
-                             rotate], kernel=kernel)
+    brightness = {"op": "tf.image.random_brightness", "max_delta": 0.1}
+    _, same = augment_scene([flip, brightness, rotate], kernel=kernel)
     for (t, h, w), (u, g, v) in zip(moves, same):
         np.testing.assert_array_equal(t, u)
         assert (h, w) == (g, v)
-    carried = carry_each(found, moves)
-    check_boxes(out, carried, 2)
-    for image, moved in zip(out, carried):
-        bright = image[..., 0] > 125
-        mask = moved.masks[0].astype(bool)
-        assert (mask & bright).sum() / (mask | bright).sum() >= 0.9
-        y, x = (moved.keypoints[0, 0] * image.shape[:2]).astype(int)
-        assert bright[y, x], (y, x)
+    contrast = {"op": "tf.image.random_contrast", "lower": 0.8, "upper": 1.2}
+    out_tf, moves_tf = augment_scene([flip, brightness, contrast, rotate], kernel=kernel)
+    for images, carried in ((out, carry_each(found, moves)),
+                            (out_tf, carry_each(found, moves_tf))):
+        check_boxes(images, carried, 2)
+        for image, moved in zip(images, carried):
+            bright = image[..., 0] > 125
+            mask = moved.masks[0].astype(bool)
+            assert (mask & bright).sum() / (mask | bright).sum() >= 0.9
+            y, x = (moved.keypoints[0, 0] * image.shape[:2]).astype(int)
+            assert bright[y, x], (y, x)
     assert len({tuple(np.round(f.boxes[0], 2)) for f in carried}) > 8  # each its own turn
 
 
