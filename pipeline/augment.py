@@ -161,9 +161,6 @@ def to_uint8(images):
     return tf.cast(clipped * 255.5, tf.uint8)
 
 
-_LEVELS = np.arange(256, dtype=np.uint8)
-
-
 def through_levels(chain, levels):
     """fn(uint8 images, seeds) -> to_uint8(chain(to_float(images))). Where the native ops run
     and the chain has a form on levels (chain.build_levels: colour ops whose pixels depend
@@ -176,8 +173,7 @@ def through_levels(chain, levels):
             return to_uint8(chain(to_float(images), seeds))
         shape = tf.shape(images)
         count, channels = shape[0], shape[3]
-        values = tf.broadcast_to(to_float(tf.constant(_LEVELS))[None, :, None, None],
-                                 [count, 256, 1, channels])
+        values = to_float(native.levels(count, channels))
 
         def mean_of(values):
             means = native.level_mean(images, tf.reshape(values, [count, 256, channels]))

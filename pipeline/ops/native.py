@@ -146,6 +146,13 @@ def warp(images, transforms, interpolation, fill_mode, fill_value):
                                    fill_mode=fill_mode, fill_value=fill_value)
 
 
+def levels(count, channels=1):
+    """The 256 levels of uint8 pixels as `count` images of 256 x 1 pixels, [count, 256, 1,
+    channels]: what ops whose pixels depend only on their value compute their tables on."""
+    values = tf.range(256, dtype=tf.int32)[None, :, None, None]
+    return tf.cast(tf.broadcast_to(values, [count, 256, 1, channels]), tf.uint8)
+
+
 def lookup(images, tables):
     """uint8 images [B, ..., C] with each value v of image b, channel c replaced by
     tables[b, v, c] (tables [B, 256, C]; [B, 256, 1]: one table for every channel)."""

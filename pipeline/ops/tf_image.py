@@ -324,8 +324,8 @@ def _contrast_on_levels(factors):
     """adjust_contrast's arithmetic, mean + factor * (x - mean), for factors(seeds) per image
     (or one for all)."""
     def levels(values, seeds, mean_of):
-        mean, factor = mean_of(values), factors(seeds)
-        return mean + (draw.expand(factor) if factor.shape.rank else factor) * (values - mean)
+        mean = mean_of(values)
+        return mean + draw.expand(factors(seeds)) * (values - mean)
     return levels
 
 

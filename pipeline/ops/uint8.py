@@ -48,8 +48,7 @@ def multiply_add(images, alpha, beta):
     with tf.name_scope("uint8_multiply_add"):
         if not native.usable():
             return _multiply_add(images, alpha, beta)
-        levels = tf.range(256, dtype=tf.int32)[None, :, None, None]
-        levels = tf.cast(tf.broadcast_to(levels, [tf.shape(images)[0], 256, 1, 1]), tf.uint8)
+        levels = native.levels(tf.shape(images)[0])
         tables = tf.reshape(_multiply_add(levels, alpha, beta), [-1, 256, 1])
         return native.lookup(images, tables)
 
