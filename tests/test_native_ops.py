@@ -134,13 +134,24 @@ def test_the_level_mean_is_adjust_contrasts_mean():
                                       err_msg=(height, width, channels))
 
 
-def test_the_lookup_takes_a_table_per_channel():
+@pytest.mark.parametrize("vectors", [True, False], ids=["vectors", "scalar"])
+def test_the_lookup_takes_a_table_per_channel_or_one_for_all(vectors):
+    """Vectors (AVX-512's byte permutes, where this CPU has them: 64 bytes at a time, each
+    channel's lanes by their phase) and the scalar loop write the same bytes: every level in
+    every table's quarter, images whose bytes end inside a vector, 1 to 5 channels (past
+    four: the scalar loop) and one table for every channel."""
     rng = np.random.default_rng(5)
-    for height, width, channels in SHAPES:
+    for height, width, channels in SHAPES + [(9, 13, 5), (3, 256, 3)]:
         images = _images(height, width, channels, 3, rng)
-        tables = rng.integers(0, 256, (3, 256, channels), dtype=np.uint8)
-        expected = np.stack([tables[b][images[b], np.arange(channels)] for b in range(3)])
-        np.testing.assert_array_equal(native.lookup(images, tables).numpy(), expected)
+        if width == 256:  # a row of every level in every channel
+            images[:, 0] = np.arange(256, dtype=np.uint8)[:, None]
+        for table_channels in (channels, 1):
+            tables = rng.integers(0, 256, (3, 256, table_channels), dtype=np.uint8)
+            expected = np.stack([tables[b][images[b], np.arange(channels) % table_channels]
+                                 for b in range(3)])
+            np.testing.assert_array_equal(
+                native.lookup(images, tables, vectors=vectors).numpy(), expected,
+                err_msg=(height, width, channels, table_channels))
 
 
 COLOUR_CHAINS = {

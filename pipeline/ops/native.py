@@ -153,10 +153,12 @@ def levels(count, channels=1):
     return tf.cast(tf.broadcast_to(values, [count, 256, 1, channels]), tf.uint8)
 
 
-def lookup(images, tables):
+def lookup(images, tables, vectors=True):
     """uint8 images [B, ..., C] with each value v of image b, channel c replaced by
-    tables[b, v, c] (tables [B, 256, C]; [B, 256, 1]: one table for every channel)."""
-    return library().augbatch_lookup(images, tables)
+    tables[b, v, c] (tables [B, 256, C]; [B, 256, 1]: one table for every channel).
+    `vectors`: with AVX-512's byte permutes where the CPU has them (False: the scalar loop;
+    the same bytes)."""
+    return library().augbatch_lookup(images, tables, vectors=vectors)
 
 
 def level_mean(images, levels):
