@@ -118,20 +118,39 @@ SHAPES = [(1, 1, 3), (1, 2, 3), (3, 7, 3), (17, 33, 1), (31, 45, 4), (5, 1, 2), 
           (129, 67, 3)]
 
 
-def test_the_level_mean_is_adjust_contrasts_mean():
+def _shifted_levels(shifts):
+    """The levels tf.image's brightness gives right after the conversion to float32:
+    convert_image_dtype's value of each level plus a shift per image [B] or image and channel
+    [B, C] (the level mean computes those from the pixels, where the CPU has AVX-512)."""
+    shifts = np.asarray(shifts, np.float32)
+    channels = shifts.shape[1] if shifts.ndim == 2 else 1
+    values = tf.image.convert_image_dtype(np.arange(256, dtype=np.uint8), tf.float32).numpy()
+    return (values[None, :, None] + shifts.reshape(len(shifts), 1, channels)).astype(np.float32)
+
+
+@pytest.mark.parametrize("vectors", [True, False], ids=["vectors", "scalar"])
+def test_the_level_mean_is_adjust_contrasts_mean(vectors):
     """native.level_mean of the pixels that a table of values stands for is the mean
     tf.image.adjust_contrast takes of those pixels as float32 (its output at factor 0), bit
-    for bit: its order of summation, values whose sums round."""
+    for bit: its order of summation, values whose sums round; tables of any values and the
+    shifted levels of a brightness (a shift per image, -0.0 and 0.0 among them, computed from
+    the pixels; per channel: looked up), with AVX-512 (vectors, where this CPU has it) and
+    without."""
     rng = np.random.default_rng(11)
-    for height, width, channels in SHAPES + [(1, 4097, 3), (250, 251, 3)]:
+    for height, width, channels in SHAPES + [(1, 4097, 3), (250, 251, 3), (7, 9, 5)]:
         images = _images(height, width, channels, 2, rng)
-        levels = (rng.uniform(-3, 3, (2, 256, channels)) * rng.uniform(0, 1e3, (2, 1, 1))
-                  ).astype(np.float32)
-        pixels = np.stack([levels[b][images[b], np.arange(channels)] for b in range(2)])
-        expected = tf.image.adjust_contrast(pixels, 0.0).numpy()[:, 0, 0, :]
-        ours = native.level_mean(images, levels).numpy()
-        np.testing.assert_array_equal(ours.view(np.int32), expected.view(np.int32),
-                                      err_msg=(height, width, channels))
+        tables = [(rng.uniform(-3, 3, (2, 256, channels)) * rng.uniform(0, 1e3, (2, 1, 1))
+                   ).astype(np.float32),
+                  np.repeat(_shifted_levels(rng.uniform(-0.5, 0.5, 2)), channels, axis=2),
+                  np.repeat(_shifted_levels([-0.0, 0.0]), channels, axis=2),
+                  _shifted_levels(rng.uniform(-0.5, 0.5, (2, channels)))]
+        for levels in tables:
+            pixels = np.stack([levels[b][images[b], np.arange(channels)] for b in range(2)])
+            expected = tf.image.adjust_contrast(pixels, 0.0).numpy()[:, 0, 0, :]
+            ours = native.level_mean(images, levels, vectors=vectors)
+            np.testing.assert_array_equal(ours.numpy().view(np.int32),
+                                          expected.view(np.int32),
+                                          err_msg=(height, width, channels))
 
 
 @pytest.mark.parametrize("vectors", [True, False], ids=["vectors", "scalar"])

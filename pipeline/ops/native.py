@@ -161,11 +161,11 @@ def lookup(images, tables, vectors=True):
     return library().augbatch_lookup(images, tables, vectors=vectors)
 
 
-def level_mean(images, levels):
+def level_mean(images, levels, vectors=True):
     """Each channel's mean of levels[b, images[b, ..., c], c] (uint8 images [B, H, W, C],
     levels float32 [B, 256, C]) -> [B, C]: tf.image.adjust_contrast's mean of those pixels,
-    bit for bit."""
-    return library().augbatch_level_mean(images, levels)
+    bit for bit. `vectors`: with AVX-512 where the CPU has it (False: scalar loops)."""
+    return library().augbatch_level_mean(images, levels, vectors=vectors)
 
 
 def to_float(images):
