@@ -173,6 +173,32 @@ def test_the_lookup_takes_a_table_per_channel_or_one_for_all(vectors):
                 err_msg=(height, width, channels, table_channels))
 
 
+def test_the_mirror_flips_only_the_chosen_images():
+    """native.mirror: the chosen images mirrored as tf.image's flips do, the others as they
+    were, whether the op writes a new tensor (eager: the input is the caller's) or the input's
+    own buffer (in a graph, on an intermediate tensor): odd and even sizes, 1 to 5 channels,
+    a single row or column; and a random flip of uint8 pixels, traced for the CPU, uses it."""
+    rng = np.random.default_rng(3)
+    mirrored = {1: tf.image.flip_up_down, 2: tf.image.flip_left_right}
+    in_graph = tf.function(lambda images, flip, axis: native.mirror(images ^ 0, flip, axis))
+    for height, width, channels in SHAPES + [(1, 9, 3), (9, 1, 3), (6, 10, 5), (8, 8, 2)]:
+        images = rng.integers(0, 256, (4, height, width, channels), dtype=np.uint8)
+        flip = np.array([True, False, True, False])
+        for axis, reference in mirrored.items():
+            expected = np.where(flip[:, None, None, None], reference(images).numpy(), images)
+            for ours in (native.mirror(images, flip, axis), in_graph(images, flip, axis)):
+                np.testing.assert_array_equal(ours.numpy(), expected,
+                                              err_msg=(height, width, channels, axis))
+    seeds = seeds_for(4)
+    for name in ("tf.image.random_flip_left_right", "tf.image.random_flip_up_down"):
+        flip = chain.build(chain.normalize([{"op": name}]))
+        with native.for_cpu():
+            fn = tf.function(flip)
+            graph = fn.get_concrete_function(images, seeds).graph.as_graph_def()
+        assert "AugbatchMirror" in str(graph)
+        np.testing.assert_array_equal(fn(images, seeds).numpy(), flip(images, seeds).numpy())
+
+
 COLOUR_CHAINS = {
     "brightness, contrast": [
         {"op": "tf.image.random_brightness", "max_delta": 0.3},

@@ -14,6 +14,8 @@ gives the same bytes as the ops it stands in for, which remain the path where it
   arithmetic as per pixel; and the mean tf.image.adjust_contrast takes, in its own order.
 - native_convert.cc: the chain's conversions between uint8 and float32 pixels
   (augment.to_float, augment.to_uint8) in one pass each, with TensorFlow's arithmetic.
+- native_mirror.cc: tf.image's random flips of uint8 images: only the chosen images
+  mirrored, in place where it can, instead of every image reversed and then selected.
 
 The library is built with the machine's C++ compiler ($CXX, else g++) against the installed
 TensorFlow's headers, once per TensorFlow and source version, into augbatch's cache folder
@@ -37,7 +39,8 @@ import tensorflow as tf
 log = logging.getLogger("augbatch")
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("native_warp.cc", "native_lookup.cc", "native_convert.cc")]
+           for name in ("native_warp.cc", "native_lookup.cc", "native_convert.cc",
+                        "native_mirror.cc")]
 # Building takes ~15 s on one core; a compiler that hangs must not hang the run.
 BUILD_TIMEOUT_S = 600
 
@@ -151,6 +154,13 @@ def levels(count, channels=1):
     channels]: what ops whose pixels depend only on their value compute their tables on."""
     values = tf.range(256, dtype=tf.int32)[None, :, None, None]
     return tf.cast(tf.broadcast_to(values, [count, 256, 1, channels]), tf.uint8)
+
+
+def mirror(images, flip, axis):
+    """uint8 images [B, H, W, C] with those where flip [B] holds mirrored: axis 1 up-down
+    (tf.image.flip_up_down), 2 left-right (tf.image.flip_left_right); the others as they
+    were."""
+    return library().augbatch_mirror(images, flip, axis=axis)
 
 
 def lookup(images, tables, vectors=True):

@@ -4,7 +4,7 @@ Images are float32 [B, H, W, C] in [0, 1] (see registry.py for the op contract).
 """
 import tensorflow as tf
 
-from pipeline.ops import draw
+from pipeline.ops import draw, native
 from pipeline.ops.registry import TRANSFORMED, UNCHANGED, Param, register
 
 F = "tf.image"
@@ -232,22 +232,25 @@ def flip_up_down():
     return lambda images, seeds: _mirror_up_down(images)
 
 
-def _random_flip(flip):
+def _random_flip(flip, axis):
     def fn(images, seeds):
-        return draw.apply_where(draw.coin(seeds, 0.5), flip, images)
+        chosen = draw.coin(seeds, 0.5)
+        if images.dtype == tf.uint8 and native.usable():  # only the chosen, in place
+            return native.mirror(images, chosen, axis)
+        return draw.apply_where(chosen, flip, images)
     return fn
 
 
 @register("tf.image.random_flip_left_right", F, targets=TRANSFORMED, geometry=_flip_geometry("x", _coin), uint8_exact=True, xla=True, random=True, test_params={})
 def random_flip_left_right():
     """Mirror horizontally with probability 1/2, drawn per example."""
-    return _random_flip(_mirror_left_right)
+    return _random_flip(_mirror_left_right, axis=2)
 
 
 @register("tf.image.random_flip_up_down", F, targets=TRANSFORMED, geometry=_flip_geometry("y", _coin), uint8_exact=True, xla=True, random=True, test_params={})
 def random_flip_up_down():
     """Mirror vertically with probability 1/2, drawn per example."""
-    return _random_flip(_mirror_up_down)
+    return _random_flip(_mirror_up_down, axis=1)
 
 
 @register("tf.image.rot90", F, targets=TRANSFORMED, geometry=_rot90_geometry, uint8_exact=True, keeps_shape=False, test_params={"k": 1},
