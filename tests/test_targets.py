@@ -184,16 +184,17 @@ def test_fused_runs_probability_and_groups_carry_boxes(xla):
 
 @pytest.mark.parametrize("kernel", ["opencv-uint8", "tensorflow"])
 def test_a_chain_on_uint8_pixels_moves_them_where_boxes_masks_and_keypoints_go(kernel):
-    """flip, uint8.random_brightness_contrast, rotate: with opencv-uint8 every step works on
+    """flips, uint8.random_brightness_contrast, rotate: with opencv-uint8 every step works on
     the stored pixels (the colour op in the uint8 head, the rotation in the tail). The colour
     op draws no geometry: the moves are those of the same chain with tf.image's brightness in
     its place, and the bright rectangle lands where the targets say; so it does with
     tf.image's brightness and contrast there (computed on levels, before the uint8 warp)."""
-    flip = {"op": "tf.image.random_flip_left_right"}
+    flips = [{"op": "tf.image.random_flip_left_right"},  # (on the CPU: native mirrors)
+             {"op": "tf.image.random_flip_up_down"}]
     rotate = {"op": "tfa.image.rotate", "max_degrees": 25, "interpolation": "bilinear"}
     colour = {"op": "uint8.random_brightness_contrast", "contrast": [0.8, 1.2],
               "brightness": [-0.1, 0.1]}  # the rectangle stays above 125, the rest below
-    steps = [flip, colour, rotate]
+    steps = [*flips, colour, rotate]
     if kernel == "opencv-uint8":
         assert [kind for kind, _, _ in augment.plan(chain.normalize(steps), False, True)] \
             == ["uint8"]
@@ -202,12 +203,13 @@ def test_a_chain_on_uint8_pixels_moves_them_where_boxes_masks_and_keypoints_go(k
     found.visibility = np.array([[2]])
     out, moves = augment_scene(steps, kernel=kernel)
     brightness = {"op": "tf.image.random_brightness", "max_delta": 0.1}
-    _, same = augment_scene([flip, brightness, rotate], kernel=kernel)
+    _, same = augment_scene([*flips, brightness, rotate], kernel=kernel)
     for (t, h, w), (u, g, v) in zip(moves, same):
         np.testing.assert_array_equal(t, u)
         assert (h, w) == (g, v)
     contrast = {"op": "tf.image.random_contrast", "lower": 0.8, "upper": 1.2}
-    out_tf, moves_tf = augment_scene([flip, brightness, contrast, rotate], kernel=kernel)
+    out_tf, moves_tf = augment_scene([*flips, brightness, contrast, rotate],
+                                     kernel=kernel)
     for images, carried in ((out, carry_each(found, moves)),
                             (out_tf, carry_each(found, moves_tf))):
         check_boxes(images, carried, 2)

@@ -51,28 +51,35 @@ bool HasBytePermutes() {
 #endif
 }
 
+// Each channel's bytes in a vector of 64 are a fixed pattern (an image starts at channel 0):
+// lanes[phase][c], the lanes of channel c in a vector starting at channel `phase`.
+struct ChannelLanes {
+  explicit ChannelLanes(int channels) {
+    for (int phase = 0; phase < channels; ++phase) {
+      for (int c = 0; c < channels; ++c) {
+        lanes[phase][c] = 0;
+        for (int i = 0; i < 64; ++i) {
+          if ((phase + i) % channels == c) lanes[phase][c] |= uint64_t{1} << i;
+        }
+      }
+    }
+  }
+  uint64_t lanes[4][4];
+};
+
 // One image's `size` bytes looked up, 64 at a time: table[v * channels + c] for the value v
 // of channel c (channels 1 to 4: the tables stay in registers). A 256-entry table is four
 // registers; the low seven bits of a value pick one of 128 entries in two of them, its top
-// bit which two. Each channel's bytes in a vector are a fixed pattern (the image starts at
-// channel 0): a mask per phase and channel.
+// bit which two.
 #if defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void LookupVectors(
-    const uint8_t* src, uint8_t* dst, int64_t size, const uint8_t* table, int channels) {
+    const uint8_t* src, uint8_t* dst, int64_t size, const uint8_t* table, int channels,
+    const ChannelLanes& lanes) {
   __m512i quarters[4][4];
   alignas(64) uint8_t plane[256];
   for (int c = 0; c < channels; ++c) {
     for (int v = 0; v < 256; ++v) plane[v] = table[v * channels + c];
     for (int q = 0; q < 4; ++q) quarters[c][q] = _mm512_load_si512(plane + 64 * q);
-  }
-  __mmask64 lanes[4][4];  // [phase][channel]: the lanes of a vector starting at `phase`
-  for (int phase = 0; phase < channels; ++phase) {
-    for (int c = 0; c < channels; ++c) {
-      lanes[phase][c] = 0;
-      for (int i = 0; i < 64; ++i) {
-        if ((phase + i) % channels == c) lanes[phase][c] |= __mmask64{1} << i;
-      }
-    }
   }
   int64_t i = 0;
   for (; i + 64 <= size; i += 64) {
@@ -83,7 +90,7 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void LookupVectors(
     for (int c = 0; c < channels; ++c) {
       const __m512i low = _mm512_permutex2var_epi8(quarters[c][0], values, quarters[c][1]);
       const __m512i top = _mm512_permutex2var_epi8(quarters[c][2], values, quarters[c][3]);
-      out = _mm512_mask_mov_epi8(out, lanes[phase][c],
+      out = _mm512_mask_mov_epi8(out, lanes.lanes[phase][c],
                                  _mm512_mask_blend_epi8(high, low, top));
     }
     _mm512_storeu_si512(dst + i, out);
@@ -118,15 +125,17 @@ class LookupOp : public OpKernel {
     const uint8_t* table = tables.flat<uint8_t>().data();
     uint8_t* dst = output->flat<uint8_t>().data();
     const int table_channels = static_cast<int>(tables.dim_size(2));
+    const bool vectors = vectors_ && table_channels <= 4;
+    const ChannelLanes lanes(vectors ? table_channels : 0);
     for (int64_t b = 0; b < batch; ++b) {
 #if defined(__x86_64__)
-      if (vectors_ && table_channels <= 4) {
-        LookupVectors(src, dst, size, table, table_channels);
+      if (vectors) {
+        LookupVectors(src, dst, size, table, table_channels, lanes);
         src += size, dst += size, table += 256 * table_channels;
         continue;
       }
 #endif
-      if (tables.dim_size(2) == 1) {
+      if (table_channels == 1) {
         for (int64_t i = 0; i < size; ++i) *dst++ = table[*src++];
       } else if (channels == 3) {  // (the common case, without a division per pixel)
         for (int64_t i = 0; i < size; i += 3, src += 3, dst += 3) {
@@ -139,7 +148,7 @@ class LookupOp : public OpKernel {
           *dst++ = table[*src++ * channels + i % channels];
         }
       }
-      table += 256 * tables.dim_size(2);
+      table += 256 * table_channels;
     }
   }
 

@@ -232,7 +232,10 @@ def flip_up_down():
     return lambda images, seeds: _mirror_up_down(images)
 
 
-def _random_flip(flip, axis):
+def _random_flip(axis):
+    """Mirror along `axis` (1: up-down, 2: left-right) with probability 1/2, per example."""
+    flip = _mirror_up_down if axis == 1 else _mirror_left_right
+
     def fn(images, seeds):
         chosen = draw.coin(seeds, 0.5)
         if images.dtype == tf.uint8 and native.usable():  # only the chosen, in place
@@ -244,13 +247,13 @@ def _random_flip(flip, axis):
 @register("tf.image.random_flip_left_right", F, targets=TRANSFORMED, geometry=_flip_geometry("x", _coin), uint8_exact=True, xla=True, random=True, test_params={})
 def random_flip_left_right():
     """Mirror horizontally with probability 1/2, drawn per example."""
-    return _random_flip(_mirror_left_right, axis=2)
+    return _random_flip(axis=2)
 
 
 @register("tf.image.random_flip_up_down", F, targets=TRANSFORMED, geometry=_flip_geometry("y", _coin), uint8_exact=True, xla=True, random=True, test_params={})
 def random_flip_up_down():
     """Mirror vertically with probability 1/2, drawn per example."""
-    return _random_flip(_mirror_up_down, axis=1)
+    return _random_flip(axis=1)
 
 
 @register("tf.image.rot90", F, targets=TRANSFORMED, geometry=_rot90_geometry, uint8_exact=True, keeps_shape=False, test_params={"k": 1},
