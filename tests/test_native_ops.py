@@ -177,19 +177,23 @@ def test_the_mirror_flips_only_the_chosen_images():
     """native.mirror: the chosen images mirrored as tf.image's flips do, the others as they
     were, whether the op writes a new tensor (eager: the input is the caller's) or the input's
     own buffer (in a graph, on an intermediate tensor): odd and even sizes, 1 to 5 channels,
-    a single row or column; and a random flip of uint8 pixels, traced for the CPU, uses it."""
+    a single row or column; none chosen (the input itself is the output) and one image alone;
+    and a random flip of uint8 pixels, traced for the CPU, uses it."""
     rng = np.random.default_rng(3)
     mirrored = {1: tf.image.flip_up_down, 2: tf.image.flip_left_right}
     in_graph = tf.function(lambda images, flip, axis: native.mirror(images ^ 0, flip, axis))
+    flips = [[True, False, True, False], [False] * 4, [True], [False]]
     for height, width, channels in SHAPES + [(1, 9, 3), (9, 1, 3), (6, 10, 5), (8, 8, 2)]:
-        images = rng.integers(0, 256, (4, height, width, channels), dtype=np.uint8)
-        flip = np.array([True, False, True, False])
-        for axis, reference in mirrored.items():
-            expected = np.where(flip[:, None, None, None], reference(images).numpy(), images)
-            for ours in (native.mirror(images, flip, axis), in_graph(images, flip, axis)):
-                np.testing.assert_array_equal(ours.numpy(), expected,
-                                              err_msg=(height, width, channels, axis))
-    seeds = seeds_for(4)
+        for flip in map(np.array, flips):
+            images = rng.integers(0, 256, (len(flip), height, width, channels), dtype=np.uint8)
+            kept = images.copy()
+            for axis, reference in mirrored.items():
+                expected = np.where(flip[:, None, None, None], reference(images).numpy(), images)
+                for ours in (native.mirror(images, flip, axis), in_graph(images, flip, axis)):
+                    np.testing.assert_array_equal(ours.numpy(), expected,
+                                                  err_msg=(height, width, channels, axis, flip))
+                np.testing.assert_array_equal(images, kept)  # (the caller's input untouched)
+    images, seeds = rng.integers(0, 256, (4, 7, 6, 3), dtype=np.uint8), seeds_for(4)
     for name in ("tf.image.random_flip_left_right", "tf.image.random_flip_up_down"):
         flip = chain.build(chain.normalize([{"op": name}]))
         with native.for_cpu():
