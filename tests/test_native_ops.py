@@ -135,9 +135,12 @@ def test_the_level_mean_is_adjust_contrasts_mean(vectors):
     for bit: its order of summation, values whose sums round; tables of any values and the
     shifted levels of a brightness (a shift per image, -0.0 and 0.0 among them, computed from
     the pixels; per channel: looked up), with AVX-512 (vectors, where this CPU has it) and
-    without."""
+    without; sizes whose first folds halve exactly three times and others."""
     rng = np.random.default_rng(11)
-    for height, width, channels in SHAPES + [(1, 4097, 3), (250, 251, 3), (7, 9, 5)]:
+    # (pixel counts that halve three times: the shifted levels' first three folds at once)
+    for height, width, channels in SHAPES + [(1, 4097, 3), (250, 251, 3), (7, 9, 5),
+                                             (256, 256, 3), (8, 10, 3), (4, 6, 1), (2, 4, 4),
+                                             (7, 8, 5)]:
         images = _images(height, width, channels, 2, rng)
         tables = [(rng.uniform(-3, 3, (2, 256, channels)) * rng.uniform(0, 1e3, (2, 1, 1))
                    ).astype(np.float32),

@@ -212,6 +212,34 @@ __attribute__((target("avx512f"))) void FirstFoldShifted(const uint8_t* x,
   }
 }
 
+// The first three folds of shifted levels at once, where the plane's rows halve exactly
+// three times (their count a multiple of 8): `count` values in each eighth, the sums of the
+// three folds' adds, in their order, from the pixels (~a third less time than the first fold
+// alone and then two passes over its floats).
+__attribute__((target("avx512f"))) void ThreeFoldsShifted(const uint8_t* x, int64_t count,
+                                                          float shift, float* sum) {
+  const __m512 shifts = _mm512_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    __m512 eighth[8];
+    for (int t = 0; t < 8; ++t) eighth[t] = ShiftedValues(x + t * count + i, shifts);
+    const __m512 first[4] = {_mm512_add_ps(eighth[4], eighth[0]),
+                             _mm512_add_ps(eighth[5], eighth[1]),
+                             _mm512_add_ps(eighth[6], eighth[2]),
+                             _mm512_add_ps(eighth[7], eighth[3])};
+    _mm512_storeu_ps(sum + i, _mm512_add_ps(_mm512_add_ps(first[0], first[2]),
+                                            _mm512_add_ps(first[1], first[3])));
+  }
+  for (; i < count; ++i) {
+    float eighth[8];
+    for (int t = 0; t < 8; ++t) {
+      eighth[t] = static_cast<float>(x[t * count + i]) * kToFloat + shift;
+    }
+    sum[i] = ((eighth[4] + eighth[0]) + (eighth[6] + eighth[2])) +
+             ((eighth[5] + eighth[1]) + (eighth[7] + eighth[3]));
+  }
+}
+
 // to[i] += from[i], 16 at a time.
 __attribute__((target("avx512f"))) void AddVectors(float* __restrict to,
                                                    const float* __restrict from, int64_t count) {
@@ -262,7 +290,12 @@ class LevelMeanOp : public OpKernel {
 #if defined(__x86_64__)
       float shift;
       if (vectors_ && ShiftedLevels(value, channels, &shift)) {
-        FirstFoldShifted(x, x_right, right * channels, shift, sum);
+        if (size % 8 == 0) {
+          ThreeFoldsShifted(x, size / 8 * channels, shift, sum);
+          left = right = size / 8;  // (what the halvings below start from)
+        } else {
+          FirstFoldShifted(x, x_right, right * channels, shift, sum);
+        }
       } else
 #endif
       switch (channels) {
