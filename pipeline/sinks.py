@@ -107,15 +107,16 @@ def shard_name(prefix, index, num_shards, compression):
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
-def _bucket_entry(record):
-    """The record's place and label, then its TFRecord record as the shard will hold it:
-    framed here, where the Beam thread mostly waits on TensorFlow, not in the shard writer,
-    which runs alone at the end of a run."""
+def _framed_bucket_entry(record, order):
+    """The record's place (`order`: its order hash) and label, then its TFRecord record as the
+    shard will hold it, framed as one record of the bucket file: the TFRecord framing is done
+    here, where the Beam thread mostly waits on TensorFlow, not in the shard writer, which
+    runs alone at the end of a run."""
     key = record.key.encode()
     head, tail = sources.frame_parts(record.payload)
-    return b"".join((_HEADER.pack(order_hash(record.key, record.copy_index),
-                                  record.label is not None, record.label or 0,
-                                  record.copy_index, len(key)), key, head, record.payload, tail))
+    return sources.frame_joined((_HEADER.pack(order, record.label is not None, record.label or 0,
+                                              record.copy_index, len(key)),
+                                 key, head, record.payload, tail))
 
 
 def _parse_entry(entry):
@@ -144,10 +145,10 @@ class WriteBuckets(beam.DoFn):
 
     def process(self, record):
         self.keys.add(record.key)
-        entry = _bucket_entry(record)
+        order = order_hash(record.key, record.copy_index)
         first, count = (self.groups[record.split] if len(self.groups) > 1
                         else next(iter(self.groups.values())))
-        bucket = (first + shard_of(entry, count), part_of(entry, SLICES))
+        bucket = (first + shard_of(order, count), part_of(order, SLICES))
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
             with _commit_lock:
@@ -155,7 +156,7 @@ class WriteBuckets(beam.DoFn):
                     return
                 self.files[bucket] = (path, FileSystems.create(
                     path, compression_type=CompressionTypes.UNCOMPRESSED))
-        self.files[bucket][1].write(sources.frame_record(entry))
+        self.files[bucket][1].write(_framed_bucket_entry(record, order))
 
     def finish_bundle(self):
         buckets = []

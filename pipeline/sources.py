@@ -419,7 +419,10 @@ class RecordError(Exception):
 
 
 def _masked_crc(data):
-    crc = google_crc32c.value(data)
+    return _mask(google_crc32c.value(data))
+
+
+def _mask(crc):
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
@@ -452,11 +455,11 @@ def _frames(stream, max_length=None, offset=0):
         if max_length is not None and length > max_length:
             raise RecordError(f"record of {length} bytes, over the limit of {max_length}",
                               offset)
-        body = stream.read(length + 4)
-        if len(body) < length + 4:
+        data = stream.read(length)  # (its CRC read apart: no second copy of the data)
+        data_crc = stream.read(4)
+        if len(data) < length or len(data_crc) < 4:
             raise RecordError(f"truncated record (expected {length} bytes)", offset)
-        data, data_crc = body[:length], struct.unpack("<I", body[length:])[0]
-        if _masked_crc(data) != data_crc:
+        if _masked_crc(data) != struct.unpack("<I", data_crc)[0]:
             raise RecordError("corrupt record data (CRC mismatch)", offset)
         yield offset, data
         offset += 12 + length + 4
@@ -581,6 +584,18 @@ def frame_record(data):
     """`data` framed as one TFRecord record (length, CRCs)."""
     head, tail = frame_parts(data)
     return head + data + tail
+
+
+def frame_joined(parts):
+    """One TFRecord record whose data is `parts` (bytes) one after another, in a single join:
+    the data's CRC taken part by part, not over a joined copy framed again."""
+    crc, length = 0, 0
+    for part in parts:
+        crc = google_crc32c.extend(crc, part)
+        length += len(part)
+    length = struct.pack("<Q", length)
+    return b"".join((length, struct.pack("<I", _masked_crc(length)), *parts,
+                     struct.pack("<I", _mask(crc))))
 
 
 def frame_parts(data):

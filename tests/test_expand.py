@@ -1,6 +1,7 @@
 """`augbatch expand` end to end: real photos and TFRecords in, TFRecord shards out, read back with
 tf.data; determinism; config errors."""
 import collections
+import io
 import json
 import os
 
@@ -212,3 +213,31 @@ def test_shard_records_are_framed_as_tensorflow_frames_them(tmp_path):
                         for head, tail in [sources.frame_parts(record)])
     assert in_parts == written_by_tf == b"".join(map(sources.frame_record, records))
     assert sources.records_of(in_parts) == records
+    # A record given in pieces (a bucket entry: its header, key and framed record), framed in
+    # one join: the same bytes as its pieces joined, then framed.
+    for pieces in ([], [b""], [b"head", b""], [b"ab", records[2], b"\x00", records[3]]):
+        assert sources.frame_joined(pieces) == sources.frame_record(b"".join(pieces))
+    joined = [sources.frame_joined([record[:7], record[7:]]) for record in records]
+    assert b"".join(joined) == written_by_tf
+
+
+def test_damaged_records_are_refused_where_they_are_damaged():
+    """A record cut short (in its data or its CRC) or with a byte changed is refused at its
+    offset, after the records before it."""
+    records = [b"first", bytes(range(256)) * 4, b"third"]
+    whole = b"".join(map(sources.frame_record, records))
+    second = len(sources.frame_record(records[0]))
+    third = second + len(sources.frame_record(records[1]))
+
+    def changed(at):  # one byte of the file changed
+        return whole[:at] + bytes([whole[at] ^ 1]) + whole[at + 1:]
+    for damaged, message in [(whole[:third - 2], "truncated record \\(expected"),
+                             (whole[:third - 5], "truncated record \\(expected"),
+                             (whole[:second + 5], "truncated record header"),
+                             (changed(second + 3), "corrupt record length"),
+                             (changed(second + 40), "corrupt record data"),
+                             (changed(third - 1), "corrupt record data")]:
+        read = []
+        with pytest.raises(sources.RecordError, match=f"{message}.* at byte offset {second}$"):
+            read.extend(sources.iter_records(io.BytesIO(damaged)))
+        assert read == records[:1]
