@@ -12,7 +12,8 @@ own: "augbatch 512" / "P1 512" (the standard chain on 512x512 images, a quarter 
 TFRecords with 1-4 boxes each, boxes carried; the boxes written are read back and counted).
 
 Each row runs in its own process (`bench.variants`), warmed up first; rows are interleaved and
-each reports the median of its runs. Speeds are output images per second of wall time and per
+each reports the median of its runs. Each augbatch row runs beside the peer row it is compared
+with, so its ratio to the peer is also given round by round (`schedule`, `paired_ratios`). Speeds are output images per second of wall time and per
 CPU-second (all the process's threads and children). The table is printed and written as JSON.
 """
 import argparse
@@ -216,6 +217,36 @@ def table(results, reference):
     return "\n".join(lines)
 
 
+def schedule(chosen, repeats):
+    """The rows' order in each round: rotated from round to round (no row always runs first),
+    every augbatch row beside the peer row it is compared with, the pair's order reversed
+    every other round. This machine's speed drifts by 10-30% over minutes; a row and its peer
+    run side by side see it alike, so their ratio round by round (paired_ratios) cancels it."""
+    groups = {}
+    for row in chosen:
+        name = row[0]
+        key = peer_of(name) if name.startswith(("augbatch", "P1")) else name
+        groups.setdefault(key, []).append(row)
+    groups = list(groups.values())
+    rounds = []
+    for repeat in range(repeats):
+        turn = repeat % len(groups)
+        rounds.append([row for group in groups[turn:] + groups[:turn]
+                       for row in (group if repeat % 2 == 0 else group[::-1])])
+    return rounds
+
+
+def paired_ratios(runs, peer_runs):
+    """A row's speed over its peer's, round by round (they ran side by side: schedule), in
+    wall time and per CPU-second: {"wall", "cpu": the medians, "wall_rounds", "cpu_rounds"}."""
+    def speed(run, seconds):
+        return run["outputs"] / run[seconds]
+    ratios = {kind: [speed(r, seconds) / speed(p, seconds) for r, p in zip(runs, peer_runs)]
+              for kind, seconds in (("wall", "wall_s"), ("cpu", "cpu_s"))}
+    return {"wall": statistics.median(ratios["wall"]), "cpu": statistics.median(ratios["cpu"]),
+            "wall_rounds": ratios["wall"], "cpu_rounds": ratios["cpu"]}
+
+
 def peer_of(row):
     """The peer row a row compares with: the same chain (and data) in albumentations."""
     for suffix in (" colour", " 512", " detection"):
@@ -283,8 +314,7 @@ def main(argv=None):
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = []
-        for repeat in range(args.repeats):  # rotated order: no row always runs first
-            order = chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]
+        for repeat, order in enumerate(schedule(chosen, args.repeats)):
             futures += [(name, pool.submit(one, repeat, index, name, variant_args))
                         for index, (name, _, variant_args) in enumerate(order)]
         startup = pool.submit(startup_cost, folder, args.out)
@@ -299,7 +329,8 @@ def main(argv=None):
 
     by_name = {r["row"]: r for r in results}
     vs_peer = {r["row"]: {"wall": r["img_per_s"] / peer["img_per_s"],
-                          "cpu": r["img_per_cpu_s"] / peer["img_per_cpu_s"]}
+                          "cpu": r["img_per_cpu_s"] / peer["img_per_cpu_s"],
+                          "paired": paired_ratios(runs[r["row"]], runs[peer["row"]])}
                for r in results for peer in [by_name.get(peer_of(r["row"]))] if peer}
     vs_same_arithmetic = {
         row: {"wall": by_name[row]["img_per_s"] / by_name[peer]["img_per_s"],
@@ -321,6 +352,14 @@ def main(argv=None):
             written = r["runs"][0]["written"]
             print(f"{r['row']}: {written['records']} records, {written['records_with_boxes']} "
                   f"with boxes, {written['boxes']} boxes")
+    for row, ratios in vs_peer.items():
+        if row.startswith("augbatch"):
+            paired = ratios["paired"]
+            print(f"{row} vs {peer_of(row)}, round by round (run side by side), wall: "
+                  + ", ".join(f"{x:.2f}" for x in paired["wall_rounds"])
+                  + f" (median {paired['wall']:.2f}); CPU: "
+                  + ", ".join(f"{x:.2f}" for x in paired["cpu_rounds"])
+                  + f" (median {paired['cpu']:.2f})")
     for row, ratios in vs_same_arithmetic.items():
         print(f"{row} vs {SAME_ARITHMETIC[row]} (albumentations doing tf.image's "
               f"arithmetic): wall {ratios['wall']:.2f}, CPU {ratios['cpu']:.2f}")

@@ -88,3 +88,32 @@ def test_every_other_row_has_arguments_its_variant_takes(tmp_path):
         beam_args = json.loads(parsed.beam_args)
         assert beam_args == (bench_run.MULTI_PROCESSING if "multi_processing" in name
                              else []), name
+
+
+def test_each_augbatch_row_runs_beside_its_peer_and_is_compared_round_by_round():
+    every = bench_run.rows("folder", "records/*.tfrecord", "large", "boxes/*.tfrecord")
+    chosen = [row for row in every if row[0] in ("F0", "P1", "augbatch", "P1 colour",
+                                                  "augbatch colour", "augbatch uint8 colour",
+                                                  "P1 512", "augbatch 512")]
+    rounds = [[name for name, _, _ in order] for order in bench_run.schedule(chosen, 4)]
+    assert rounds[0] == ["F0", "augbatch", "P1", "augbatch colour", "augbatch uint8 colour",
+                         "P1 colour", "augbatch 512", "P1 512"]
+    # rotated a group at a time, each group's order reversed every other round
+    assert rounds[1] == ["P1", "augbatch", "P1 colour", "augbatch uint8 colour",
+                         "augbatch colour", "P1 512", "augbatch 512", "F0"]
+    assert rounds[2][:3] == ["augbatch colour", "augbatch uint8 colour", "P1 colour"]
+    for order in rounds:
+        assert sorted(order) == sorted(name for name, _, _ in chosen)
+        for name in order:  # beside its peer (the colour group has two augbatch rows)
+            if name.startswith("augbatch"):
+                assert abs(order.index(name) - order.index(bench_run.peer_of(name))) <= 2
+
+    def run(outputs, wall_s, cpu_s):
+        return {"outputs": outputs, "wall_s": wall_s, "cpu_s": cpu_s}
+    # Round 2 ran on a slow machine for both: its ratio is the same as the others'.
+    row = [run(400, 1.0, 2.0), run(400, 2.0, 4.0), run(400, 1.25, 2.5)]
+    peer = [run(400, 1.1, 2.4), run(400, 2.2, 4.8), run(400, 1.0, 3.0)]
+    ratios = bench_run.paired_ratios(row, peer)
+    assert [round(x, 6) for x in ratios["wall_rounds"]] == [1.1, 1.1, 0.8]
+    assert [round(x, 6) for x in ratios["cpu_rounds"]] == [1.2, 1.2, 1.2]
+    assert round(ratios["wall"], 6) == 1.1 and round(ratios["cpu"], 6) == 1.2
