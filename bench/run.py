@@ -13,8 +13,9 @@ TFRecords with 1-4 boxes each, boxes carried; the boxes written are read back an
 
 Each row runs in its own process (`bench.variants`), warmed up first; rows are interleaved and
 each reports the median of its runs. Each augbatch row runs beside the peer row it is compared
-with, so its ratio to the peer is also given round by round (`schedule`, `paired_ratios`). Speeds are output images per second of wall time and per
-CPU-second (all the process's threads and children). The table is printed and written as JSON.
+with, so its ratio to the peer is also given round by round (`schedule`, `paired_ratios`).
+Speeds are output images per second of wall time and per CPU-second (all the process's threads
+and children). The table is printed and written as JSON.
 """
 import argparse
 import concurrent.futures
