@@ -331,7 +331,9 @@ def main(argv=None):
     by_name = {r["row"]: r for r in results}
     vs_peer = {r["row"]: {"wall": r["img_per_s"] / peer["img_per_s"],
                           "cpu": r["img_per_cpu_s"] / peer["img_per_cpu_s"],
-                          "paired": paired_ratios(runs[r["row"]], runs[peer["row"]])}
+                          # (the augbatch rows ran beside their peer: schedule)
+                          **({"paired": paired_ratios(runs[r["row"]], runs[peer["row"]])}
+                             if r["row"].startswith("augbatch") else {})}
                for r in results for peer in [by_name.get(peer_of(r["row"]))] if peer}
     vs_same_arithmetic = {
         row: {"wall": by_name[row]["img_per_s"] / by_name[peer]["img_per_s"],
@@ -354,7 +356,7 @@ def main(argv=None):
             print(f"{r['row']}: {written['records']} records, {written['records_with_boxes']} "
                   f"with boxes, {written['boxes']} boxes")
     for row, ratios in vs_peer.items():
-        if row.startswith("augbatch"):
+        if "paired" in ratios:
             paired = ratios["paired"]
             print(f"{row} vs {peer_of(row)}, round by round (run side by side), wall: "
                   + ", ".join(f"{x:.2f}" for x in paired["wall_rounds"])
