@@ -582,27 +582,28 @@ def record_ranges(ref, max_length=None, records=RANGE_RECORDS, max_bytes=RANGE_B
 
 def frame_record(data):
     """`data` framed as one TFRecord record (length, CRCs)."""
-    head, tail = frame_parts(data)
-    return head + data + tail
+    return frame_joined((data,))
 
 
 def frame_joined(parts):
     """One TFRecord record whose data is `parts` (bytes) one after another, in a single join:
     the data's CRC taken part by part, not over a joined copy framed again."""
-    crc, length = 0, 0
+    crc = 0
     for part in parts:
         crc = google_crc32c.extend(crc, part)
-        length += len(part)
-    length = struct.pack("<Q", length)
-    return b"".join((length, struct.pack("<I", _masked_crc(length)), *parts,
-                     struct.pack("<I", _mask(crc))))
+    return b"".join((_frame_head(sum(map(len, parts))), *parts, struct.pack("<I", _mask(crc))))
 
 
 def frame_parts(data):
     """What goes before and after `data` in its TFRecord record: (length and its CRC, the
     data's CRC); for writing a record without copying it into one bytes object first."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)), struct.pack("<I", _masked_crc(data))
+    return _frame_head(len(data)), struct.pack("<I", _masked_crc(data))
+
+
+def _frame_head(length):
+    """A TFRecord record's length and the length's CRC."""
+    length = struct.pack("<Q", length)
+    return length + struct.pack("<I", _masked_crc(length))
 
 
 def records_of(data):
