@@ -378,10 +378,12 @@ class CopyNotes(typing.NamedTuple):
     in_chain_loop: bool  # whether they may join the chain's loop (no stateful op)
 
 
-def build_record(steps, xla=False, channels=3, parallel=None):
+def build_record(steps, xla=False, channels=3, parallel=None, on_cpu=False):
     """fn(seeds [B, 2], height, width) -> [notes per op step] (chain.build_record per stage of
     the same plan, as build_geometry; a compiled stage's notes are compiled too, since XLA
     draws other random numbers); `fn.steps()`: their (path, op, conditions), once traced.
+    `on_cpu`: drawn with the native ops where build_chain's draws are (the same values; in
+    the chain's loop the two are then the same ops, made once).
     Its own loop over the copies (`parallel` at once: the chain's); or, through
     `fn.prepare` and `fn.unpack`, a part of the chain's loop over its copies (fewer ops: a
     loop of its own costs, and the draws the chain makes too are made once there). Either
@@ -400,9 +402,10 @@ def build_record(steps, xla=False, channels=3, parallel=None):
 
     def one(seed, images):  # one copy: a batch of one draws without loops
         notes = []
-        for _, traced in parts:
-            part_notes, images = traced(seed[None], images)
-            notes += part_notes
+        with native.for_cpu(on_cpu and not xla):
+            for _, traced in parts:
+                part_notes, images = traced(seed[None], images)
+                notes += part_notes
         packed, layout[:] = _pack(notes)
         return packed
 
@@ -612,7 +615,8 @@ class ChainRunner:
         # so a pixel's last bit could depend on its neighbours). A GPU wants whole batches.
         one_by_one = not self.chain.compiled and "CPU" in self.device
         # What was done to each copy (augment/ops), noted in the same call.
-        record = (build_record(job.chain, job.xla, job.channels, parallel)
+        record = (build_record(job.chain, job.xla, job.channels, parallel,
+                               on_cpu="CPU" in self.device)
                   if job.record_ops and any(chain_mod.op_paths(job.chain)) else None)
 
         def augment_encode_nested(images, seeds, as_png, rows):

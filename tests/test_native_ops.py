@@ -1,7 +1,8 @@
 """The native ops (pipeline/ops/native.py), built on this machine: OpenCV's uint8 warp, whose
 pixels are OpenCV's bit for bit; a byte lookup per image (and channel), whose pixels are the
 uint8 op's and tf.image's brightness and contrast's, with tf.image's mean of a channel; the
-conversions between uint8 and float32, whose values are TensorFlow's. A run writes the same
+conversions between uint8 and float32, whose values are TensorFlow's; stateless uniform draws
+for a batch of seeds, TensorFlow's values bit for bit. A run writes the same
 bytes with them or without them; they are built once per TensorFlow into augbatch's cache, and
 without a compiler the ops they stand in for run and the log says so."""
 import logging
@@ -289,6 +290,55 @@ def test_the_conversions_are_tensorflows():
     np.testing.assert_array_equal(ours[1], expected[1])
 
 
+def test_the_draws_are_tensorflows_stateless_draws():
+    """native.draw and native.fold_in give each row of a batch of seeds what
+    tf.random.stateless_uniform and stateless_fold_in give that seed alone, bit for bit: random
+    and edge seeds (negative, the int32 limits), one value to a few groups of Philox's four,
+    float and int ranges (one crossing zero, the whole int32 range); an empty batch; a range
+    that is empty is refused as TensorFlow refuses it. Traced for the CPU, the chain's draws
+    are the native ops."""
+    rng = np.random.default_rng(5)
+    seeds = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, (40, 2)),
+                            [[0, 0], [-1, -1], [2 ** 31 - 1, -2 ** 31], [1, 0]]]).astype(np.int32)
+    ranges = [(0.0, 1.0, tf.float32), (-0.2, 0.2, tf.float32), (0.7, 1.3, tf.float32),
+              (-20.0, 20.0, tf.float32), (0, 4, tf.int32), (-5, 7, tf.int32),
+              (-2 ** 31, 2 ** 31 - 1, tf.int32)]
+    for shape in [(), (1,), (3,), (4,), (5,), (9,), (2, 3)]:
+        for low, high, dtype in ranges:
+            ours = native.draw(seeds, low, high, shape, dtype).numpy()
+            assert ours.shape == (len(seeds), *shape)
+            for row, seed in zip(ours, seeds):
+                theirs = tf.random.stateless_uniform(shape, seed, low, high, dtype).numpy()
+                np.testing.assert_array_equal(row.view(np.int32), theirs.view(np.int32),
+                                              err_msg=(shape, low, high, seed))
+    for data in (0, 7, -3, 2 ** 31 - 1):
+        ours = native.fold_in(seeds, data).numpy()
+        theirs = [tf.random.experimental.stateless_fold_in(seed, data).numpy() for seed in seeds]
+        np.testing.assert_array_equal(ours, theirs)
+    assert native.draw(np.zeros((0, 2), np.int32), 0.0, 1.0, (3,), tf.float32).shape == (0, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="minval < maxval"):
+        native.draw(seeds, 3, 3, (), tf.int32)
+    steps = chain.normalize(GROUPS)
+    images = tf.image.convert_image_dtype(photos(6, 24, 32), tf.float32)
+    with native.for_cpu():
+        fn = tf.function(chain.build(steps))
+        graph = str(fn.get_concrete_function(images, seeds_for(6)).graph.as_graph_def())
+    assert "AugbatchDraw" in graph and "AugbatchFoldIn" in graph
+    assert "StatelessRandomUniformV2" not in graph
+
+
+# Every kind of draw a chain makes: a probability's coin, one_of's pick, some_of's count and
+# order (int and shaped draws), an op's own draws.
+GROUPS = [
+    {"op": "tf.image.random_flip_left_right", "probability": 0.6},
+    {"one_of": [{"op": "tf.image.random_brightness", "max_delta": 0.3},
+                {"op": "tf.image.random_contrast", "lower": 0.6, "upper": 1.5}]},
+    {"some_of": [{"op": "tf.image.random_saturation", "lower": 0.5, "upper": 1.5},
+                 {"op": "tfa.image.rotate", "max_degrees": 15, "interpolation": "bilinear"},
+                 {"op": "tf.image.random_hue", "max_delta": 0.1}], "n": [0, 2]},
+]
+
+
 @pytest.mark.parametrize("chain", [
     # The uint8 op between a flip and a rotation, and a projective warp after them: every
     # step on uint8 pixels (the native warp and lookup).
@@ -299,7 +349,9 @@ def test_the_conversions_are_tensorflows():
      {"op": "tfa.image.transform", "interpolation": "bilinear",
       "transforms": [0.9, -0.1, 3.5, 0.1, 1.1, -2.5, 0.002, -0.001]}],
     # tf.image's colour ops in float32 between them (the native conversions).
-    STANDARD], ids=["uint8", "float"])
+    STANDARD,
+    # Coins, picks and counts: the native draws (the records note every draw, too).
+    GROUPS], ids=["uint8", "float", "groups"])
 def test_a_run_writes_the_same_shards_with_or_without_them(small_folder, tmp_path, monkeypatch,
                                                            chain):
     runs = {}

@@ -8,6 +8,8 @@ import threading
 
 import tensorflow as tf
 
+from pipeline.ops import native
+
 
 def each(fn, elems, fn_output_signature):
     """tf.map_fn(fn, elems), without the loop when the batch is statically one example (the
@@ -22,12 +24,16 @@ def each(fn, elems, fn_output_signature):
 
 def fold_in(seeds, data):
     """A new seed per example, derived from each row of `seeds` and the integer `data`."""
+    if native.usable():  # (the same seeds, in one op)
+        return native.fold_in(seeds, data)
     return each(lambda s: tf.random.experimental.stateless_fold_in(s, data), seeds,
                 fn_output_signature=tf.TensorSpec([2], tf.int32))
 
 
 def uniform(seeds, low, high, shape=(), dtype=tf.float32):
     """[B, *shape] values, uniform in [low, high) (ints: [low, high)), one draw per example."""
+    if native.usable() and dtype in (tf.float32, tf.int32):  # (the same values, in one op)
+        return _noted(native.draw(seeds, low, high, shape, dtype))
     return _noted(each(
         lambda s: tf.random.stateless_uniform(shape, s, minval=low, maxval=high, dtype=dtype),
         seeds, fn_output_signature=tf.TensorSpec(shape, dtype)))

@@ -16,6 +16,8 @@ gives the same bytes as the ops it stands in for, which remain the path where it
   (augment.to_float, augment.to_uint8) in one pass each, with TensorFlow's arithmetic.
 - native_mirror.cc: tf.image's random flips of uint8 images: only the chosen images
   mirrored, in place where it can, instead of every image reversed and then selected.
+- native_draw.cc: tf.random.stateless_uniform for each row of a batch of seeds in one op
+  (draw.uniform, draw.fold_in), with TensorFlow's Philox and distributions: the same values.
 
 The library is built with the machine's C++ compiler ($CXX, else g++) against the installed
 TensorFlow's headers, once per TensorFlow and source version, into augbatch's cache folder
@@ -40,7 +42,7 @@ log = logging.getLogger("augbatch")
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("native_warp.cc", "native_lookup.cc", "native_convert.cc",
-                        "native_mirror.cc")]
+                        "native_mirror.cc", "native_draw.cc")]
 # Building takes ~15 s on one core; a compiler that hangs must not hang the run.
 BUILD_TIMEOUT_S = 600
 
@@ -176,6 +178,20 @@ def level_mean(images, levels, vectors=True):
     levels float32 [B, 256, C]) -> [B, C]: tf.image.adjust_contrast's mean of those pixels,
     bit for bit. `vectors`: with AVX-512 where the CPU has it (False: scalar loops)."""
     return library().augbatch_level_mean(images, levels, vectors=vectors)
+
+
+def draw(seeds, low, high, shape, dtype):
+    """[B, *shape] values: row b is tf.random.stateless_uniform(shape, seeds[b], low, high,
+    dtype) (float32 or int32)."""
+    return library().augbatch_draw(seeds, tf.convert_to_tensor(low, dtype),
+                                   tf.convert_to_tensor(high, dtype),
+                                   shape=list(shape))
+
+
+def fold_in(seeds, data):
+    """[B, 2]: row b is tf.random.experimental.stateless_fold_in(seeds[b], data) (data: a
+    Python int that fits int32)."""
+    return library().augbatch_fold_in(seeds, data=data)
 
 
 def to_float(images):
