@@ -250,6 +250,68 @@ def test_tf_images_colour_ops_on_levels_write_their_pixels(name):
     assert "AugbatchLevelMean" in graph and "AdjustContrastv2" in graph
 
 
+# Chains whose pixels do not depend on their batch (build_chain's exact_in_batches): flips and
+# the uint8 op on uint8 pixels, brightness and contrast on levels.
+IN_CHUNKS = {
+    "flip, colour on levels": [{"op": "tf.image.random_flip_left_right"},
+                               *COLOUR_CHAINS["brightness, contrast"]],
+    "colour, each sometimes": COLOUR_CHAINS["each sometimes"],
+    "flips, uint8 op": [{"op": "tf.image.random_flip_up_down"},
+                        {"op": "tf.image.flip_left_right"},
+                        {"op": "uint8.random_brightness_contrast", "contrast": [0.6, 1.4],
+                         "brightness": [-0.3, 0.3]}],
+}
+
+
+@pytest.mark.parametrize("name", IN_CHUNKS)
+def test_chains_exact_in_batches_take_copies_in_chunks_with_the_same_bytes(name, monkeypatch):
+    """Such a chain's loop takes augment.CHUNK_COPIES copies at a time, and its notes are
+    drawn for the whole batch: the same encoded bytes and the same notes as one copy at a
+    time, for a batch of 5 inputs of 3 copies (chunks across inputs, the last one filled) and
+    for each input alone."""
+    steps = IN_CHUNKS[name]
+    chunked = augment.ChainRunner(make_job("x", "y", steps, copies=3))
+    assert chunked.chain.exact_in_batches
+    build_chain = augment.build_chain
+
+    def one_at_a_time(*args, **kwargs):
+        run = build_chain(*args, **kwargs)
+        run.exact_in_batches = False
+        return run
+    monkeypatch.setattr(augment, "build_chain", one_at_a_time)
+    alone = augment.ChainRunner(make_job("x", "y", steps, copies=3))
+    assert not alone.chain.exact_in_batches
+    images, seeds = photos(5, 37, 50), seeds_for(15)
+    formats = ["png", "jpeg", "png"] * 5
+    expected = alone.augment_encode(images, seeds, formats)
+    assert expected[2] and all(expected[2])  # (the notes of each copy)
+    assert chunked.augment_encode(images, seeds, formats) == expected
+    for i in range(5):
+        encoded, _, notes = chunked.augment_encode(images[i:i + 1], seeds[3 * i:3 * i + 3],
+                                                   formats[3 * i:3 * i + 3])
+        assert encoded == expected[0][3 * i:3 * i + 3] and notes == expected[2][3 * i:3 * i + 3]
+
+
+def test_only_chains_exact_in_batches_take_copies_in_chunks(monkeypatch):
+    """A rotation (its matrix's sine and cosine, computed over the batch, vectorise by their
+    place in it), colour outside levels, a group, XLA or no native ops: one copy at a time."""
+    def exact(steps, **options):
+        return augment.build_chain(chain.normalize(steps), **options).exact_in_batches
+    assert all(exact(steps) for steps in IN_CHUNKS.values())
+    assert not exact(STANDARD)
+    assert not exact([{"op": "tf.image.random_saturation", "lower": 0.5, "upper": 1.5}])
+    assert not exact([{"one_of": [{"op": "tf.image.flip_left_right"},
+                                  {"op": "tf.image.flip_up_down"}]}])
+    assert not exact(IN_CHUNKS["flip, colour on levels"], xla=True)
+    monkeypatch.setenv("AUGBATCH_NATIVE_OPS", "0")
+    native.library.cache_clear()
+    try:
+        assert not exact(IN_CHUNKS["flip, colour on levels"])
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+
+
 def test_the_chain_computes_colour_on_levels_only_where_it_can():
     """The float32 stage of brightness and contrast runs on levels (their probabilities
     too); a group, or an op without a form on levels, keeps the float32 passes."""
