@@ -58,8 +58,8 @@ PARALLEL_COPIES = 2
 # Copies a chain whose pixels do not depend on their batch (build_chain's exact_in_batches)
 # takes at once in its loop over the copies: the loop's own ops and the chain's are paid once
 # per 4 copies, and 4 images still fit in a core's cache through the chain. 256x256 colour
-# and standard chains, interleaved: 12-13% less CPU than one copy at a time (2: 6%, 8: 10%,
-# 16: 7%); 512x512: level.
+# chain, interleaved: 13% less CPU than one copy at a time (2: 6%, 8: 10%, 16: 7%); 512x512:
+# level.
 CHUNK_COPIES = 4
 # Batches a worker has in TensorFlow at once (transforms.AugmentAndEncode), at least; more
 # with more op threads (configure_threads).
@@ -367,8 +367,8 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
         levels = (chain_mod.build_levels(part, start=start)
                   if kind == "plain" and first == index == last else None)
         exact = exact and (levels is not None or (kind == "uint8" and all(
-            _is_op(step, "uint8_exact") or _is_op(step, "uint8_native") for step in part)
-            and all(registry.get(step["op"]).keeps_shape for step in part)))
+            (_is_op(step, "uint8_exact") or _is_op(step, "uint8_native"))
+            and registry.get(step["op"]).keeps_shape for step in part)))
         if levels is not None:
             fn = through_levels(fn, levels)
         else:
@@ -447,13 +447,16 @@ def build_record(steps, xla=False, channels=3, parallel=None, on_cpu=False):
         parts.append((fn, traced))
     layout = []  # how one copy's notes are packed (_pack), once traced
 
-    def one(seed, images):  # one copy: a batch of one draws without loops
+    def noted(seeds, images):  # every part's notes
         notes = []
         with native.for_cpu(on_cpu and not xla):
             for _, traced in parts:
-                part_notes, images = traced(seed[None], images)
+                part_notes, images = traced(seeds, images)
                 notes += part_notes
-        packed, layout[:] = _pack(notes)
+        return notes
+
+    def one(seed, images):  # one copy: a batch of one draws without loops
+        packed, layout[:] = _pack(noted(seed[None], images))
         return packed
 
     def blank(height, width):  # one image of the input's size for all (only its size is read)
@@ -487,12 +490,7 @@ def build_record(steps, xla=False, channels=3, parallel=None, on_cpu=False):
     def batched(seeds, height, width):
         """The notes of every copy, the ops traced once for the whole batch: no loop, where
         the draws are the native ops (one each for the batch) and no op is stateful."""
-        notes, images = [], blank(height, width)
-        with native.for_cpu(on_cpu and not xla):
-            for _, traced in parts:
-                part_notes, images = traced(seeds, images)
-                notes += part_notes
-        return notes
+        return noted(seeds, blank(height, width))
     run.steps = lambda: [step for fn, _ in parts for step in fn.steps]
     run.prepare, run.unpack, run.batched = prepare, unpack, batched
     return run
