@@ -49,15 +49,26 @@ PhiloxRandom GeneratorOf(int32_t seed0, int32_t seed1) {
   return PhiloxRandom(counter, key);
 }
 
-// `count` values of one seed's draw into `out`, a group of the distribution's results at a
-// time in order, as TensorFlow fills a tensor.
+// Why `seeds` is not a batch of int32 seed pairs [B, 2], if it is not.
+absl::Status CheckSeeds(const Tensor& seeds) {
+  if (seeds.dims() == 2 && seeds.dim_size(1) == 2) return absl::OkStatus();
+  return errors::InvalidArgument("seeds must be [B, 2]");
+}
+
+// `per_seed` values of each seed's draw, one seed after another into `out`: a group of the
+// distribution's results at a time, in order, as TensorFlow fills a tensor; `finish` maps
+// each result to its value.
 template <class Distribution, typename T, class Finish>
-void Fill(PhiloxRandom generator, Distribution distribution, T* out, int64_t count,
-          Finish finish) {
-  for (int64_t i = 0; i < count; i += Distribution::kResultElementCount) {
-    const auto group = distribution(&generator);
-    for (int k = 0; k < Distribution::kResultElementCount && i + k < count; ++k) {
-      out[i + k] = finish(group[k]);
+void FillRows(const Tensor& seeds, Distribution distribution, T* out, int64_t per_seed,
+              Finish finish) {
+  const auto seed = seeds.matrix<int32_t>();
+  for (int64_t b = 0; b < seeds.dim_size(0); ++b, out += per_seed) {
+    PhiloxRandom generator = GeneratorOf(seed(b, 0), seed(b, 1));
+    for (int64_t i = 0; i < per_seed; i += Distribution::kResultElementCount) {
+      const auto group = distribution(&generator);
+      for (int k = 0; k < Distribution::kResultElementCount && i + k < per_seed; ++k) {
+        out[i + k] = finish(group[k]);
+      }
     }
   }
 }
@@ -78,41 +89,28 @@ class DrawOp : public OpKernel {
 
   void Compute(OpKernelContext* context) override {
     const Tensor& seeds = context->input(0);
-    OP_REQUIRES(context, seeds.dims() == 2 && seeds.dim_size(1) == 2,
-                errors::InvalidArgument("seeds must be [B, 2]"));
-    const int64_t batch = seeds.dim_size(0);
-    TensorShape out_shape({batch});
-    out_shape.AppendShape(shape_);
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(0, out_shape, &out));
-    const auto seed = seeds.matrix<int32_t>();
+    OP_REQUIRES_OK(context, CheckSeeds(seeds));
     OP_REQUIRES(context, tensorflow::TensorShapeUtils::IsScalar(context->input(1).shape()) &&
                 tensorflow::TensorShapeUtils::IsScalar(context->input(2).shape()),
                 errors::InvalidArgument("minval and maxval must be scalars"));
+    TensorShape out_shape({seeds.dim_size(0)});
+    out_shape.AppendShape(shape_);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, out_shape, &out));
     if (dtype_ == tensorflow::DT_FLOAT) {
       const float low = context->input(1).scalar<float>()();
-      const float high = context->input(2).scalar<float>()();
-      const float range = high - low;  // (as TensorFlow computes it: a float32 op)
-      float* values = out->flat<float>().data();
-      const auto finish = [low, range](float unit) { return unit * range + low; };
-      for (int64_t b = 0; b < batch; ++b) {
-        Fill(GeneratorOf(seed(b, 0), seed(b, 1)),
-             tensorflow::random::UniformDistribution<PhiloxRandom, float>(),
-             values + b * per_seed_, per_seed_, finish);
-      }
+      const float range = context->input(2).scalar<float>()() - low;  // (a float32 op, too)
+      FillRows(seeds, tensorflow::random::UniformDistribution<PhiloxRandom, float>(),
+               out->flat<float>().data(), per_seed_,
+               [low, range](float unit) { return unit * range + low; });
       return;
     }
-    int32_t* values = out->flat<int32_t>().data();
-    const auto same = [](int32_t value) { return value; };
     const int32_t low = context->input(1).scalar<int32_t>()();
     const int32_t high = context->input(2).scalar<int32_t>()();
     OP_REQUIRES(context, low < high,
                 errors::InvalidArgument("Need minval < maxval: ", low, " >= ", high));
-    for (int64_t b = 0; b < batch; ++b) {
-      Fill(GeneratorOf(seed(b, 0), seed(b, 1)),
-           tensorflow::random::UniformDistribution<PhiloxRandom, int32_t>(low, high),
-           values + b * per_seed_, per_seed_, same);
-    }
+    FillRows(seeds, tensorflow::random::UniformDistribution<PhiloxRandom, int32_t>(low, high),
+             out->flat<int32_t>().data(), per_seed_, [](int32_t value) { return value; });
   }
 
  private:
@@ -131,16 +129,15 @@ class FoldInOp : public OpKernel {
 
   void Compute(OpKernelContext* context) override {
     const Tensor& seeds = context->input(0);
-    OP_REQUIRES(context, seeds.dims() == 2 && seeds.dim_size(1) == 2,
-                errors::InvalidArgument("seeds must be [B, 2]"));
+    OP_REQUIRES_OK(context, CheckSeeds(seeds));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, seeds.shape(), &out));
-    const auto seed = seeds.matrix<int32_t>();
+    std::vector<int32_t> drawn(seeds.dim_size(0));
+    FillRows(seeds, tensorflow::random::UniformFullIntDistribution<PhiloxRandom, int32_t>(),
+             drawn.data(), 1, [](int32_t value) { return value; });
     auto folded = out->matrix<int32_t>();
     for (int64_t b = 0; b < seeds.dim_size(0); ++b) {
-      PhiloxRandom generator = GeneratorOf(seed(b, 0), seed(b, 1));
-      folded(b, 0) =
-          tensorflow::random::UniformFullIntDistribution<PhiloxRandom, int32_t>()(&generator)[0];
+      folded(b, 0) = drawn[b];
       folded(b, 1) = data_;
     }
   }
