@@ -19,8 +19,9 @@ Speed without changing a byte of what the chain means:
     copies at once; with XLA: a loop inside the compiled program), so it stays in the core's
     cache instead of streaming a batch of tens of MB through memory at every op, and no pixel
     depends on the other images of its batch. A chain whose pixels cannot depend on their
-    batch (build_chain's exact_in_batches: flips, uint8 lookups, colour on levels) takes
-    CHUNK_COPIES copies at a time, still in the cache, with a quarter of the loop's ops.
+    batch (build_chain's exact_in_batches: flips, uint8 lookups, colour on levels, uint8
+    rotations and shifts) takes CHUNK_COPIES copies at a time, still in the cache, with a
+    quarter of the loop's ops.
     Batches amortize the calls into TensorFlow, and the worker keeps several in flight
     (transforms.AugmentAndEncode) to fill the cores.
 """
@@ -61,6 +62,10 @@ PARALLEL_COPIES = 2
 # chain, interleaved: 13% less CPU than one copy at a time (2: 6%, 8: 10%, 16: 7%); 512x512:
 # level.
 CHUNK_COPIES = 4
+# ... where that many copies hold at most this many pixels (4 of 256 x 256): 4 copies of
+# 512 x 512 do not stay in the cache (standard chain, 512 x 512: 7% more CPU than one at a
+# time).
+CHUNK_PIXELS = 4 * 256 * 256
 # Batches a worker has in TensorFlow at once (transforms.AugmentAndEncode), at least; more
 # with more op threads (configure_threads).
 IN_FLIGHT = 4
@@ -200,11 +205,25 @@ def _encode_one(image, as_png, quality):
 def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, parallel,
                          record=None):
     """chain + encode for one copy at a time: (encoded bytes per copy, output shape, notes).
-    `record`: build_record's, for the notes of each copy (in the same loop where it can), or
-    None. A chain whose pixels do not depend on their batch takes CHUNK_COPIES at a time."""
-    if chain.exact_in_batches:
-        return _augment_encode_in_chunks(chain, images, copy_of, seeds, as_png, quality,
-                                         parallel, record)
+    `record`: build_record's, for the notes of each copy, or None. A chain whose pixels do
+    not depend on their batch takes CHUNK_COPIES copies at a time where they fit in
+    CHUNK_PIXELS (the same bytes either way), its notes drawn for the whole batch at once."""
+    if not chain.exact_in_batches:
+        return _augment_encode_one_by_one(chain, images, copy_of, seeds, as_png, quality,
+                                          parallel, record)
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    encoded, shape = tf.cond(
+        height * width * CHUNK_COPIES <= CHUNK_PIXELS,
+        lambda: _augment_encode_in_chunks(chain, images, copy_of, seeds, as_png, quality,
+                                          parallel),
+        lambda: _augment_encode_one_by_one(chain, images, copy_of, seeds, as_png, quality,
+                                           parallel)[:2])
+    return encoded, shape, record.batched(seeds, height, width) if record else ()
+
+
+def _augment_encode_one_by_one(chain, images, copy_of, seeds, as_png, quality, parallel,
+                               record=None):
+    """_augment_encode_each's result, the notes in the chain's loop where they can be."""
     prepared = record.prepare(tf.shape(images)[1], tf.shape(images)[2]) if record else None
     inline = prepared is not None and prepared.in_chain_loop
 
@@ -225,11 +244,9 @@ def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, paralle
     return encoded, tf.reduce_max(shapes, axis=0), notes
 
 
-def _augment_encode_in_chunks(chain, images, copy_of, seeds, as_png, quality, parallel,
-                              record=None):
-    """_augment_encode_each's result, CHUNK_COPIES copies through the chain at a time (the
-    last chunk filled with copies of the first image, then left out); the notes drawn for
-    the whole batch at once (record.batched)."""
+def _augment_encode_in_chunks(chain, images, copy_of, seeds, as_png, quality, parallel):
+    """(encoded bytes per copy, output shape): CHUNK_COPIES copies through the chain at a
+    time (the last chunk filled with copies of the first image, then left out)."""
     count = tf.shape(copy_of)[0]
     missing = (-count) % CHUNK_COPIES
 
@@ -246,8 +263,7 @@ def _augment_encode_in_chunks(chain, images, copy_of, seeds, as_png, quality, pa
         chunk, (chunks(copy_of), chunks(seeds), chunks(as_png)), parallel_iterations=parallel,
         fn_output_signature=(tf.TensorSpec([CHUNK_COPIES], tf.string),
                              tf.TensorSpec([3], tf.int32)))
-    notes = record.batched(seeds, tf.shape(images)[1], tf.shape(images)[2]) if record else ()
-    return tf.reshape(encoded, [-1])[:count], tf.reduce_max(shapes, axis=0), notes
+    return tf.reshape(encoded, [-1])[:count], tf.reduce_max(shapes, axis=0)
 
 
 def _encode_batch(images, as_png, quality):
@@ -274,6 +290,23 @@ def _resamples_alone(step):
 def _compilable(step):
     """A colour op XLA compiles, or a purely geometric op (resampled with gathers there)."""
     return _is_op(step, "xla") or (_resamples_alone(step) and step["probability"] == 1.0)
+
+
+def _exact_in_batches(steps):
+    """Whether a uint8 stage gives each image the same pixels in a batch of any size, traced
+    with the native ops: ops that keep the size and only move bytes or look them up, and
+    resamples (native.warp, image by image) whose matrices are (geometry.Projective's
+    exact_in_batches), one at a time (two in a row would be fused by a matrix product).
+    (Colour computed on levels is too: elementwise arithmetic on each image's own levels and
+    the native means.) TensorFlow's reductions, transcendental functions and matrix products
+    over a batch vectorise by their place in it."""
+    resamples = [_resamples_alone(step) and step["probability"] == 1.0
+                 and registry.get(step["op"]).build(step["params"]).exact_in_batches
+                 for step in steps]
+    return not any(a and b for a, b in zip(resamples, resamples[1:])) and all(
+        resample or ((_is_op(step, "uint8_exact") or _is_op(step, "uint8_native"))
+                     and registry.get(step["op"]).keeps_shape)
+        for step, resample in zip(steps, resamples))
 
 
 def plan(steps, xla, uint8_geometry=False):
@@ -357,18 +390,13 @@ def build_chain(steps, xla=False, on_cpu=True, parallel=None, kernel="tensorflow
     first, last = (float_stages[0], float_stages[-1]) if float_stages else (None, None)
     parts = []  # (compiled?, fn(images, seeds) -> images)
     # Whether each image's pixels are the same in a batch of any size (run.exact_in_batches):
-    # with the native ops, stages of uint8 ops that keep the size (moves of bytes, lookups)
-    # and colour computed on levels (elementwise arithmetic on each image's own levels, the
-    # native means); TensorFlow's reductions and transcendental functions over a batch
-    # vectorise by their place in it.
+    # with the native ops, see _exact_in_batches.
     exact = on_cpu and not xla and native.library() is not None
     for index, (kind, start, part) in enumerate(stages):
         fn = chain_mod.build(part, start=start)
         levels = (chain_mod.build_levels(part, start=start)
                   if kind == "plain" and first == index == last else None)
-        exact = exact and (levels is not None or (kind == "uint8" and all(
-            (_is_op(step, "uint8_exact") or _is_op(step, "uint8_native"))
-            and registry.get(step["op"]).keeps_shape for step in part)))
+        exact = exact and (levels is not None or (kind == "uint8" and _exact_in_batches(part)))
         if levels is not None:
             fn = through_levels(fn, levels)
         else:

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import augment, chain
-from pipeline.ops import geometry, native, uint8
+from pipeline.ops import geometry, native, registry, uint8
 from tests.conftest import make_job, run_job, shard_bytes
 from tests.test_opencv_kernel import parallel_and_batch_free
 from tests.test_performance_paths import STANDARD, photos, seeds_for
@@ -250,16 +250,21 @@ def test_tf_images_colour_ops_on_levels_write_their_pixels(name):
     assert "AugbatchLevelMean" in graph and "AdjustContrastv2" in graph
 
 
-# Chains whose pixels do not depend on their batch (build_chain's exact_in_batches): flips and
-# the uint8 op on uint8 pixels, brightness and contrast on levels.
+UINT8_OP = {"op": "uint8.random_brightness_contrast", "contrast": [0.6, 1.4],
+            "brightness": [-0.3, 0.3]}
+# Chains whose pixels do not depend on their batch (build_chain's exact_in_batches, with the
+# default kernel, opencv-uint8): flips, the uint8 op and resamples on uint8 pixels,
+# brightness and contrast on levels.
 IN_CHUNKS = {
     "flip, colour on levels": [{"op": "tf.image.random_flip_left_right"},
                                *COLOUR_CHAINS["brightness, contrast"]],
     "colour, each sometimes": COLOUR_CHAINS["each sometimes"],
     "flips, uint8 op": [{"op": "tf.image.random_flip_up_down"},
-                        {"op": "tf.image.flip_left_right"},
-                        {"op": "uint8.random_brightness_contrast", "contrast": [0.6, 1.4],
-                         "brightness": [-0.3, 0.3]}],
+                        {"op": "tf.image.flip_left_right"}, UINT8_OP],
+    "flip, colour on levels, rotation": STANDARD,
+    "shift, uint8 op, shear": [
+        {"op": "tfa.image.translate", "dx": [-6, 6], "dy": [-4, 4], "interpolation": "bilinear"},
+        UINT8_OP, {"op": "tfa.image.shear_x", "level": [-0.3, 0.3]}],
 }
 
 
@@ -268,7 +273,8 @@ def test_chains_exact_in_batches_take_copies_in_chunks_with_the_same_bytes(name,
     """Such a chain's loop takes augment.CHUNK_COPIES copies at a time, and its notes are
     drawn for the whole batch: the same encoded bytes and the same notes as one copy at a
     time, for a batch of 5 inputs of 3 copies (chunks across inputs, the last one filled) and
-    for each input alone."""
+    for each input alone; inputs too large for a chunk (augment.CHUNK_PIXELS) go one at a
+    time with the batch's notes."""
     steps = IN_CHUNKS[name]
     chunked = augment.ChainRunner(make_job("x", "y", steps, copies=3))
     assert chunked.chain.exact_in_batches
@@ -290,15 +296,26 @@ def test_chains_exact_in_batches_take_copies_in_chunks_with_the_same_bytes(name,
         encoded, _, notes = chunked.augment_encode(images[i:i + 1], seeds[3 * i:3 * i + 3],
                                                    formats[3 * i:3 * i + 3])
         assert encoded == expected[0][3 * i:3 * i + 3] and notes == expected[2][3 * i:3 * i + 3]
+    large, seeds = photos(2, 190, 350), seeds_for(6)
+    assert 190 * 350 * augment.CHUNK_COPIES > augment.CHUNK_PIXELS
+    assert chunked.augment_encode(large, seeds, formats[:6]) == alone.augment_encode(
+        large, seeds, formats[:6])
 
 
 def test_only_chains_exact_in_batches_take_copies_in_chunks(monkeypatch):
-    """A rotation (its matrix's sine and cosine, computed over the batch, vectorise by their
-    place in it), colour outside levels, a group, XLA or no native ops: one copy at a time."""
-    def exact(steps, **options):
-        return augment.build_chain(chain.normalize(steps), **options).exact_in_batches
+    """A rotation of float32 pixels (another kernel: it then sits between the float32
+    conversions with colour ops off their levels), two resamples in a row (fused by a matrix
+    product), ImageDataGenerator's transform (its matrix products), a resample of some copies
+    only, colour outside levels, a group, XLA or no native ops: one copy at a time."""
+    def exact(steps, kernel="opencv-uint8", **options):
+        return augment.build_chain(chain.normalize(steps), kernel=kernel,
+                                   **options).exact_in_batches
     assert all(exact(steps) for steps in IN_CHUNKS.values())
-    assert not exact(STANDARD)
+    assert not exact(STANDARD, kernel="opencv") and not exact(STANDARD, kernel="tensorflow")
+    rotation, shift = STANDARD[3], IN_CHUNKS["shift, uint8 op, shear"][0]
+    assert exact([rotation, UINT8_OP, shift]) and not exact([rotation, shift, UINT8_OP])
+    assert not exact([dict(rotation, probability=0.5)])
+    assert not exact([{"op": "idg", "rotation_range": 20, "width_shift_range": 0.1}])
     assert not exact([{"op": "tf.image.random_saturation", "lower": 0.5, "upper": 1.5}])
     assert not exact([{"one_of": [{"op": "tf.image.flip_left_right"},
                                   {"op": "tf.image.flip_up_down"}]}])
@@ -387,6 +404,35 @@ def test_the_draws_are_tensorflows_stateless_draws():
         graph = str(fn.get_concrete_function(images, seeds_for(6)).graph.as_graph_def())
     assert "AugbatchDraw" in graph and "AugbatchFoldIn" in graph
     assert "StatelessRandomUniformV2" not in graph
+
+
+def test_a_rotations_matrices_in_a_batch_are_each_copys_alone():
+    """Traced for the CPU, a rotation's sine and cosine are the native op's: each value what
+    TensorFlow's Sin and Cos give a tensor of one, bit for bit (64 values and more go through
+    Eigen's vectorised polynomials in TensorFlow's own), so each copy's matrix is the one it
+    gets alone, whatever its batch: random angles, the edges of float32 (zero and its sign,
+    the smallest values, a large one, infinities, NaN)."""
+    angles = np.concatenate([
+        np.random.default_rng(6).uniform(-4, 4, 300),
+        [0.0, -0.0, 1e-45, -1e-45, 1.2e-38, np.pi, -np.pi / 2, 1e5, 3.4e38, np.inf, -np.inf,
+         np.nan]]).astype(np.float32)
+    sines, cosines = native.sin_cos(angles)
+    for angle, sine, cosine in zip(angles, sines.numpy(), cosines.numpy()):
+        alone = angle[None]
+        np.testing.assert_array_equal(
+            np.array([sine, cosine]).view(np.int32),
+            np.array([tf.math.sin(alone)[0], tf.math.cos(alone)[0]]).view(np.int32),
+            err_msg=angle)
+    step = chain.normalize([STANDARD[3]])[0]
+    rotation = registry.get(step["op"]).build(step["params"])
+    seeds = seeds_for(64)
+    with native.for_cpu():
+        matrices = tf.function(lambda seeds: rotation.projective(seeds, 37.0, 50.0))
+        graph = str(matrices.get_concrete_function(seeds).graph.as_graph_def())
+        together = matrices(seeds).numpy()
+        alone = np.concatenate([matrices(seeds[i:i + 1]).numpy() for i in range(64)])
+    assert "AugbatchSinCos" in graph and '"Cos"' not in graph
+    np.testing.assert_array_equal(together.view(np.int32), alone.view(np.int32))
 
 
 # Every kind of draw a chain makes: a probability's coin, one_of's pick, some_of's count and

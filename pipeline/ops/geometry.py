@@ -273,6 +273,9 @@ class Projective:
     have one, since per-pixel work cannot be moved past a later resample.
     standalone: how to run the op when it is not fused (e.g. only on the examples a
     probability picked); None resamples every example.
+    exact_in_batches: whether each example's matrix is the same in a batch of any size when
+    traced with the native ops (draws and elementwise arithmetic: augment.build_chain's
+    chunks); TensorFlow's transcendental functions and matrix products vectorise by place.
     """
     matrices: Callable
     interpolation: str = "nearest"
@@ -280,6 +283,7 @@ class Projective:
     fill_value: float = 0.0
     finish: Optional[Callable] = None
     standalone: Optional[Callable] = None
+    exact_in_batches: bool = False
 
     @property
     def sampling(self):

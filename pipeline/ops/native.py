@@ -18,6 +18,9 @@ gives the same bytes as the ops it stands in for, which remain the path where it
   mirrored, in place where it can, instead of every image reversed and then selected.
 - native_draw.cc: tf.random.stateless_uniform for each row of a batch of seeds in one op
   (draw.uniform, draw.fold_in), with TensorFlow's Philox and distributions: the same values.
+- native_sincos.cc: the sine and cosine of a rotation's angles, each as TensorFlow computes
+  one value alone (its vectorised path for 8 or more can differ in the last bit): a copy's
+  matrix does not depend on its batch.
 
 The library is built with the machine's C++ compiler ($CXX, else g++) against the installed
 TensorFlow's headers, once per TensorFlow and source version, into augbatch's cache folder
@@ -42,7 +45,7 @@ log = logging.getLogger("augbatch")
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("native_warp.cc", "native_lookup.cc", "native_convert.cc",
-                        "native_mirror.cc", "native_draw.cc")]
+                        "native_mirror.cc", "native_draw.cc", "native_sincos.cc")]
 # Building takes ~15 s on one core; a compiler that hangs must not hang the run.
 BUILD_TIMEOUT_S = 600
 
@@ -192,6 +195,12 @@ def fold_in(seeds, data):
     """[B, 2]: row b is tf.random.experimental.stateless_fold_in(seeds[b], data) (data: a
     Python int that fits int32)."""
     return library().augbatch_fold_in(seeds, data=data)
+
+
+def sin_cos(angles):
+    """(tf.sin(angles), tf.cos(angles)) with each value's as TensorFlow computes a tensor of
+    one (float32)."""
+    return library().augbatch_sin_cos(angles)
 
 
 def to_float(images):

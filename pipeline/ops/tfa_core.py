@@ -143,14 +143,16 @@ def compose_transforms(transforms, name=None):
         return matrices_to_flat_transforms(composed)
 
 
-def angles_to_projective_transforms(angles, image_height, image_width, name=None):
-    """[N, 8] transforms rotating images counterclockwise by `angles` (radians) about the centre."""
+def angles_to_projective_transforms(angles, image_height, image_width, name=None,
+                                    sin_cos=None):
+    """[N, 8] transforms rotating images counterclockwise by `angles` (radians) about the centre.
+    `sin_cos`: fn(angles) -> (sines, cosines), tf.math's unless given."""
     with tf.name_scope(name or "angles_to_projective_transforms"):
         angles = tf.convert_to_tensor(angles, tf.float32, name="angles")
         if angles.shape.rank not in (0, 1):
             raise ValueError("angles should have rank 0 or 1.")
         angles = tf.reshape(angles, [-1])
-        cos, sin = tf.math.cos(angles), tf.math.sin(angles)
+        sin, cos = (sin_cos or (lambda x: (tf.math.sin(x), tf.math.cos(x))))(angles)
         x_offset = ((image_width - 1) - (cos * (image_width - 1) - sin * (image_height - 1))) / 2
         y_offset = ((image_height - 1) - (sin * (image_width - 1) + cos * (image_height - 1))) / 2
         zeros = tf.zeros_like(angles)

@@ -25,7 +25,7 @@ import warnings
 import tensorflow as tf
 
 from pipeline.errors import UserError
-from pipeline.ops import draw, geometry
+from pipeline.ops import draw, geometry, native, tfa_core
 from pipeline.ops.registry import TRANSFORMED, UNCHANGED, Param, register
 
 F = "tfa.image"
@@ -61,7 +61,6 @@ def load_backend(choice=None):
             # Expected on the modern stack (README): not said on every command.
             log.debug("tensorflow_addons does not import (%s); tfa.image ops run on core TF",
                       error)
-    from pipeline.ops import tfa_core
     return tfa_core, CORE
 
 
@@ -195,8 +194,13 @@ def rotate(degrees, max_degrees, radians, interpolation, fill_mode, fill_value):
     lib = impl
 
     def matrices(seeds, height, width):
-        return lib.angles_to_projective_transforms(draw.uniform(seeds, low, high), height, width)
-    return geometry.Projective(matrices, interpolation, fill_mode, fill_value)
+        angles = draw.uniform(seeds, low, high)
+        if native.usable():  # tfa's formula, each copy's sine and cosine as in a batch of one
+            return tfa_core.angles_to_projective_transforms(angles, height, width,
+                                                            sin_cos=native.sin_cos)
+        return lib.angles_to_projective_transforms(angles, height, width)
+    return geometry.Projective(matrices, interpolation, fill_mode, fill_value,
+                               exact_in_batches=True)
 
 
 def _check_transform(params):
@@ -220,7 +224,8 @@ def transform(transforms, interpolation, fill_mode, fill_value):
 
     def matrices(seeds, height, width):
         return tf.tile(flat, [tf.shape(seeds)[0], 1])
-    return geometry.Projective(matrices, interpolation, fill_mode, fill_value)
+    return geometry.Projective(matrices, interpolation, fill_mode, fill_value,
+                               exact_in_batches=True)
 
 
 def _shifts(seeds, dx, dy, x_scale=1.0, y_scale=1.0):
@@ -245,7 +250,8 @@ def translate(dx, dy, units, interpolation, fill_mode, fill_value):
     def matrices(seeds, height, width):
         scale = (width, height) if units == "fraction" else (1.0, 1.0)
         return lib.translations_to_projective_transforms(_shifts(seeds, dx, dy, *scale))
-    return geometry.Projective(matrices, interpolation, fill_mode, fill_value)
+    return geometry.Projective(matrices, interpolation, fill_mode, fill_value,
+                               exact_in_batches=True)
 
 
 _REPLACE = Param("replace", "float", 0.0, low=0.0, high=1.0,
@@ -263,7 +269,8 @@ def translate_xy(dx, dy, replace):
 
     def matrices(seeds, height, width):
         return lib.translations_to_projective_transforms(_shifts(seeds, dx, dy))
-    return geometry.Projective(matrices, "nearest", "constant", replace)
+    return geometry.Projective(matrices, "nearest", "constant", replace,
+                               exact_in_batches=True)
 
 
 def _shear(axis, level, replace):
@@ -272,7 +279,8 @@ def _shear(axis, level, replace):
         ones, zeros = tf.ones_like(levels), tf.zeros_like(levels)
         a1, b0 = (levels, zeros) if axis == "x" else (zeros, levels)
         return tf.stack([ones, a1, zeros, b0, ones, zeros, zeros, zeros], axis=1)
-    return geometry.Projective(matrices, "nearest", "constant", replace)
+    return geometry.Projective(matrices, "nearest", "constant", replace,
+                               exact_in_batches=True)
 
 
 _LEVEL = Param("level", "range", help="shear factor range; output (x, y) samples the input at "
