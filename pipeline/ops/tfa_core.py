@@ -16,6 +16,8 @@ What differs from tfa.image 0.23.0:
   as tf.random.stateless_* take). Same distributions, not tfa's numbers.
 - adjust_hsv_in_yiq is tfa's matrix formulation in TensorFlow ops; tfa runs a C++ kernel for
   it, which differs in the last bits (the tolerance is stated in tests/test_tfa_core.py).
+- Extra here: rotation_transforms, angles_to_projective_transforms from the angles' sines
+  and cosines (tfa_image.rotate's, with the native ops' sine and cosine).
 - Not here: connected_components, euclidean_dist_transform, interpolate_spline, resampler and
   sparse_image_warp (augbatch's ops use none of them).
 """
@@ -143,20 +145,23 @@ def compose_transforms(transforms, name=None):
         return matrices_to_flat_transforms(composed)
 
 
-def angles_to_projective_transforms(angles, image_height, image_width, name=None,
-                                    sin_cos=None):
-    """[N, 8] transforms rotating images counterclockwise by `angles` (radians) about the centre.
-    `sin_cos`: fn(angles) -> (sines, cosines), tf.math's unless given."""
+def angles_to_projective_transforms(angles, image_height, image_width, name=None):
+    """[N, 8] transforms rotating images counterclockwise by `angles` (radians) about the centre."""
     with tf.name_scope(name or "angles_to_projective_transforms"):
         angles = tf.convert_to_tensor(angles, tf.float32, name="angles")
         if angles.shape.rank not in (0, 1):
             raise ValueError("angles should have rank 0 or 1.")
         angles = tf.reshape(angles, [-1])
-        sin, cos = (sin_cos or (lambda x: (tf.math.sin(x), tf.math.cos(x))))(angles)
-        x_offset = ((image_width - 1) - (cos * (image_width - 1) - sin * (image_height - 1))) / 2
-        y_offset = ((image_height - 1) - (sin * (image_width - 1) + cos * (image_height - 1))) / 2
-        zeros = tf.zeros_like(angles)
-        return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+        return rotation_transforms(tf.math.sin(angles), tf.math.cos(angles), image_height,
+                                   image_width)
+
+
+def rotation_transforms(sin, cos, image_height, image_width):
+    """angles_to_projective_transforms from the angles' sines and cosines [N]."""
+    x_offset = ((image_width - 1) - (cos * (image_width - 1) - sin * (image_height - 1))) / 2
+    y_offset = ((image_height - 1) - (sin * (image_width - 1) + cos * (image_height - 1))) / 2
+    zeros = tf.zeros_like(sin)
+    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
 
 
 def rotate(images, angles, interpolation="nearest", fill_mode="constant", name=None,

@@ -196,8 +196,7 @@ def rotate(degrees, max_degrees, radians, interpolation, fill_mode, fill_value):
     def matrices(seeds, height, width):
         angles = draw.uniform(seeds, low, high)
         if native.usable():  # tfa's formula, each copy's sine and cosine as in a batch of one
-            return tfa_core.angles_to_projective_transforms(angles, height, width,
-                                                            sin_cos=native.sin_cos)
+            return tfa_core.rotation_transforms(*native.sin_cos(angles), height, width)
         return lib.angles_to_projective_transforms(angles, height, width)
     return geometry.Projective(matrices, interpolation, fill_mode, fill_value,
                                exact_in_batches=True)
