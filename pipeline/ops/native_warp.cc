@@ -153,9 +153,11 @@ class Sampler {
   std::vector<int> adelta_, bdelta_;
 };
 
-// The four bilinear weights of each 1/32 fraction, as OpenCV tabulates them.
+// The four bilinear weights of each 1/32 fraction, as OpenCV tabulates them; and as
+// BlendVector takes them: each row's two weights / 32 as 16-bit halves of one int32.
 struct Weights {
   int fixed[kTabSize * kTabSize][4];
+  int32_t pairs[kTabSize * kTabSize][2];
   Weights() {
     for (int fy = 0; fy < kTabSize; ++fy) {
       for (int fx = 0; fx < kTabSize; ++fx) {
@@ -165,6 +167,10 @@ struct Weights {
         for (int k = 0; k < 4; ++k) {
           fixed[index][k] = static_cast<int>(std::nearbyint(ty[k / 2] * tx[k % 2] *
                                                             (1 << kCoefBits)));
+        }
+        for (int row = 0; row < 2; ++row) {
+          pairs[index][row] = (fixed[index][2 * row + 1] >> 5) << 16 |
+                              (fixed[index][2 * row] >> 5);
         }
       }
     }
@@ -211,9 +217,11 @@ inline void SampleAnywhere(const uint8_t* src, uint8_t* out, int sx, int sy, int
 // neighbours side by side as 16-bit integers, multiplied by their weights and added pairwise.
 // The weights are multiples of 32 (products of multiples of 1/32, scaled by 32768), so
 // (sum + 16384) >> 15 is (sum / 32 + 512) >> 10 exactly, and w / 32 fits 16 bits. Reads 8
-// bytes from each row (the caller checks they are inside the image).
+// bytes from each row (the caller checks they are inside the image). `pair`: Weights::pairs.
+// Writes 4 bytes where `whole_word` (a 3-channel pixel followed by one written after it).
 template <int kChannels>
-inline void BlendVector(const uint8_t* p, int64_t row_step, const int* w, uint8_t* out) {
+inline void BlendVector(const uint8_t* p, int64_t row_step, const int32_t* pair, uint8_t* out,
+                        bool whole_word) {
   const __m128i pairs = kChannels == 4 ? _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, -1, -1, -1, -1,
                                                        -1, -1, -1, -1)
                                        : _mm_setr_epi8(0, 3, 1, 4, 2, 5, -1, -1, -1, -1, -1,
@@ -222,14 +230,18 @@ inline void BlendVector(const uint8_t* p, int64_t row_step, const int* w, uint8_
       _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), pairs));
   const __m128i bottom = _mm_cvtepu8_epi16(_mm_shuffle_epi8(
       _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + row_step)), pairs));
-  const __m128i top_weights = _mm_set1_epi32((w[1] >> 5) << 16 | (w[0] >> 5));
-  const __m128i bottom_weights = _mm_set1_epi32((w[3] >> 5) << 16 | (w[2] >> 5));
+  const __m128i top_weights = _mm_set1_epi32(pair[0]);
+  const __m128i bottom_weights = _mm_set1_epi32(pair[1]);
   __m128i sum = _mm_add_epi32(_mm_madd_epi16(top, top_weights),
                               _mm_madd_epi16(bottom, bottom_weights));
   sum = _mm_srai_epi32(_mm_add_epi32(sum, _mm_set1_epi32(512)), 10);
   const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(sum, sum), sum);
   const int value = _mm_cvtsi128_si32(bytes);
-  std::memcpy(out, &value, kChannels);
+  if (kChannels == 4 || whole_word) {
+    std::memcpy(out, &value, 4);
+  } else {
+    std::memcpy(out, &value, 3);
+  }
 }
 #endif
 
@@ -258,7 +270,8 @@ void SampleRow(const uint8_t* src, uint8_t* out, const RowPoints& points, int he
     }
 #if defined(__SSE4_1__)
     if ((kChannels == 3 || kChannels == 4) && p + row_step + 8 <= end) {
-      BlendVector<kChannels>(p, row_step, weights.fixed[points.fraction[x]], out);
+      BlendVector<kChannels>(p, row_step, weights.pairs[points.fraction[x]], out,
+                             x + 1 < width);
       continue;
     }
 #endif
