@@ -44,8 +44,7 @@ setup(
     python_requires=">=3.9,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
     # The native ops' sources: built on the user's machine at first use (ops/native.py).
-    package_data={"pipeline.ops": ["native_warp.cc", "native_lookup.cc", "native_convert.cc",
-                                   "native_mirror.cc"]},
+    package_data={"pipeline.ops": ["native_*.cc", "native_*.h"]},
     py_modules=["cli"],
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -8,8 +8,10 @@ without a compiler the ops they stand in for run and the log says so."""
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import tensorflow as tf
 
 from pipeline import augment, chain
 from pipeline.ops import geometry, native, registry, uint8
-from tests.conftest import make_job, run_job, shard_bytes
+from tests.conftest import ROOT, make_job, run_job, shard_bytes
 from tests.test_opencv_kernel import parallel_and_batch_free
 from tests.test_performance_paths import STANDARD, photos, seeds_for
 
@@ -500,6 +502,24 @@ def test_it_is_built_once_into_the_cache_even_by_processes_at_once(tmp_path):
     assert again.stdout.split() == ["built", path]
     assert os.stat(path).st_mtime_ns == built_at
     assert "building" not in again.stderr
+
+
+def test_an_installed_augbatch_carries_every_source_the_native_ops_build_from(tmp_path):
+    """The wheel `pip install .` makes (what a cluster's workers install) holds each native
+    source and the header they include: a worker builds the library from them."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("setup.py", "README.md", "cli.py"):
+        shutil.copy(os.path.join(ROOT, name), project / name)
+    shutil.copytree(os.path.join(ROOT, "pipeline"), project / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--quiet", "--wheel-dir", str(tmp_path / "wheel"), str(project)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("augbatch-*.whl")
+    packaged = set(zipfile.ZipFile(wheel).namelist())
+    needed = {f"pipeline/ops/{path.name}" for path in native.SOURCES + native.HEADERS}
+    assert needed <= packaged, sorted(needed - packaged)
 
 
 def test_without_a_compiler_warps_call_opencv_and_say_so(tmp_path, monkeypatch, caplog):

@@ -46,6 +46,8 @@ log = logging.getLogger("augbatch")
 SOURCES = [Path(__file__).with_name(name)
            for name in ("native_warp.cc", "native_lookup.cc", "native_convert.cc",
                         "native_mirror.cc", "native_draw.cc", "native_sincos.cc")]
+# What each source includes of its own (not compiled alone; part of the library's name).
+HEADERS = [Path(__file__).with_name("native_op.h")]
 # Building takes ~15 s on one core; a compiler that hangs must not hang the run.
 BUILD_TIMEOUT_S = 600
 
@@ -80,7 +82,7 @@ def _compiler_command(output):
 def _library_path():
     """The built library's path: named by what it was built from and for."""
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     for part in (tf.__version__, platform.machine(), *_flags()):
         key.update(part.encode())

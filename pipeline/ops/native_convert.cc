@@ -8,17 +8,10 @@
 #include <smmintrin.h>
 #endif
 
-#include "tensorflow/core/framework/common_shape_fns.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
+#include "native_op.h"
 
 namespace augbatch {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
 
 // convert_image_dtype(uint8 -> float32): float(x) * scale, scale = float32(1 / 255).
 class ToFloatOp : public OpKernel {

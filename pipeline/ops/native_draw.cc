@@ -9,23 +9,15 @@
 #include <cstdint>
 #include <vector>
 
-#include "tensorflow/core/framework/common_shape_fns.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
+#include "native_op.h"
 #include "tensorflow/core/lib/random/philox_random.h"
 #include "tensorflow/core/lib/random/random_distributions.h"
 
 namespace augbatch {
 namespace {
 
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
 using tensorflow::TensorShape;
 using tensorflow::random::PhiloxRandom;
-namespace errors = tensorflow::errors;
 
 // The generator StatelessRandomGetKeyCounter makes of an int32 seed pair (TensorFlow's
 // GenerateKey: the seeds, widened to 64 bits as signed values, scrambled by one Philox call).

@@ -16,18 +16,10 @@
 #include <immintrin.h>
 #endif
 
-#include "tensorflow/core/framework/common_shape_fns.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
+#include "native_op.h"
 
 namespace augbatch {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-namespace errors = tensorflow::errors;
 
 // What this CPU has of AVX-512 (GCC's checks ask the OS too, whether it saves the registers):
 // 16 floats at a time (F); byte permutes (VBMI) and byte masks (BW), which look up 64 bytes in

@@ -12,18 +12,10 @@
 #include <smmintrin.h>
 #endif
 
-#include "tensorflow/core/framework/common_shape_fns.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
+#include "native_op.h"
 
 namespace augbatch {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
-namespace errors = tensorflow::errors;
 
 // A row of `width` pixels of `channels` bytes mirrored from `src` to `dst` (another row). RGB
 // rows go 5 pixels at a time with SSSE3's byte shuffle: 16 bytes loaded and stored for 15,

@@ -5,17 +5,10 @@
 // alone, so a chain with a rotation may take several copies at a time (augment.py's chunks).
 #include <cmath>
 
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
+#include "native_op.h"
 
 namespace augbatch {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
 
 class SinCosOp : public OpKernel {
  public:

@@ -15,17 +15,10 @@
 #include <smmintrin.h>
 #endif
 
-#include "tensorflow/core/framework/common_shape_fns.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
+#include "native_op.h"
 
 namespace augbatch {
 namespace {
-
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
 
 constexpr int kInterBits = 5;  // sample points at 1/32 pixel
 constexpr int kTabSize = 1 << kInterBits;
