@@ -212,8 +212,9 @@ def _augment_encode_each(chain, images, copy_of, seeds, as_png, quality, paralle
         return _augment_encode_one_by_one(chain, images, copy_of, seeds, as_png, quality,
                                           parallel, record)
     height, width = tf.shape(images)[1], tf.shape(images)[2]
+    pixels = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)  # (no int32 overflow)
     encoded, shape = tf.cond(
-        height * width * CHUNK_COPIES <= CHUNK_PIXELS,
+        pixels <= CHUNK_PIXELS // CHUNK_COPIES,
         lambda: _augment_encode_in_chunks(chain, images, copy_of, seeds, as_png, quality,
                                           parallel),
         lambda: _augment_encode_one_by_one(chain, images, copy_of, seeds, as_png, quality,
