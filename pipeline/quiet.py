@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 log = logging.getLogger("augbatch")
 # The name carries absl's version ("lts_20230125"), so it is looked up in the library itself.
@@ -86,8 +87,29 @@ def native_logs_filtered():
 def import_tensorflow():
     """Import TensorFlow, keeping the native log lines it prints meanwhile to those at or above
     TF_CPP_MIN_LOG_LEVEL."""
-    with native_logs_filtered():
+    with native_logs_filtered(), _pythons_own_distutils():
         import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def _pythons_own_distutils():
+    """TensorFlow 2.15 imports distutils. In a virtual environment setuptools' import hook (its
+    distutils-precedence.pth) answers with setuptools' own copy, which imports setuptools and
+    pkg_resources: 0.1-0.25 s of every command's start-up here, and nothing else in a run uses
+    them. Within the block that hook is off, so a Python that still has its own distutils
+    (3.11) gives that, as SETUPTOOLS_USE_DISTUTILS=stdlib would (and its deprecation warning is
+    not shown: the import is TensorFlow's)."""
+    hooks = [finder for finder in sys.meta_path
+             if type(finder).__module__ == "_distutils_hack"]
+    for hook in hooks:
+        sys.meta_path.remove(hook)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The distutils package is deprecated",
+                                    DeprecationWarning)
+            yield
+    finally:
+        sys.meta_path[:0] = hooks
 
 
 def spend_xla_notice():
