@@ -51,7 +51,7 @@ class Job:
     quality: int = 95
     prefix: str = "augmented"
     # Images per augment call, copies included (never the bytes). 64, not 32: at 256x256 x 4
-    # copies, 8-11% less wall time and 5-8% less CPU in a run (fewer hand-offs between Beam's
+    # copies, 6-10% less wall time and 4-8% less CPU in a run (fewer hand-offs between Beam's
     # thread and TensorFlow's); 128 gained no more; augment.PIXELS_PER_BATCH caps large images.
     batch_size: int = 64
     device: str = "auto"
