@@ -431,11 +431,11 @@ def dry_run(job, beam_args=(), accelerator=None, max_output_bytes=None):
         shards = (progress.plural(sinks.total_shards(num_shards), "shard") if job.num_shards else
                   "shards as the inputs' size asks (decided at run time)")
         found = None
-    p = runners.new_pipeline(options)
-    build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
-                   job.config_hash, accelerator)
-    report = runners.render(p, options, {"inputs": inputs,
-                                         "output": f"{shards} in {job.output}"}, notes)
+    with runners.new_pipeline(options) as p:
+        build_pipeline(p, job, discovery, num_shards, FileSystems.join(job.output, sinks.TMP_DIR),
+                       job.config_hash, accelerator)
+        report = runners.render(p, options, {"inputs": inputs,
+                                             "output": f"{shards} in {job.output}"}, notes)
     if found is None:
         return report + "\nestimate: none (the inputs are not listed offline)", None
     if isinstance(found, str):
@@ -624,15 +624,15 @@ def _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress, accelera
              options.view_as(StandardOptions).runner)
     discovered_at = time.time()
     from pipeline import runners
-    p = runners.new_pipeline(options)
-    build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator,
-                   done, resumed_buckets, listed=True)
     # Records in TFRecord files: unknown until read. Rejected inputs (and those a resumed run
     # reuses) count as done from the start.
     finished_before = len(discovery.rejected) + (len(done) if discovery.kind != "tfrecord" else 0)
     total = len(discovery.refs) + len(discovery.rejected) if discovery.kind != "tfrecord" else None
-    with progress.Shown(total, enabled=show_progress, done=finished_before):
-        p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
+    with runners.new_pipeline(options) as p:
+        build_pipeline(p, job, discovery, num_shards, tmp_dir, job.config_hash, accelerator,
+                       done, resumed_buckets, listed=True)
+        with progress.Shown(total, enabled=show_progress, done=finished_before):
+            p.run().wait_until_finish()  # a failed run's temp folder goes in run_expand
     finished = time.time()
 
     with FileSystems.open(FileSystems.join(tmp_dir, "summary.json")) as f:

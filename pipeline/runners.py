@@ -8,6 +8,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import shutil
 
 from apache_beam.options.pipeline_options import (PipelineOptions, PortableOptions,
                                                   SetupOptions, StandardOptions)
@@ -254,9 +255,12 @@ def one_worker_here(options):
             and direct.direct_running_mode == "in_memory" and direct.direct_num_workers == 1)
 
 
+@contextlib.contextmanager
 def new_pipeline(options):
     """beam.Pipeline(options), with the runner's option check as a user error (Dataflow checks
-    project, region and gs:// locations here)."""
+    project, region and gs:// locations here). Beam makes a folder in the system's temp folder
+    for each pipeline and removes it only once the pipeline has run: a dry run, or a build that
+    fails, would leave it there, so it goes on leaving this block."""
     import apache_beam as beam
     from pipeline import beam_internals
     beam_internals.cache_dofn_specs()  # (building and translating the pipeline)
@@ -267,11 +271,15 @@ def new_pipeline(options):
         beam_internals.quick_bundle_ends()
         tune_allocator()  # the steps run in this process or in workers it starts
     try:
-        return beam.Pipeline(runner=runner, options=options)
+        pipeline = beam.Pipeline(runner=runner, options=options)
     except ValueError as e:
         if "validation" not in str(e):
             raise
         raise UserError(" ".join(str(e).split()), hint="fix the Beam options after `--`") from None
+    try:
+        yield pipeline
+    finally:
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
 
 
 # --- --dry-run ---------------------------------------------------------------------------------

@@ -137,11 +137,11 @@ def test_the_direct_runner_never_tries_prism(caplog):
 
     from pipeline import run, runners
     caplog.set_level(logging.INFO)
-    p = runners.new_pipeline(run.beam_options([]))
-    counted = p | beam.Create([1, 2, 3]) | beam.combiners.Count.Globally()
     from apache_beam.testing.util import assert_that, equal_to
-    assert_that(counted, equal_to([3]))
-    assert p.run().wait_until_finish() == "DONE"
+    with runners.new_pipeline(run.beam_options([])) as p:
+        counted = p | beam.Create([1, 2, 3]) | beam.combiners.Count.Globally()
+        assert_that(counted, equal_to([3]))
+        assert p.run().wait_until_finish() == "DONE"
     said = [r.getMessage() for r in caplog.records]
     assert said and not [m for m in said if "Prism" in m], said
 
@@ -154,7 +154,8 @@ def test_bundles_end_without_waiting_for_beams_state_sampler():
     from apache_beam.utils.counters import CounterFactory
 
     from pipeline import run, runners
-    runners.new_pipeline(run.beam_options([]))
+    with runners.new_pipeline(run.beam_options([])):
+        pass
     assert beam_internals.SAMPLER_PERIOD_MS < 200
     sampler = StateSampler("step", CounterFactory())
     assert sampler.sampling_period_ms == beam_internals.SAMPLER_PERIOD_MS
@@ -190,28 +191,28 @@ def test_dofn_specs_are_kept_per_class_unless_the_instance_binds_methods():
     from apache_beam.transforms import userstate
 
     from pipeline import run, runners, sinks, transforms
-    p = runners.new_pipeline(run.beam_options([]))
-    specs = userstate.get_dofn_specs
-    plain = beam.Map(len).fn
-    for dofn in [transforms.DecodeImage(3, 10_000, True), sinks.WriteBuckets("/nowhere", 2),
-                 plain]:
-        assert specs(dofn) == (set(), set())
-        assert type(dofn) in specs.per_class
-    state, timers = specs(CountPerKey())
-    assert [s.name for s in state] == ["seen"] and not timers
-    assert CountPerKey in specs.per_class and userstate.is_stateful_dofn(CountPerKey())
-    bound = beam.FlatMap(Totals().add).fn
-    assert type(bound) is type(plain)  # (the same class as Map(len)'s, another answer)
-    state, timers = specs(bound)
-    assert [s.name for s in state] == ["sum"] and not timers
-    assert specs(plain) == (set(), set())
-    counted = (p | "Pairs" >> beam.Create([("a", 5), ("b", 6), ("a", 7)])
-               | beam.ParDo(CountPerKey()))
-    assert_that(counted, equal_to([("a", 1), ("a", 2), ("b", 1)]), label="Counted")
-    summed = (p | "More" >> beam.Create([("a", 5), ("b", 6), ("a", 7)])
-              | beam.FlatMap(Totals().add))
-    assert_that(summed, equal_to([("a", 5), ("a", 12), ("b", 6)]), label="Summed")
-    assert p.run().wait_until_finish() == "DONE"
+    with runners.new_pipeline(run.beam_options([])) as p:
+        specs = userstate.get_dofn_specs
+        plain = beam.Map(len).fn
+        for dofn in [transforms.DecodeImage(3, 10_000, True), sinks.WriteBuckets("/nowhere", 2),
+                     plain]:
+            assert specs(dofn) == (set(), set())
+            assert type(dofn) in specs.per_class
+        state, timers = specs(CountPerKey())
+        assert [s.name for s in state] == ["seen"] and not timers
+        assert CountPerKey in specs.per_class and userstate.is_stateful_dofn(CountPerKey())
+        bound = beam.FlatMap(Totals().add).fn
+        assert type(bound) is type(plain)  # (the same class as Map(len)'s, another answer)
+        state, timers = specs(bound)
+        assert [s.name for s in state] == ["sum"] and not timers
+        assert specs(plain) == (set(), set())
+        counted = (p | "Pairs" >> beam.Create([("a", 5), ("b", 6), ("a", 7)])
+                   | beam.ParDo(CountPerKey()))
+        assert_that(counted, equal_to([("a", 1), ("a", 2), ("b", 1)]), label="Counted")
+        summed = (p | "More" >> beam.Create([("a", 5), ("b", 6), ("a", 7)])
+                  | beam.FlatMap(Totals().add))
+        assert_that(summed, equal_to([("a", 5), ("a", 12), ("b", 6)]), label="Summed")
+        assert p.run().wait_until_finish() == "DONE"
 
 
 def test_option_views_are_kept_and_share_their_values():
@@ -225,7 +226,8 @@ def test_option_views_are_kept_and_share_their_values():
 
     from pipeline import run, runners
     options = run.beam_options(["--runner", "DirectRunner", "--experiments", "a"])
-    runners.new_pipeline(options)  # (puts the cache in place)
+    with runners.new_pipeline(options):  # (puts the cache in place)
+        pass
     assert PipelineOptions.view_as.views is not None
     standard = options.view_as(StandardOptions)
     assert options.view_as(StandardOptions) is standard

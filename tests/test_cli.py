@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from apache_beam.utils import shared
@@ -136,6 +137,21 @@ def test_expand_as_a_user_runs_it(small_folder, tmp_path, xla):
     assert len(read_outputs(str(out))) == 18
     result = invoke("inspect", out, "--verify")
     assert result.exit_code == 0 and "verify: OK, all 18 records" in result.stdout
+
+
+def test_dry_run_and_run_leave_nothing_in_the_temp_folder(small_folder, tmp_path, monkeypatch):
+    """Beam makes a folder in the system's temp folder for every pipeline and removes it only
+    once the pipeline has run: a dry run (built, never run) used to leave one each time."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    args = ["expand", "-c", LIGHT, "-i", small_folder, "-o", tmp_path / "out", "--copies", "1"]
+    dry = invoke(*args, "--dry-run")
+    assert dry.exit_code == 0 and "dry run: nothing was run" in dry.output, dry.output
+    assert os.listdir(temp) == [] and not os.path.exists(tmp_path / "out")
+    done = invoke(*args)
+    assert done.exit_code == 0 and "9 inputs -> 18 records" in done.output, done.output
+    assert os.listdir(temp) == []
 
 
 def test_tensorflow_is_imported_without_setuptools():

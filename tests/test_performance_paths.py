@@ -639,11 +639,11 @@ def test_a_coco_dataset_hands_its_images_and_annotations_over_in_a_file(tmp_path
     assert len(discovery.refs) == 30 and discovery.refs[1].annotation["objects"]
 
     def proto_bytes(refs):
-        p = runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"]))
         many = sources.Discovery(discovery.kind, refs, discovery.label_map, [], [])
-        run.build_pipeline(p, job, many, 1, str(tmp_path / f"tmp-{len(refs)}"),
-                           job.config_hash, listed=True)
-        return len(p.to_runner_api().SerializeToString())
+        with runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"])) as p:
+            run.build_pipeline(p, job, many, 1, str(tmp_path / f"tmp-{len(refs)}"),
+                               job.config_hash, listed=True)
+            return len(p.to_runner_api().SerializeToString())
     more = [dataclasses.replace(ref, key=f"{i}/{ref.key}")
             for i in range(100) for ref in discovery.refs]
     assert proto_bytes(more) < 1.1 * proto_bytes(discovery.refs[:3])
@@ -663,10 +663,10 @@ def test_a_run_hands_its_inputs_over_in_a_file_not_inside_the_pipeline(tmp_path)
     def proto_bytes(count, listed):
         job = make_job(str(tmp_path), tmp_path / "out", STANDARD)
         discovery = sources.Discovery("folder", synthetic_refs(count), {"objects": 0}, [], [])
-        p = runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"]))
-        run.build_pipeline(p, job, discovery, 1, str(tmp_path / f"tmp-{count}-{listed}"),
-                           job.config_hash, listed=listed)
-        return len(p.to_runner_api().SerializeToString())
+        with runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"])) as p:
+            run.build_pipeline(p, job, discovery, 1, str(tmp_path / f"tmp-{count}-{listed}"),
+                               job.config_hash, listed=listed)
+            return len(p.to_runner_api().SerializeToString())
     assert proto_bytes(20_000, True) < 1.1 * proto_bytes(20, True)
     assert proto_bytes(20_000, False) > 2 * proto_bytes(20, False)
     assert len(list(sources.read_input_list(

@@ -185,11 +185,11 @@ def test_the_gpu_hint_is_on_the_augment_step_in_the_pipeline_proto(reference, tm
     photos, _, _, _ = reference
     job = make_job(photos, tmp_path / "out", CHAIN, copies=2)
     options = PipelineOptions(["--runner=DataflowRunner", *DATAFLOW])
-    p = runners.new_pipeline(options)
     discovery = sources.discover(job)
-    run.build_pipeline(p, job, discovery, 2, str(tmp_path / "tmp"), job.config_hash,
-                       accelerator=GPU)
-    proto = p.to_runner_api()
+    with runners.new_pipeline(options) as p:
+        run.build_pipeline(p, job, discovery, 2, str(tmp_path / "tmp"), job.config_hash,
+                           accelerator=GPU)
+        proto = p.to_runner_api()
     hinted = {}
     for transform in proto.components.transforms.values():
         if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
@@ -366,11 +366,12 @@ def test_a_fresh_worker_runs_every_dofn_from_the_setup_py_package(reference, tmp
     photos, _, reference_out, _ = reference
     job = make_job(photos, tmp_path / "worker-out", CHAIN, copies=2, seed=7, num_shards=3)
     discovery = sources.discover(job)
-    p = runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"]))
     tmp_dir = str(tmp_path / "worker-out" / ".augbatch-tmp")
-    run.build_pipeline(p, job, discovery, 3, tmp_dir, job.config_hash)
+    with runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"])) as p:
+        run.build_pipeline(p, job, discovery, 3, tmp_dir, job.config_hash)
+        proto = p.to_runner_api()
     payloads = {}
-    for transform in p.to_runner_api().components.transforms.values():
+    for transform in proto.components.transforms.values():
         if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
             payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
             if payload.do_fn.urn == python_urns.PICKLED_DOFN_INFO:  # not Beam's built-ins
@@ -424,7 +425,8 @@ def from_heap(size):  # glibc serves it from the heap (below the mmap threshold)
 before = from_heap(1 << 20)
 from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import runners
-runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"]))
+with runners.new_pipeline(PipelineOptions(["--runner=DirectRunner"])):
+    pass
 print(json.dumps({"before": before, "1MB": from_heap(1 << 20), "8MB": from_heap(8 << 20),
                   "env": [os.environ.get(k) for k in sorted(runners.ALLOCATOR_ENV)]}))
 """
