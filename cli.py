@@ -79,6 +79,14 @@ class AugbatchGroup(click.Group):
     saying what was kept; anything unexpected prints a one-line summary and exits 1.
     """
 
+    def parse_args(self, ctx, args):
+        # `augbatch expand ... --debug` as `augbatch --debug expand ...` (not after `--`, where
+        # Beam's options go)
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            args = ["--debug", *(a for i, a in enumerate(args) if i >= end or a != "--debug")]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -91,6 +99,10 @@ class AugbatchGroup(click.Group):
             click.echo(f"error: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}"
                        + (f": {first_line(e)}" if str(e) else ""), err=True)
             ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+        except BrokenPipeError:  # (`augbatch list-ops | head`): the reader has all it wants
+            with contextlib.suppress(OSError, ValueError):  # (no error at the last flush)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)  # as a command the signal ended
         except Exception as e:  # noqa: BLE001 - the one place every failure is reported
             debug = ctx.meta.get("augbatch.debug")
             if debug:
@@ -171,12 +183,28 @@ def main(ctx, debug, quiet):
     if not debug:
         with imports_outside_gc():
             quiet_startup()
+    from pipeline.quiet import own_tempdir  # (once TensorFlow is imported: what it keeps
+    ctx.with_resource(own_tempdir())         # at import lives on)
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(level)
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+class BeamOptionsAfterDashes(click.Command):
+    """expand's own options, then Beam's pipeline options after `--`: a mistyped option before
+    `--` is a usage error (exit 2), not an option handed to Beam (which warns and drops it)."""
+
+    def parse_args(self, ctx, args):
+        if "--" in args:
+            cut = args.index("--")
+            args, ctx.meta["augbatch.beam_args"] = args[:cut], args[cut + 1:]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx):
+        return super().collect_usage_pieces(ctx) + ["[-- BEAM_PIPELINE_OPTIONS...]"]
+
+
+@main.command(cls=BeamOptionsAfterDashes)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML or JSON config (input, output, augment chain).")
 @click.option("-i", "--input", "inputs", multiple=True, help="Input folder, file or glob "
@@ -241,13 +269,13 @@ def main(ctx, debug, quiet):
 @click.option("--max-output-bytes", type=Size(), metavar="SIZE", help="Refuse the run (exit "
               "2, nothing written) if its estimate is over SIZE (e.g. 500MB, 2GiB); a run whose "
               "files still come out over it fails and keeps nothing.")
-@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def expand(config_path, inputs, output, input_kind, copies, keep_original, plain_copies, seed,
+@click.pass_context
+def expand(ctx, config_path, inputs, output, input_kind, copies, keep_original, plain_copies, seed,
            num_shards,
            compression, format_, quality, channels, batch_size, device, tf_threads, xla,
            kernel, allow_python_ops, overwrite, resume,
            max_pixels, max_errors, max_error_rate, quiet, runner, dask_address, dask_workers,
-           accelerator, dry_run, max_output_bytes, beam_args):
+           accelerator, dry_run, max_output_bytes):
     """Write N augmented copies of every input image as sharded TFRecords.
 
     Flags override the config. Anything after `--` goes to Apache Beam as pipeline options
@@ -280,10 +308,11 @@ def expand(config_path, inputs, output, input_kind, copies, keep_original, plain
         "kernel": kernel, "max_pixels": max_pixels, "max_errors": max_errors,
         "max_error_rate": max_error_rate,
     }, allow_python_ops=allow_python_ops)
-    quiet = quiet or click.get_current_context().meta.get("augbatch.quiet")
+    quiet = quiet or ctx.meta.get("augbatch.quiet")
     if quiet:
         log.setLevel(logging.WARNING)
-    beam_args, local_workers = runners.assemble(runner, beam_args, dask_address, dask_workers)
+    beam_args, local_workers = runners.assemble(runner, ctx.meta.get("augbatch.beam_args", ()),
+                                                dask_address, dask_workers)
     if dry_run:
         if local_workers:
             beam_args.append("--dask_client_address=<a local cluster of "
@@ -466,15 +495,12 @@ def validate(config_path, allow_python_ops):
     Example:
       augbatch validate sample_configs/heavy_classification.yaml
     """
-    from pipeline import chain, config, sources
+    from pipeline import chain, config, progress, sources
     job = config.load(config_path, allow_python_ops=allow_python_ops, require_paths=False)
     ops = [name for _, name in chain.op_paths(job.chain)]
-    click.echo(f"{config_path}: valid ({len(ops)} ops, config hash {job.config_hash})")
+    missing, kinds = [], set()
     if job.input_from == "input.path":  # the config names its inputs: do they exist?
         missing = sources.missing(job.input)
-        for pattern in missing:
-            click.echo(f"warning: input.path {pattern}: no such file or folder (expand would "
-                       "refuse it; --input can name another)", err=True)
         if not missing:  # boxes, masks or keypoints in the inputs: can the chain carry them?
             from pipeline import targets
             from pipeline.errors import UserError
@@ -482,9 +508,15 @@ def validate(config_path, allow_python_ops):
                 kinds = targets.peek_kinds(sources.discover(job), job)
             except UserError:  # (expand says what is wrong with the inputs)
                 kinds = set()
-            targets.check_chain(job.chain, kinds)
-            if kinds:
-                click.echo(f"the inputs hold {', '.join(sorted(kinds))}: every op carries them")
+            targets.check_chain(job.chain, kinds)  # (refused: not called valid first)
+    click.echo(f"{config_path}: valid ({progress.plural(len(ops), 'op')}, config hash "
+               f"{job.config_hash})")
+    for pattern in missing:
+        click.echo(f"warning: input.path {pattern}: no such file or folder (expand would "
+                   "refuse it; --input can name another)", err=True)
+    if kinds:
+        click.echo(f"the inputs hold targets ({', '.join(sorted(kinds))}): every op carries "
+                   "them")
 
 
 @main.command("list-ops")

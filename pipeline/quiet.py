@@ -1,4 +1,6 @@
-"""Keep TensorFlow's native log chatter off the console when TF_CPP_MIN_LOG_LEVEL asks for it.
+"""Keep TensorFlow and Beam quiet and tidy: no start-up chatter, no temporary files left behind.
+
+TensorFlow's native log chatter stays off the console when TF_CPP_MIN_LOG_LEVEL asks for it.
 
 TF_CPP_MIN_LOG_LEVEL filters TensorFlow's own C++ logging, but some of TensorFlow (grappler's
 cost model, e.g. "Error in PredictCost() for the op: CropAndResize") logs through absl, which
@@ -13,6 +15,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -168,3 +171,18 @@ def dask_setup(worker):
     (runners.dask_cluster preloads this module): the workers as quiet as the command line."""
     python_noise_off()
     logging.getLogger("distributed.worker").addFilter(_HeartbeatAtShutdown())
+
+
+@contextlib.contextmanager
+def own_tempdir():
+    """Beam's runners (and TensorFlow's autograph) make temporary folders and files in the
+    system's temp folder and leave them there (autograph's are removed at exit, which the
+    command line's quick exit skips): inside this block they go in a folder of ours, removed
+    after it."""
+    folder, previous = tempfile.mkdtemp(prefix="augbatch-"), tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import socket
-import tempfile
 import time
 import uuid
 from importlib import metadata
@@ -26,7 +25,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TypeOptions
 
-from pipeline import __version__, balance, formats, progress, sinks, sources, targets, tfds_output
+from pipeline import (__version__, balance, formats, progress, quiet, sinks, sources, targets,
+                      tfds_output)
 from pipeline import transforms as T
 from pipeline import errors as stops
 from pipeline.errors import UserError
@@ -172,6 +172,10 @@ def prepare_output(output, overwrite, stale=None):
     that died in this folder."""
     present = _listing(output)
     if present and not overwrite:
+        if f"{sinks.TMP_DIR}/{RUN_FILE}" in present:  # a stopped run's work, kept for --resume
+            raise UserError(f"output directory {output} holds an interrupted run's files",
+                            hint="pass --resume to go on with the work it kept, or --overwrite "
+                                 "to start over")
         raise UserError(f"output directory {output} is not empty ({len(present)} files)",
                         hint="pass --overwrite to replace an earlier run's output, or choose "
                              "another --output")
@@ -508,7 +512,10 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
         limit = (max_output_bytes, estimate.estimate(job, discovery))
         log.info("estimate: %s", "; ".join(limit[1].lines()))
         estimate.check_limit(limit[1], max_output_bytes)
-    created = not FileSystems.exists(job.output)
+    if sources.is_local(job.output) and os.path.isfile(job.output):
+        raise UserError(f"--output {job.output} is a file, not a folder",
+                        hint="choose another --output (a folder: new, empty or an earlier run's)")
+    created = _missing_folders(job.output)  # (a stopped or failed run removes them again)
     if created:
         FileSystems.mkdirs(job.output)
     lock = OutputLock(job.output) if is_local_dir(job.output) else None
@@ -531,7 +538,7 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
         tmp_made = True
         if lock:
             lock.write(_run_record(job, num_shards))
-        with own_tempdir():
+        with quiet.own_tempdir():
             manifest = _run(job, discovery, num_shards, tmp_dir, beam_args, show_progress,
                             accelerator, started, resumed, limit)
     except BaseException as e:
@@ -545,8 +552,9 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
                 _delete_tree(tmp_dir)
             if lock:
                 lock.release()
-            if created and is_local_dir(job.output) and not os.listdir(job.output):
-                os.rmdir(job.output)
+            for folder in created:  # (deepest first; one holding anything stays)
+                if is_local_dir(folder) and not os.listdir(folder):
+                    os.rmdir(folder)
         if stopped:
             stop = stops.Terminated if stops.stopped_by == signal.SIGTERM else KeyboardInterrupt
             raise stop(f"the work of {kept} inputs is kept in {tmp_dir}: run the same command "
@@ -570,6 +578,18 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
 
 
 RUN_FILE = "run.json"  # in the temporary folder: what the run is, for --resume
+
+
+def _missing_folders(path):
+    """The folders that must be made for `path`, deepest first: `path` and its missing parents
+    (on an object store, where folders are not made, `path` alone)."""
+    if not sources.is_local(path):
+        return [] if FileSystems.exists(path) else [path]
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _fingerprint(job, discovery, num_shards):
@@ -694,20 +714,6 @@ def _write_tfds_files(job, discovery, summary, tmp_dir):
     return sorted(texts)
 
 
-@contextlib.contextmanager
-def own_tempdir():
-    """Beam's runners (and TensorFlow's autograph) make temporary folders and files in the
-    system's temp folder and leave them there: during a run they go in a folder of ours,
-    removed after it."""
-    folder, previous = tempfile.mkdtemp(prefix="augbatch-"), tempfile.tempdir
-    tempfile.tempdir = folder
-    try:
-        yield folder
-    finally:
-        tempfile.tempdir = previous
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _no_space(exc):
     """The path (or '') of a full disk somewhere in `exc`'s chain (Beam wraps a worker's
     OSError in its own exceptions), else None."""
@@ -726,13 +732,17 @@ def _warn_about(discovery):
     """What a user should hear of before a long run."""
     if discovery.duplicates:
         extra = sum(len(keys) - 1 for keys in discovery.duplicates)
-        log.warning("%d inputs are the same file as another input (reached through links or "
-                    "overlapping inputs), e.g. %s; each is written under each key (manifest: "
-                    "input.same_file_under_several_keys)", extra,
+        log.warning("%s the same file as another input (reached through links or overlapping "
+                    "inputs), e.g. %s; each is written under each key (manifest: "
+                    "input.same_file_under_several_keys)",
+                    progress.plural(extra, "input") + (" is" if extra == 1 else " are"),
                     " and ".join(discovery.duplicates[0]))
     if discovery.skipped:
-        log.warning("%d files are not images of a supported format, e.g. %s: each is an error "
-                    "record", len(discovery.skipped), discovery.skipped[0].key)
+        count = len(discovery.skipped)
+        log.warning("%s of a supported format, e.g. %s: each is an error record",
+                    progress.plural(count, "file") + (" is not an image" if count == 1
+                                                      else " are not images"),
+                    discovery.skipped[0].key)
 
 
 # --- accounting --------------------------------------------------------------------------------
@@ -780,8 +790,9 @@ class TooManyErrors(UserError):
         lines = [f"too many bad inputs: {counts['errored']} of {counts['discovered']} failed "
                  f"({100 * limit['error_rate']:.1f}%), over {' and '.join(o for o in over if o)}"]
         lines += progress.error_lines(manifest)
-        lines.append(f"  {counts['written']} inputs were written; the output is complete for "
-                     "them, but the job counts as failed")
+        written = counts["written"]
+        lines.append(f"  {progress.plural(written, 'input')} {'was' if written == 1 else 'were'} "
+                     "written; the output is complete for them, but the job counts as failed")
         super().__init__("\n".join(lines), hint="fix or remove the bad inputs, or raise the "
                          "limit (--max-errors / --max-error-rate, or errors.max_errors / "
                          "errors.max_error_rate in the config)")

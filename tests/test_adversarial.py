@@ -482,7 +482,7 @@ def wait_for(process, folder, prefix, suffix=""):
 
 
 def test_ctrl_c_stops_the_run_and_says_what_was_kept(tmp_path):
-    images, out = photos(tmp_path / "images"), tmp_path / "out"
+    images, out = photos(tmp_path / "images"), tmp_path / "new" / "out"
     process = cli_process("-i", images, "-o", out, "--copies", "3", "--format", "png")
     wait_for(process, out / ".augbatch-tmp", "bucket-")  # augmenting, nothing committed yet
     process.send_signal(signal.SIGINT)
@@ -492,7 +492,7 @@ def test_ctrl_c_stops_the_run_and_says_what_was_kept(tmp_path):
     if "nothing of this run was kept" in stderr:
         assert (f"nothing of this run was kept in {out} (its temporary files were deleted); "
                 "run the same command again to start over") in stderr
-        assert not out.exists()  # the run made the folder: it leaves nothing, not even that
+        assert not (tmp_path / "new").exists()  # the run made both folders: it leaves neither
     else:  # the first bundle was committed before the signal arrived
         assert "inputs is kept in" in stderr and os.listdir(out) == [".augbatch-tmp"]
 

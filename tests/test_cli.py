@@ -2,6 +2,7 @@
 quiet start-up, and one run exactly as a user types it."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,14 +76,32 @@ def test_output_is_a_file(small_folder, tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("a file, not a folder")
     result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", taken)
-    assert_user_error(result, f"{taken}", "choose another --output")
-    assert "a file is in the way where a folder is needed" in result.stderr
+    assert_user_error(result, f"--output {taken} is a file, not a folder",
+                      "choose another --output")
+    assert taken.read_text() == "a file, not a folder"
 
 
-def test_debug_adds_the_traceback(tmp_path):
-    result = invoke("--debug", "expand", "-c", tmp_path / "nope.yaml", "-o", tmp_path / "out")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_adds_the_traceback(tmp_path, where):
+    """--debug is the group's option; given after the command (as the hint "run with --debug"
+    invites) it works the same, and is not handed to Beam."""
+    args = ["expand", "-c", tmp_path / "nope.yaml", "-o", tmp_path / "out"]
+    result = invoke(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
     assert result.exit_code == 2
     assert "Traceback" in result.stderr and "error: config file not found" in result.stderr
+
+
+def test_a_mistyped_option_is_refused_not_handed_to_beam(small_folder, tmp_path):
+    """Only what follows `--` goes to Beam, which would warn about an option it does not know
+    and drop it: a run with the default shards instead of the four asked for, exit 0."""
+    result = invoke("expand", "-c", LIGHT, "-i", small_folder, "-o", tmp_path / "out",
+                    "--num-shard", "4")
+    assert result.exit_code == 2, result.output
+    assert "No such option '--num-shard'. Did you mean '--num-shards'?" in result.stderr
+    assert not os.path.exists(tmp_path / "out")
+    stray = invoke("expand", "-c", LIGHT, "-o", tmp_path / "out", "out2")
+    assert stray.exit_code == 2 and "unexpected extra argument (out2)" in stray.stderr
+    assert "[-- BEAM_PIPELINE_OPTIONS...]" in invoke("expand", "--help").output
 
 
 def fail_in_worker(monkeypatch, error):
@@ -152,6 +171,35 @@ def test_dry_run_and_run_leave_nothing_in_the_temp_folder(small_folder, tmp_path
     done = invoke(*args)
     assert done.exit_code == 0 and "9 inputs -> 18 records" in done.output, done.output
     assert os.listdir(temp) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["preview", "-c", "sample_configs/heavy_classification.yaml", "--explain", "-n", "2",
+     "-o", "sheet.png"],
+    ["expand", "-c", "sample_configs/keras_layers.yaml", "--dry-run", "-o", "out"]])
+def test_a_command_leaves_nothing_in_the_temp_folder(command, tmp_path):
+    """TensorFlow's autograph writes the code it generates in the temp folder and removes it at
+    exit, which the command's quick exit (cli.run) skips: every command keeps it in a folder of
+    its own, removed before the exit."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    *command, output = command
+    done = subprocess.run([sys.executable, "cli.py", *command, str(tmp_path / output)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(temp)})
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(temp) == []
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`augbatch list-ops | head`: the reader stops reading; the command ends as a Unix
+    command the broken pipe ends (128 + SIGPIPE), with no error message."""
+    process = subprocess.Popen([sys.executable, "cli.py", "list-ops"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes its first line
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 128 + signal.SIGPIPE, stderr
+    assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
 
 
 def test_tensorflow_is_imported_without_setuptools():

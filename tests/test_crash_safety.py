@@ -82,9 +82,12 @@ def test_killed_run_then_overwrite_gives_the_clean_bytes(tmp_path):
     assert "manifest.json" not in left  # the killed run never claimed to be complete
     assert not any(name.endswith(".tfrecord") and "/" not in name for name in left), left
 
-    # Without --overwrite the leftovers are refused; with it they are replaced.
+    # Without --overwrite (or --resume, which the message names) the leftovers are refused;
+    # with it they are replaced.
     refused = CliRunner().invoke(main, command[3:])
-    assert refused.exit_code == 2 and "is not empty" in refused.stderr, refused.output
+    assert refused.exit_code == 2, refused.output
+    assert f"error: output directory {out} holds an interrupted run's files" in refused.stderr
+    assert "hint: pass --resume to go on with the work it kept, or --overwrite" in refused.stderr
     result = subprocess.run(command + ["--overwrite"], cwd=root, env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr

@@ -256,12 +256,13 @@ def test_validate_checks_the_chain_against_the_inputs_targets(tmp_path, monkeypa
     monkeypatch.chdir(ROOT)
     good = CliRunner().invoke(main, ["validate", "sample_configs/detection.yaml"])
     assert good.exit_code == 0, good.output
-    assert "boxes, instance masks: every op carries them" in good.output
+    assert "targets (boxes, instance masks): every op carries them" in good.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("input: sample_data/detection/objects.tfrecord\naugment:\n  chain:\n"
                    "    - {op: keras.layers.RandomRotation, factor: 0.1}\n")
     refused = CliRunner().invoke(main, ["validate", str(bad)])
     assert refused.exit_code == 2 and "augment.chain[0].op" in refused.output
+    assert "valid" not in refused.stdout, refused.stdout  # refused, not called valid first
     listed = CliRunner().invoke(main, ["list-ops", "--family", "tf.image"]).output
     assert "tf.image.rot90  [tf.image, fixed, moves targets]" in listed
     assert "tf.image.random_hue  [tf.image, random, targets unchanged]" in listed

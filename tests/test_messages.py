@@ -11,10 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 import cli
-from pipeline import progress
+from pipeline import progress, run, sources
 from pipeline.errors import ConfigError
 from pipeline.ops import registry
-from tests.conftest import ROOT, SAMPLE_IMAGES, copy_sample_photos
+from tests.conftest import ROOT, SAMPLE_IMAGES, copy_sample_photos, make_job
 
 KERAS_3 = keras.__version__.startswith("3.")
 
@@ -59,7 +59,7 @@ def test_a_missing_input_is_blamed_where_it_was_named(tmp_path):
 def test_validate_warns_of_an_input_that_does_not_exist(tmp_path):
     config = write_config(tmp_path / "job.yaml", tmp_path / "no_such_folder")
     result = invoke("validate", config)
-    assert result.exit_code == 0 and ": valid (1 ops" in result.stdout
+    assert result.exit_code == 0 and ": valid (1 op," in result.stdout
     assert result.stderr == (f"warning: input.path {tmp_path / 'no_such_folder'}: no such file "
                              "or folder (expand would refuse it; --input can name another)\n")
     write_config(config, SAMPLE_IMAGES)
@@ -87,3 +87,15 @@ def test_counts_agree_and_read_as_english(tmp_path):
                                            "errored": 1},
                                 "output": {"num_shards": 1, "directory": "out"}})
     assert summary[0] == "done in 0.0s: 4 inputs -> 6 records in 1 shard"
+
+
+def test_the_warnings_before_a_run_count_in_english(tmp_path, caplog):
+    photos = copy_sample_photos(tmp_path / "photos", per_class=1)
+    for count in (1, 2):
+        with open(os.path.join(photos, "objects", f"notes{count}.txt"), "w") as f:
+            f.write("not an image")
+        caplog.clear()
+        run._warn_about(sources.discover(make_job(photos, tmp_path / "out")))
+        assert ("1 file is not an image of a supported format, e.g. objects/notes1.txt"
+                if count == 1 else "2 files are not images of a supported format, e.g. "
+                "objects/notes1.txt") in caplog.text, caplog.text
