@@ -17,6 +17,7 @@ import numpy as np
 from apache_beam.utils import shared
 
 from pipeline import balance, progress, sources
+from pipeline import errors as stops
 from pipeline import targets as targets_mod
 from pipeline.chain import example_seed
 
@@ -583,6 +584,8 @@ class AugmentAndEncode(beam.DoFn):
         self.pool.shutdown()
 
     def process(self, batch):
+        if stops.stopped_by:  # the command was stopped: its pool may be shut down under it by
+            return            # now (several worker threads), and nothing more is kept
         by_shape = {}  # (and whether decoded: a batch decodes in the graph or not at all)
         for item in batch:
             by_shape.setdefault((item.shape, item.image is None), []).append(item)
