@@ -585,7 +585,7 @@ class AugmentAndEncode(beam.DoFn):
 
     def process(self, batch):
         if stops.stopped_by:  # the command was stopped: its pool may be shut down under it by
-            return            # now (several worker threads), and nothing more is kept
+            batch = ()        # now (several worker threads), and nothing more is kept
         by_shape = {}  # (and whether decoded: a batch decodes in the graph or not at all)
         for item in batch:
             by_shape.setdefault((item.shape, item.image is None), []).append(item)
