@@ -67,7 +67,7 @@ class Estimate:
         count = "" if self.exact_count else "~"
         out = [f"records: {count}{self.records} ({count}{self.inputs} inputs: "
                f"{self.copies} augmented copies + {self.originals} originals; inputs that fail "
-               "write none" + (", copies the target rules drop neither" if self.targets else "")
+               "write none" + (", nor do copies the target rules drop" if self.targets else "")
                + ")"]
         if self.bytes is None:
             return out + [f"bytes, time: not estimated ({self.note})"]

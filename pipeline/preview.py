@@ -230,6 +230,8 @@ def _fit_text(draw, text, font, width):
 
 
 def _wrap(draw, text, font, width, max_lines):
+    """`text` in lines that fit `width` pixels, at most `max_lines`: the last one kept ends with
+    '…' when there was more."""
     lines, line = [], ""
     for word in text.split():
         candidate = f"{line} {word}".strip()
@@ -239,7 +241,9 @@ def _wrap(draw, text, font, width, max_lines):
             lines.append(line)
             line = word
     lines.append(line)
-    return [_fit_text(draw, text_line, font, width) for text_line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [lines[max_lines - 1] + " …"]
+    return [_fit_text(draw, text_line, font, width) for text_line in lines]
 
 
 def _thumbnail(array, size):

@@ -105,3 +105,16 @@ def test_bad_sheet_name_is_a_user_error(small_folder, tmp_path):
     assert result.exit_code == 2
     assert "error: cannot write a preview as '.gif'" in result.stderr
     assert "hint: name the file .png" in result.stderr
+
+
+def test_a_title_cut_to_its_lines_says_so():
+    """The sheet's title (the chain, with --explain) has at most a few lines: one cut short
+    ends with '…', never silently without its last ops."""
+    from PIL import ImageDraw
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), preview._font(15)
+    chain = " > ".join(f"tf.image.random_op_{i}" for i in range(40))
+    lines = preview._wrap(draw, chain, font, 300, max_lines=2)
+    assert len(lines) == 2 and lines[-1].endswith("…") and not lines[0].endswith("…")
+    assert all(draw.textlength(line, font=font) <= 300 for line in lines)
+    short = preview._wrap(draw, "flip > rotate", font, 300, max_lines=2)
+    assert short == ["flip > rotate"]
