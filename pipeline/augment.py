@@ -658,6 +658,9 @@ class ChainRunner:
         # Enough batches in flight for every op thread: each op runs on one.
         self.in_flight = max(IN_FLIGHT, job.tf_threads or os.cpu_count() or 1)
         self._one_call = contextlib.nullcontext()
+        # (the decoder's graph now: called first from several threads at once, the function
+        # would be traced once per thread, with TensorFlow's warning about retracing)
+        self._decode_images = _decode_images.get_concrete_function()
         self._build(PARALLEL_COPIES)
         if _calls_python(self._augment_encode):
             # A step runs Python (a python op, a Keras layer traced per image size), which
@@ -737,7 +740,7 @@ class ChainRunner:
         """RGB JPEGs and PNGs of one size (bytes each) -> uint8 [N, H, W, 3], a tensor for
         augment_encode: decoded in TensorFlow's threads, to the pixels DecodeImage.decode
         gives (transforms.DecodeImage's in_graph)."""
-        return _decode_images(tf.constant(data))
+        return self._decode_images(tf.constant(data))
 
     def augment_encode(self, images, seeds, formats):
         """`copies` augmented copies of each image, encoded.

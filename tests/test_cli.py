@@ -202,6 +202,19 @@ def test_output_into_a_closed_pipe_ends_quietly():
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
 
 
+def test_worker_threads_share_one_traced_decoder(tmp_path):
+    """With two worker threads the decoder's first calls come from several threads at once:
+    it is traced once, not once per thread (TensorFlow then warned of retracing, four times
+    for the sample photos)."""
+    done = subprocess.run([sys.executable, "cli.py", "expand", "-c", LIGHT, "-o",
+                           str(tmp_path / "out"), "--copies", "1", "--",
+                           "--direct_num_workers=2", "--direct_running_mode=multi_threading"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "36 inputs -> 72 records" in done.stdout
+    assert "retracing" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+
+
 def test_tensorflow_is_imported_without_setuptools():
     """TensorFlow 2.15 imports distutils, which setuptools' import hook in a virtual environment
     answers with setuptools and pkg_resources (~0.2 s of every start-up): the commands import
