@@ -17,6 +17,7 @@ import os
 import posixpath
 import struct
 import threading
+import time
 import uuid
 
 import apache_beam as beam
@@ -45,6 +46,11 @@ WRITE_BYTES = 1 << 20
 # framed record. BUCKET_FORMAT names this layout: a resumed run reads only buckets of its own.
 _HEADER = struct.Struct("<8s?qiI")
 BUCKET_FORMAT = 2
+# A bundle that runs longer than this many seconds (on one local worker, a run is one bundle)
+# commits what it has written at the next batch's end, and goes on in new buckets: a run
+# stopped then keeps that work, for --resume. COMMIT_ENV overrides it.
+COMMIT_SECONDS = 30.0
+COMMIT_ENV = "AUGBATCH_COMMIT_INTERVAL"
 # The temporary folders of runs stopped in this process, and the lock that makes a stop and a
 # commit one before the other (reentrant: a signal may stop the run inside a commit on the
 # thread that then counts what was kept).
@@ -134,14 +140,23 @@ class WriteBuckets(beam.DoFn):
 
     A finished bundle's buckets are then committed by a journal file naming them and the keys
     they hold (every output of an input is in one bundle: the augment step makes them all at
-    once, fused with this one): `expand --resume` reuses exactly the journaled work."""
+    once, fused with this one): `expand --resume` reuses exactly the journaled work. A bundle
+    longer than COMMIT_SECONDS commits at a batch's end (all the outputs of every input before
+    it written) and goes on in new buckets."""
 
     def __init__(self, tmp_dir, num_shards):
         self.tmp_dir = tmp_dir
         self.groups = {split: (first, count) for split, first, count in split_shards(num_shards)}
 
+    def setup(self):
+        try:
+            self.interval = float(os.environ.get(COMMIT_ENV, COMMIT_SECONDS))
+        except ValueError:
+            self.interval = COMMIT_SECONDS
+
     def start_bundle(self):
         self.files, self.keys, self.bundle = {}, set(), uuid.uuid4().hex
+        self.commit_at = time.monotonic() + self.interval
 
     def process(self, record):
         self.keys.add(record.key)
@@ -152,11 +167,16 @@ class WriteBuckets(beam.DoFn):
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
             with _commit_lock:
-                if self.tmp_dir in _stopped_dirs:  # its folder may be deleted: not made again
-                    return
-                self.files[bucket] = (path, FileSystems.create(
-                    path, compression_type=CompressionTypes.UNCOMPRESSED))
-        self.files[bucket][1].write(_framed_bucket_entry(record, order))
+                stopped = self.tmp_dir in _stopped_dirs  # its folder may be deleted
+                if not stopped:
+                    self.files[bucket] = (path, FileSystems.create(
+                        path, compression_type=CompressionTypes.UNCOMPRESSED))
+        if bucket in self.files:
+            self.files[bucket][1].write(_framed_bucket_entry(record, order))
+        if record.ends_batch and time.monotonic() >= self.commit_at:
+            committed = list(self.finish_bundle())
+            self.start_bundle()  # (the rest of the bundle in new buckets)
+            return committed
 
     def finish_bundle(self):
         buckets = []

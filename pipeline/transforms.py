@@ -98,6 +98,9 @@ class OutputRecord:
     label: Optional[int]
     payload: bytes  # serialized tf.train.Example
     split: Optional[str] = None  # written to this split's shards
+    # The last record of a batch: every input before it has all its records written (the
+    # bucket writer may commit there, sinks.WriteBuckets).
+    ends_batch: bool = False
 
 
 # TensorFlow's decorations around the message: op and graph node names, "[Op:DecodeImage]".
@@ -642,6 +645,8 @@ class AugmentAndEncode(beam.DoFn):
         """The records of these entries and, for inputs with targets, what became of their
         objects (a copy the rules dropped has no data)."""
         records = [self._record(*entry) for entry in entries if entry[2] is not None]
+        if records:
+            records[-1] = dataclasses.replace(records[-1], ends_batch=True)
         self._count(inputs, len(records))
         yield from records
         counts, outputs = collections.Counter(), collections.Counter()

@@ -11,6 +11,7 @@
   features hold; a non-empty output directory is refused without --overwrite.
 """
 import json
+import re
 import os
 import shutil
 import signal
@@ -191,9 +192,10 @@ def test_once_a_run_is_stopped_its_workers_write_and_commit_nothing_more(tmp_pat
 
     def bundle(keys):
         writer = sinks.WriteBuckets(tmp_dir, 2)
+        writer.setup()
         writer.start_bundle()
         for key in keys:
-            writer.process(transforms.OutputRecord(key, 0, 1, b"x" * 100))
+            assert writer.process(transforms.OutputRecord(key, 0, 1, b"x" * 100)) is None
         return writer
 
     committed = list(bundle(["a", "b"]).finish_bundle())
@@ -210,6 +212,67 @@ def test_once_a_run_is_stopped_its_workers_write_and_commit_nothing_more(tmp_pat
         sinks.stop_writing(tmp_dir, stopped=False)
     assert list(bundle(["e"]).finish_bundle())  # a new run writes again
     assert sinks.read_journals(tmp_dir)[0] == {"a", "b", "e"}
+
+
+def test_a_long_bundle_commits_at_a_batch_end_once_its_interval_is_over(tmp_path, monkeypatch):
+    """On one local worker a run is one bundle: every COMMIT_SECONDS it commits what it has
+    written at the next batch's end (never inside a batch: an input's records are all in one)
+    and goes on in new buckets, so a stop keeps that work."""
+    from pipeline import sinks
+    tmp_dir = str(tmp_path / sinks.TMP_DIR)
+    monkeypatch.setenv(sinks.COMMIT_ENV, "0")
+    writer = sinks.WriteBuckets(tmp_dir, 2)
+    writer.setup()
+    writer.start_bundle()
+
+    def write(key, copy, ends_batch=False):
+        return writer.process(transforms.OutputRecord(key, copy, 1, b"x" * 100,
+                                                      ends_batch=ends_batch)) or []
+    assert write("a", 0) == [] and write("a", 1) == []  # inside a batch: nothing committed
+    first = write("b", 0, ends_batch=True)
+    assert first and sinks.read_journals(tmp_dir)[0] == {"a", "b"}
+    assert write("c", 0) == []
+    rest = list(writer.finish_bundle())
+    done, buckets, _ = sinks.read_journals(tmp_dir)
+    assert done == {"a", "b", "c"} and len(buckets) == len(first) + len(rest)
+    assert not {path for _, (_, path) in (b.value for b in first)} & {
+        path for _, (_, path) in (b.value for b in rest)}  # the rest went to new buckets
+    monkeypatch.setenv(sinks.COMMIT_ENV, "30")  # the default's order: one commit per bundle
+    writer.setup()
+    writer.start_bundle()
+    assert write("d", 0, ends_batch=True) == [] and list(writer.finish_bundle())
+
+
+def test_ctrl_c_on_one_worker_keeps_what_was_committed_and_resume_gives_the_clean_bytes(
+        small_folder, tmp_path):
+    """The default runner (one worker in this process: one bundle) stopped by Ctrl-C keeps the
+    batches committed so far (AUGBATCH_COMMIT_INTERVAL=0: at every batch's end); --resume
+    then writes the bytes of a run never stopped."""
+    images, out = small_folder, tmp_path / "out"
+    command = [sys.executable, "-m", "cli", "-q", "expand", "-i", str(images), "-o", str(out),
+               "--copies", "3", "--format", "png", "--plain-copies", "--batch-size", "2"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", AUGBATCH_COMMIT_INTERVAL="0")
+    process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    tmp_dir, deadline = out / ".augbatch-tmp", time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if tmp_dir.is_dir() and any(n.startswith("done-") and n.endswith(".json")
+                                    for n in os.listdir(tmp_dir)):
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    match = re.search(r"the work of (\d+) inputs is kept in", stderr)
+    assert match and 1 <= int(match.group(1)) < 9, stderr
+    resumed = subprocess.run(command + ["--resume"], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = subprocess.run(command[:8] + [str(tmp_path / "clean")] + command[9:], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    assert shard_bytes(out) == shard_bytes(tmp_path / "clean")
+    assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "clean"))
 
 
 def test_the_buckets_of_an_earlier_bucket_format_are_not_resumed(small_folder, tmp_path):
