@@ -167,8 +167,7 @@ class WriteBuckets(beam.DoFn):
         if bucket not in self.files:
             path = FileSystems.join(self.tmp_dir, "bucket-%05d-%d-%s" % (*bucket, self.bundle))
             with _commit_lock:
-                stopped = self.tmp_dir in _stopped_dirs  # its folder may be deleted
-                if not stopped:
+                if self.tmp_dir not in _stopped_dirs:  # (else its folder may be deleted)
                     self.files[bucket] = (path, FileSystems.create(
                         path, compression_type=CompressionTypes.UNCOMPRESSED))
         if bucket in self.files:
