@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import glob
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -38,10 +39,12 @@ def native_logs_follow_tf_level():
         import tensorflow as tf
         for path in glob.glob(os.path.join(os.path.dirname(tf.__file__),
                                            "libtensorflow_framework*")):
-            with open(path, "rb") as f:
-                name = _SET_MIN_LOG_LEVEL.search(f.read())
+            # (mapped, not read: the library is ~50 MB, and the name lies in its first few)
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                found = _SET_MIN_LOG_LEVEL.search(data)
+                name = found and found.group().decode()
             if name:
-                set_min_log_level = getattr(ctypes.CDLL(path), name.group().decode())
+                set_min_log_level = getattr(ctypes.CDLL(path), name)
                 set_min_log_level(ctypes.c_int(min(int(level), 3)))
                 return
     except (OSError, AttributeError) as e:
