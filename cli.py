@@ -233,8 +233,8 @@ class BeamOptionsAfterDashes(click.Command):
               help="TensorFlow ops a worker runs at once, each on one thread (0: one per "
                    "core).")
 @click.option("--xla/--no-xla", default=None,
-              help="Compile the chain's colour and geometric steps with XLA: faster for "
-                   "inputs of a few sizes (one compilation each); other random draws.")
+              help="Compile the chain's colour and geometric steps with XLA: other random "
+                   "draws, one compilation per image size; on a CPU slower than without.")
 @click.option("--kernel", type=click.Choice(["opencv-uint8", "opencv", "tensorflow"]),
               help="How geometric ops resample on the CPU without XLA: opencv-uint8 (the "
                    "default: OpenCV's warp, on uint8 pixels where geometric ops start or end "
