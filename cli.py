@@ -505,10 +505,13 @@ def validate(config_path, allow_python_ops):
             from pipeline import targets
             from pipeline.errors import UserError
             try:
-                kinds = targets.peek_kinds(sources.discover(job), job)
+                discovery = sources.discover(job)
+                kinds = targets.peek_kinds(discovery, job)
             except UserError:  # (expand says what is wrong with the inputs)
-                kinds = set()
+                discovery, kinds = None, set()
             targets.check_chain(job.chain, kinds)  # (refused: not called valid first)
+            if discovery is not None:
+                job = targets.with_dataset_keypoint_flip(job, discovery)
     click.echo(f"{config_path}: valid ({progress.plural(len(ops), 'op')}, config hash "
                f"{job.config_hash})")
     for pattern in missing:

@@ -499,6 +499,7 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
     # Inputs with boxes, masks or keypoints need a chain that carries them: refused now.
     target_kinds = targets.peek_kinds(discovery, job)
     targets.check_chain(job.chain, target_kinds)
+    job = targets.with_dataset_keypoint_flip(job, discovery)
     if resume and target_kinds:  # their counts come from the augment step, not the journals
         raise UserError("--resume works for inputs without boxes, masks or keypoints: the "
                         "manifest's target counts of the reused inputs would be missing",
@@ -570,6 +571,12 @@ def run_expand(job, beam_args=(), overwrite=False, show_progress=False, accelera
         raise
     if lock:
         lock.release()
+    in_place = manifest.get("targets", {}).get(targets.MIRRORED_IN_PLACE)
+    if in_place:
+        log.warning("%s kept each keypoint in its slot (no targets.keypoint_flip): if the "
+                    "keypoints have a left and a right side (eyes, hands), set "
+                    "targets.keypoint_flip so that a mirrored copy swaps them",
+                    f"{in_place} mirrored cop{'y' if in_place == 1 else 'ies'}")
     if manifest["error_limit"]["exceeded"]:
         raise TooManyErrors(manifest)
     if manifest["counts"]["written"] == 0:

@@ -62,6 +62,8 @@ class Discovery:
     duplicates: list = dataclasses.field(default_factory=list)  # [keys of one real file]
     kinds: Optional[set] = None  # a labelled dataset's kinds of target (pipeline.formats)
     unusable: list = dataclasses.field(default_factory=list)  # (ref, type, reason, message)
+    keypoints: int = 0  # keypoints per object, where a labelled dataset's format says
+    keypoint_flip: tuple = ()  # its own left/right pairs of keypoints (formats.Listing)
 
     @property
     def label_names(self):
@@ -264,7 +266,8 @@ def discover(job):
         listing = formats.discover(kind, job, found)
         _check_unique(listing.refs + [r for r, *_ in listing.rejected] + loops)
         return Discovery(kind, listing.refs, listing.label_map, [], [], loops, hidden,
-                         kinds=listing.kinds, unusable=listing.rejected)
+                         kinds=listing.kinds, unusable=listing.rejected,
+                         keypoints=listing.keypoints, keypoint_flip=listing.keypoint_flip)
     if kind == "auto":  # TFRecords: files named so, and no image among them
         kind = "tfrecord" if (not any(_is_image(f) for f in all_files) and any(
             h in f.lower() for f in all_files for h in TFRECORD_HINTS)) else "folder"

@@ -18,11 +18,14 @@ the OD API ([ymin, xmin, ymax, xmax], keypoint y and x in [0, 1]); transforms ma
 """
 import dataclasses
 import io
+import logging
 from typing import Optional
 
 import numpy as np
 
 from pipeline.errors import ConfigError
+
+log = logging.getLogger("augbatch")
 
 BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
             "image/object/bbox/xmax")
@@ -39,6 +42,8 @@ CLASS_TEXT_KEY = "image/object/class/text"
 OWN_KEYS = (*BOX_KEYS, MASK_KEY, *KEYPOINT_KEYS, VISIBILITY_KEY, CLASS_MASK_KEY,
             CLASS_MASK_FORMAT_KEY, "image/key/sha256")
 
+# Copies mirrored with keypoints and no targets.keypoint_flip (a manifest count).
+MIRRORED_IN_PLACE = "copies_mirrored_keypoints_in_place"
 # Kinds of target, as validation and the manifest name them.
 BOXES, MASKS, CLASS_MASK, KEYPOINTS = "boxes", "instance masks", "class mask", "keypoints"
 
@@ -249,6 +254,11 @@ def carry(targets, moves, rules, height, width):
     if targets.keypoints is not None:
         keypoints = targets.keypoints[..., ::-1] * [width, height]  # (x, y) pixels
     visibility = None if targets.visibility is None else targets.visibility.copy()
+    order = list(rules.keypoint_flip)
+    if order and keypoints is not None and len(order) != keypoints.shape[1]:
+        raise TargetError(f"targets.keypoint_flip orders {len(order)} keypoints, but this "
+                          f"input's objects have {keypoints.shape[1]} each")
+    mirrored = False
     for flat, out_h, out_w in moves:
         out_h, out_w = int(out_h), int(out_w)
         inverse = np.linalg.inv(_continuous(flat))
@@ -272,9 +282,10 @@ def carry(targets, moves, rules, height, width):
             outside = ~((keypoints[..., 0] >= 0) & (keypoints[..., 0] < out_w)
                         & (keypoints[..., 1] >= 0) & (keypoints[..., 1] < out_h))
             visibility = np.where(outside | np.isnan(keypoints).any(-1), 0, visibility)
-            if rules.keypoint_flip and np.linalg.det(_matrix(flat)) < 0:
-                order = list(rules.keypoint_flip)
-                keypoints, visibility = keypoints[:, order], visibility[:, order]
+            if np.linalg.det(_matrix(flat)) < 0:
+                mirrored = not mirrored
+                if order:
+                    keypoints, visibility = keypoints[:, order], visibility[:, order]
         height, width = out_h, out_w
 
     if masks is not None and count:  # tight boxes from what is left of each object
@@ -292,6 +303,8 @@ def carry(targets, moves, rules, height, width):
             & (_area(boxes) >= rules.min_area) & (shortest >= rules.min_side))
     counts = {"objects_kept": int(keep.sum()), "objects_dropped": int(count - keep.sum()),
               "objects_clipped": int((keep & (visible < 1.0 - 1e-9)).sum())}
+    if mirrored and not order and keypoints is not None and keypoints.shape[1] > 1:
+        counts[MIRRORED_IN_PLACE] = 1  # (the run warns: left and right may need swapping)
     if targets.has_boxes and not keep.any() and not rules.keep_empty:
         return None, counts
     out = Targets(boxes=(boxes[keep][:, [1, 0, 3, 2]] / [height, width, height, width]
@@ -431,3 +444,21 @@ def peek_kinds(discovery, job, records=16):
     except Exception:  # noqa: BLE001 - unreadable records become error records in the run
         pass
     return kinds
+
+
+def with_dataset_keypoint_flip(job, discovery):
+    """`job` with the dataset's own left/right pairs of keypoints (YOLO's flip_idx, COCO's
+    left_/right_ names) as targets.keypoint_flip, unless the config sets it. Refuses a
+    keypoint_flip of another length than the dataset's keypoints (exit 2, before the run)."""
+    rules = job.target_rules
+    order = rules.keypoint_flip or discovery.keypoint_flip
+    if order and discovery.keypoints and len(order) != discovery.keypoints:
+        raise ConfigError("targets.keypoint_flip", f"orders {len(order)} keypoints, but the "
+                          f"inputs' objects have {discovery.keypoints} each",
+                          hint="give slot i the keypoint a mirrored copy puts there")
+    if order == rules.keypoint_flip:
+        return job
+    log.info("keypoints: a mirrored copy swaps them as the dataset pairs them, %s "
+             "(targets.keypoint_flip sets another order)", list(order))
+    return dataclasses.replace(job, target_rules=dataclasses.replace(rules,
+                                                                     keypoint_flip=order))

@@ -45,6 +45,8 @@ class Listing:
     label_map: dict  # class name -> label
     kinds: set  # the kinds of target the images carry (targets.BOXES, ...)
     rejected: list = dataclasses.field(default_factory=list)  # (ref, type, reason, message)
+    keypoints: int = 0  # keypoints per object, where the format says
+    keypoint_flip: tuple = ()  # the dataset's own left/right pairs (YOLO's flip_idx ...)
 
 
 class AnnotationError(targets_mod.TargetError):
@@ -127,9 +129,22 @@ def objects(labels, texts=None, **lists):
     return out
 
 
-def pixel_boxes(boxes, height, width):
-    """Pixel boxes [N, 4] (x0, y0, x1, y1) -> normalised [ymin, xmin, ymax, xmax], clipped."""
+def pixel_boxes(boxes, height, width, where="", names=None):
+    """Pixel boxes [N, 4] (x0, y0, x1, y1) -> normalised [ymin, xmin, ymax, xmax], clipped.
+    Exports round boxes past the frame by a little (up to 1% of the side here, as YOLO's
+    normalised coordinates are read); a box farther out was drawn for another image or scale:
+    AnnotationError, naming it (`names`: what each box is called, e.g. "annotation 7")."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    size = np.array([width, height], np.float64)
+    slack = np.maximum(0.01 * size, 1.0)
+    outside = ((boxes[:, :2] < -slack) | (boxes[:, 2:] > size + slack)).any(1)
+    if outside.any():
+        i = int(np.argmax(outside))
+        name = names[i] if names else f"box {i + 1}"
+        x0, y0, x1, y1 = boxes[i]
+        raise AnnotationError(f"{where}: {name} is the box ({x0:g}, {y0:g}) - ({x1:g}, {y1:g}) "
+                              f"pixels, beyond the {width}x{height} image",
+                              reason="box outside the image")
     normalised = boxes[:, [1, 0, 3, 2]] / [height, width, height, width]
     return np.clip(normalised, 0.0, 1.0)
 

@@ -5,9 +5,11 @@ What labelling tools export (a JSON beside its images) and the official layout
 folder when it is elsewhere. Each JSON is a split when its name or folder says so
 (instances_val2017.json, valid/_annotations.coco.json).
 Labels are the category ids, as the OD API's create_coco_tf_record writes them, ids that need
-not be contiguous; the class text is the category's name.
+not be contiguous; the class text is the category's name. Keypoints named by side (left_eye,
+right_eye) give the default targets.keypoint_flip: a mirrored copy swaps them.
 """
 import json
+import logging
 import os
 import posixpath
 import re
@@ -20,6 +22,9 @@ from pipeline.errors import UserError
 
 NAME = "coco"
 CROWD_KEY = "image/object/is_crowd"
+FOLDER_PROBES = 16  # images looked for in each candidate folder (the first may be missing)
+
+log = logging.getLogger("augbatch")
 
 
 def _is_coco(path):
@@ -49,14 +54,14 @@ def _image_folder(job, json_path, data):
     candidates = ([job.images_dir] if job.images_dir else []) + [
         here, formats.join(here, "images"), formats.join(os.path.dirname(here), stem),
         formats.join(os.path.dirname(here), "images")]
-    first = data["images"][0]["file_name"] if data["images"] else None
-    if first is None:
+    names = [image["file_name"] for image in data["images"][:FOLDER_PROBES]]
+    if not names:
         return candidates[0]
     for folder in candidates:
-        if formats.exists(formats.join(folder, first)):
+        if any(formats.exists(formats.join(folder, name)) for name in names):
             return folder
-    raise UserError(f"{json_path}: its first image {first!r} is in none of "
-                    f"{', '.join(candidates)}", hint="set input.images in the config to the "
+    raise UserError(f"{json_path}: none of its first {len(names)} images ({names[0]!r} ...) is "
+                    f"in {', '.join(candidates)}", hint="set input.images in the config to the "
                     "folder holding the images (e.g. train2017/)")
 
 
@@ -72,10 +77,27 @@ def _load(path):
     return data
 
 
+def keypoint_flip(categories):
+    """The left/right pairs of the keypoints' names (left_eye <-> right_eye, as COCO's person
+    keypoints are named), as a targets.keypoint_flip; () where the names have no sides, or a
+    side without its other, or the categories name their keypoints differently."""
+    named = {tuple(str(n).lower() for n in c["keypoints"]) for c in categories
+             if c.get("keypoints")}
+    if len(named) != 1:
+        return ()
+    names = next(iter(named))
+    slot = {name: i for i, name in enumerate(names)}
+    order = [slot.get(re.sub("left|right", lambda m: {"left": "right", "right": "left"}[
+        m.group()], name)) for name in names]
+    identity = list(range(len(names)))
+    return () if None in order or sorted(order) != identity or order == identity \
+        else tuple(order)
+
+
 def discover(job, found):
     refs, label_map, kinds, rejected = [], {}, {targets_mod.BOXES}, []
     listed = formats.files_of(found)
-    referenced = set()
+    referenced, layouts = set(), set()  # (keypoints per object, their left/right pairs)
     for path, base in listed:
         if not _is_coco(path):
             continue
@@ -85,6 +107,13 @@ def discover(job, found):
         per_image = {}
         for annotation in data.get("annotations", []):
             per_image.setdefault(annotation.get("image_id"), []).append(annotation)
+        orphans = sorted(set(per_image) - {image.get("id") for image in data["images"]}, key=str)
+        if orphans:
+            count = sum(len(per_image[i]) for i in orphans)
+            log.warning("%s: %d annotation%s name%s image ids that are not in its images list "
+                        "(%s%s): left out", path, count, "" if count == 1 else "s",
+                        "s" if count == 1 else "", ", ".join(map(str, orphans[:5])),
+                        " ..." if len(orphans) > 5 else "")
         keypoint_count = max((len(c.get("keypoints", [])) for c in categories.values()),
                              default=0)
         if any(a.get("segmentation") for a in data.get("annotations", [])):
@@ -94,6 +123,8 @@ def discover(job, found):
             kinds.add(targets_mod.KEYPOINTS)
         else:
             keypoint_count = 0
+        if keypoint_count:
+            layouts.add((keypoint_count, keypoint_flip(categories.values())))
         folder = _image_folder(job, path, data)
         split = _split(path) or formats.split_of(formats.relative(path, base))
         for image in data["images"]:
@@ -120,7 +151,9 @@ def discover(job, found):
             rejected.append((formats.Ref(formats.key_of(path, base), path), "ValueError",
                              "image not in the COCO annotations",
                              f"{sources.printable(path)} is in no COCO JSON's images list"))
-    return formats.Listing(refs, label_map, kinds, rejected)
+    count, flip = layouts.pop() if len(layouts) == 1 else (0, ())
+    return formats.Listing(refs, label_map, kinds, rejected, keypoints=count,
+                           keypoint_flip=flip)
 
 
 def read(ref, height, width):
@@ -159,7 +192,8 @@ def read(ref, height, width):
             visibility.append(values[:, 2].astype(np.int64))
     objs = info["objects"]
     found = targets_mod.Targets(
-        boxes=formats.pixel_boxes(boxes, height, width),
+        boxes=formats.pixel_boxes(boxes, height, width, where,
+                                  [f"annotation {o['id']}" for o in info["objects"]]),
         objects=formats.objects([o["label"] for o in objs], [o["name"] for o in objs], **{
             CROWD_KEY: ("int64_list", [o["crowd"] for o in objs]),
             targets_mod.AREA_KEY: ("float_list", [float(o["area"] or 0) for o in objs])}))
@@ -174,6 +208,11 @@ def read(ref, height, width):
 def _mask(obj, height, width, where):
     segmentation = obj["segmentation"]
     if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if (not isinstance(polygon, list) or len(polygon) % 2
+                    or not all(isinstance(v, (int, float)) for v in polygon)):
+                raise formats.AnnotationError(f"{where}: annotation {obj['id']} has the polygon "
+                                              f"{str(polygon)[:80]}; expected x, y pairs")
         return formats.polygon_mask(segmentation, height, width)
     if isinstance(segmentation, dict) and "counts" in segmentation:
         size = list(segmentation.get("size", [height, width]))

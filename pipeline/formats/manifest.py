@@ -1,7 +1,8 @@
 """A CSV or JSON-lines manifest: one image per row, `path,label[,split]` (a CSV with that
-header, or {"path": ..., "label": ..., "split": ...} per line). Paths are relative to the
-manifest's folder (or absolute, or URLs). Labels that are all whole numbers are the labels;
-class names are numbered in sorted order from 0 (as class folders are), or by input.labels.
+header, or {"path": ..., "label": ..., "split": ...} per line; a split is read in lower case).
+Paths are relative to the manifest's folder (or absolute, or URLs). Labels that are all whole
+numbers are the labels; class names are numbered in sorted order from 0 (as class folders are),
+or by input.labels.
 """
 import csv
 import io
@@ -59,7 +60,9 @@ def discover(job, found):
             label = None if label in (None, "") else label
             full = image if "://" in image or os.path.isabs(image) else formats.join(folder,
                                                                                      image)
-            entries.append((image, full, label, row.get("split") or None))
+            # (lower case, as split folders are read: "Train" is the train split)
+            split = str(row.get("split") or "").strip().lower() or None
+            entries.append((image, full, label, split))
     labels = {e[2] for e in entries if e[2] is not None}
     if all(_whole(v) for v in labels):
         label_map, numbered = {}, True
