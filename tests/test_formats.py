@@ -388,6 +388,45 @@ def test_voc_converts_one_based_pixels_and_keeps_difficult_with_a_label_map(tmp_
     assert list(row["image/object/difficult"]) == [0, 1]
 
 
+def _jpeg(width=32, height=24):
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_a_voc_xml_that_cannot_be_used_is_its_images_error_record_and_the_run_goes_on(tmp_path):
+    """An object without a bndbox, a coordinate that is not a number, an XML that does not
+    parse: each is that image's error record (they stopped the run, exit 2); the rest is
+    written. The class names of an XML that parses count for the label map."""
+    voc = tmp_path / "VOC2012"
+    cup = [(0, "cup", (4, 4, 20, 16), None)]
+    xmls = {"a": voc_xml("a.jpg", 32, 24, cup),
+            "b": voc_xml("b.jpg", 32, 24, cup).replace(
+                "</annotation>", "<object><name>spoon</name><difficult>0</difficult></object>"
+                "</annotation>"),
+            "c": voc_xml("c.jpg", 32, 24, cup).replace("<xmax>20</xmax>", "<xmax>20px</xmax>"),
+            "d": voc_xml("d.jpg", 32, 24, cup)[:-len("</annotation>")],
+            "e": voc_xml("e.jpg", 32, 24, cup)}
+    for name, xml in xmls.items():
+        put(str(voc / "JPEGImages" / f"{name}.jpg"), _jpeg())
+        put(str(voc / "Annotations" / f"{name}.xml"), xml)
+    out = tmp_path / "out"
+    manifest = run_job(str(voc), out, copies=0, format="png")
+    assert_accounted(manifest)
+    assert manifest["counts"]["written"] == 2 and manifest["counts"]["errored"] == 3
+    assert manifest["input"]["label_map"] == {"cup": 1, "spoon": 2}
+    errors = {e["key"]: e for e in map(json.loads, open(out / "errors.jsonl"))}
+    assert sorted(errors) == ["JPEGImages/b.jpg", "JPEGImages/c.jpg", "JPEGImages/d.jpg"]
+    assert {(e["stage"], e["reason"]) for e in errors.values()} == {("read", "bad annotation")}
+    xml = str(voc / "Annotations")
+    assert errors["JPEGImages/b.jpg"]["message"] == (
+        f"{xml}/b.xml: object 'spoon' has no numeric bndbox xmin, ymin, xmax, ymax")
+    assert errors["JPEGImages/c.jpg"]["message"] == (
+        f"{xml}/c.xml: object 'cup' has no numeric bndbox xmin, ymin, xmax, ymax")
+    assert errors["JPEGImages/d.jpg"]["message"].startswith(f"{xml}/d.xml: not valid XML: ")
+    assert sorted(row["key"] for row in outputs(out)) == ["JPEGImages/a.jpg", "JPEGImages/e.jpg"]
+
+
 def _palette_png(indices):
     image = Image.fromarray(indices.astype(np.uint8), mode="P")
     image.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30] + [0] * 759)
