@@ -8,6 +8,9 @@ input.labels, else the sorted class names numbered from 1 (0 is the OD API's bac
 Splits: VOCdevkit's ImageSets/Main/<split>.txt lists, else a train/val/test folder.
 An XML that cannot be used (not valid XML, an object without a numeric bndbox) is its image's
 error record, found at discovery; the class names it has still count for the label map.
+In VOCdevkit's JPEGImages/ every image has its Annotations/ XML (one without objects too): an
+image without it is an error record ("no annotation"), not background. Elsewhere (LabelImg's
+layout) an image without an XML of its own has no objects, in the split found as for any other.
 """
 import os
 import posixpath
@@ -140,17 +143,30 @@ def discover(job, found):
         used.add(image)
         for obj in annotation["objects"]:
             obj["label"] = label_map[obj["name"]]
-        base = images[image]
-        image_id = os.path.splitext(os.path.basename(image))[0]
-        refs.append(formats.Ref(formats.key_of(image, base), image, annotation=annotation,
-                                split=splits.get(image_id) or formats.split_of(
-                                    formats.relative(image, base))))
-    for image, base in images.items():  # an image without an XML: no objects
-        if image not in used:
-            refs.append(formats.Ref(formats.key_of(image, base), image, annotation={
-                "file": None, "size": (0, 0), "objects": []},
-                split=formats.split_of(formats.relative(image, base))))
+        refs.append(formats.Ref(formats.key_of(image, images[image]), image,
+                                annotation=annotation, split=_split(image, images, splits)))
+    for image, base in images.items():
+        if image in used:
+            continue
+        ref = formats.Ref(formats.key_of(image, base), image, split=_split(image, images, splits),
+                          annotation={"file": None, "size": (0, 0), "objects": []})
+        if os.path.basename(os.path.dirname(image)) != "JPEGImages":  # LabelImg: no objects
+            refs.append(ref)
+            continue
+        # VOCdevkit writes an XML for every image, even one without objects: its absence is
+        # an error, not background.
+        xml = os.path.join(os.path.dirname(os.path.dirname(image)), "Annotations",
+                           os.path.splitext(os.path.basename(image))[0] + ".xml")
+        rejected.append((ref, "FileNotFoundError", "no annotation",
+                         f"{sources.printable(image)} has no annotation: "
+                         f"{sources.printable(xml)} is missing"))
     return formats.Listing(refs, label_map, {targets_mod.BOXES}, rejected)
+
+
+def _split(image, images, splits):
+    """The split ImageSets/Main's lists put the image in, else its split folder's."""
+    image_id = os.path.splitext(os.path.basename(image))[0]
+    return splits.get(image_id) or formats.split_of(formats.relative(image, images[image]))
 
 
 def _base(files, path):
