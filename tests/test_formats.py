@@ -388,6 +388,84 @@ def test_voc_converts_one_based_pixels_and_keeps_difficult_with_a_label_map(tmp_
     assert list(row["image/object/difficult"]) == [0, 1]
 
 
+def _jpeg(width=32, height=24):
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_a_voc_xml_that_cannot_be_used_is_its_images_error_record_and_the_run_goes_on(tmp_path):
+    """An object without a bndbox, a coordinate that is not a number, an XML that does not
+    parse: each is that image's error record (they stopped the run, exit 2); the rest is
+    written. The class names of an XML that parses count for the label map."""
+    voc = tmp_path / "VOC2012"
+    cup = [(0, "cup", (4, 4, 20, 16), None)]
+    xmls = {"a": voc_xml("a.jpg", 32, 24, cup),
+            "b": voc_xml("b.jpg", 32, 24, cup).replace(
+                "</annotation>", "<object><name>spoon</name><difficult>0</difficult></object>"
+                "</annotation>"),
+            "c": voc_xml("c.jpg", 32, 24, cup).replace("<xmax>20</xmax>", "<xmax>20px</xmax>"),
+            "d": voc_xml("d.jpg", 32, 24, cup)[:-len("</annotation>")],
+            "e": voc_xml("e.jpg", 32, 24, cup)}
+    for name, xml in xmls.items():
+        put(str(voc / "JPEGImages" / f"{name}.jpg"), _jpeg())
+        put(str(voc / "Annotations" / f"{name}.xml"), xml)
+    out = tmp_path / "out"
+    manifest = run_job(str(voc), out, copies=0, format="png")
+    assert_accounted(manifest)
+    assert manifest["counts"]["written"] == 2 and manifest["counts"]["errored"] == 3
+    assert manifest["input"]["label_map"] == {"cup": 1, "spoon": 2}
+    errors = {e["key"]: e for e in map(json.loads, open(out / "errors.jsonl"))}
+    assert sorted(errors) == ["JPEGImages/b.jpg", "JPEGImages/c.jpg", "JPEGImages/d.jpg"]
+    assert {(e["stage"], e["reason"]) for e in errors.values()} == {("read", "bad annotation")}
+    xml = str(voc / "Annotations")
+    assert errors["JPEGImages/b.jpg"]["message"] == (
+        f"{xml}/b.xml: object 'spoon' has no numeric bndbox xmin, ymin, xmax, ymax")
+    assert errors["JPEGImages/c.jpg"]["message"] == (
+        f"{xml}/c.xml: object 'cup' has no numeric bndbox xmin, ymin, xmax, ymax")
+    assert errors["JPEGImages/d.jpg"]["message"].startswith(f"{xml}/d.xml: not valid XML: ")
+    assert sorted(row["key"] for row in outputs(out)) == ["JPEGImages/a.jpg", "JPEGImages/e.jpg"]
+
+
+def test_a_vocdevkit_image_without_its_xml_is_an_error_and_one_beside_labelimgs_has_a_split(
+        tmp_path):
+    """VOCdevkit has an XML for every image: one without it was written with no objects (its
+    objects became background) and in no split; it is an error record. In LabelImg's layout an
+    image without an XML has no objects, in the split ImageSets' lists give it."""
+    voc = tmp_path / "VOC2012"
+    cup = [(0, "cup", (4, 4, 20, 16), None)]
+    for name in ("a", "b", "c"):
+        put(str(voc / "JPEGImages" / f"{name}.jpg"), _jpeg())
+    for name in ("a", "c"):
+        put(str(voc / "Annotations" / f"{name}.xml"), voc_xml(f"{name}.jpg", 32, 24, cup))
+    put(str(voc / "ImageSets" / "Main" / "train.txt"), "a\nb\n")
+    put(str(voc / "ImageSets" / "Main" / "val.txt"), "c\n")
+    out = tmp_path / "out"
+    manifest = run_job(str(voc), out, copies=0, format="png")
+    assert_accounted(manifest)
+    assert manifest["counts"]["written"] == 2 and manifest["counts"]["errored"] == 1
+    [error] = [json.loads(line) for line in open(out / "errors.jsonl")]
+    assert (error["key"], error["stage"], error["reason"]) == (
+        "JPEGImages/b.jpg", "read", "no annotation")
+    assert error["message"] == (f"{voc / 'JPEGImages' / 'b.jpg'} has no annotation: "
+                                f"{voc / 'Annotations' / 'b.xml'} is missing")
+    assert sorted(row["key"] for row in outputs(out)) == ["JPEGImages/a.jpg", "JPEGImages/c.jpg"]
+
+    labelimg = tmp_path / "labelimg"
+    for name in ("x", "y"):
+        put(str(labelimg / f"{name}.jpg"), _jpeg())
+    put(str(labelimg / "x.xml"), voc_xml("x.jpg", 32, 24, cup))
+    put(str(labelimg / "ImageSets" / "Main" / "train.txt"), "x\n")
+    put(str(labelimg / "ImageSets" / "Main" / "val.txt"), "y\n")
+    out = tmp_path / "out_labelimg"
+    manifest = run_job(str(labelimg), out, copies=0, format="png")
+    assert manifest["counts"]["written"] == 2 and manifest["counts"]["errored"] == 0
+    assert {split: counts["written"] for split, counts in
+            manifest["counts"]["per_split"].items()} == {"train": 1, "val": 1}
+    rows = {row["key"]: row for row in outputs(out)}
+    assert len(rows["x.jpg"]["boxes"]) == 1 and len(rows["y.jpg"]["boxes"]) == 0
+
+
 def _palette_png(indices):
     image = Image.fromarray(indices.astype(np.uint8), mode="P")
     image.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30] + [0] * 759)

@@ -6,6 +6,11 @@ the continuous box is [xmin - 1, xmax). difficult, truncated and pose become the
 image/object/difficult, image/object/truncated and image/object/view. Labels: the config's
 input.labels, else the sorted class names numbered from 1 (0 is the OD API's background).
 Splits: VOCdevkit's ImageSets/Main/<split>.txt lists, else a train/val/test folder.
+An XML that cannot be used (not valid XML, an object without a numeric bndbox) is its image's
+error record, found at discovery; the class names it has still count for the label map.
+In VOCdevkit's JPEGImages/ every image has its Annotations/ XML (one without objects too): an
+image without it is an error record ("no annotation"), not background. Elsewhere (LabelImg's
+layout) an image without an XML of its own has no objects, in the split found as for any other.
 """
 import os
 import posixpath
@@ -32,27 +37,49 @@ def _text(node, tag, default=None):
 
 
 def _parse(path):
+    """An XML's annotation. One that cannot be used has an "error" (that image's error record,
+    the run goes on) and keeps the class names it has, for the label map."""
+    annotation = {"file": path, "filename": "", "size": (0, 0), "objects": [], "names": [],
+                  "error": None}
     try:
         root = ElementTree.fromstring(sources.read_bytes(path))
     except ElementTree.ParseError as e:
-        raise UserError(f"{path} is not valid XML: {e}") from None
-    size = root.find("size")
-    width, height = ((int(float(_text(size, "width", 0))), int(float(_text(size, "height", 0))))
-                     if size is not None else (0, 0))
-    objects = []
-    for obj in root.findall("object"):
-        box = obj.find("bndbox")
-        try:
-            coords = [float(_text(box, tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
-        except (TypeError, ValueError, AttributeError):
-            raise UserError(f"{path}: an object ({_text(obj, 'name')!r}) has no numeric "
-                            "bndbox xmin, ymin, xmax, ymax") from None
-        objects.append({"name": _text(obj, "name", ""), "box": coords,
-                        "difficult": int(float(_text(obj, "difficult", 0))),
-                        "truncated": int(float(_text(obj, "truncated", 0))),
-                        "pose": _text(obj, "pose", "Unspecified")})
-    return {"file": path, "filename": _text(root, "filename", ""),
-            "size": (height, width), "objects": objects}
+        annotation["error"] = f"not valid XML: {e}"
+        return annotation
+    annotation["filename"] = _text(root, "filename", "")
+    annotation["names"] = [_text(obj, "name", "") for obj in root.findall("object")]
+    try:
+        annotation["size"] = _size(root.find("size"))
+        annotation["objects"] = [_object(obj) for obj in root.findall("object")]
+    except ValueError as e:
+        annotation["error"] = str(e)
+    return annotation
+
+
+def _number(node, tag, default, what):
+    try:
+        return int(float(_text(node, tag, default)))
+    except (ValueError, OverflowError):
+        raise ValueError(f"{what} has a {tag} that is not a number") from None
+
+
+def _size(size):
+    if size is None:
+        return 0, 0
+    return _number(size, "height", 0, "size"), _number(size, "width", 0, "size")
+
+
+def _object(obj):
+    name = _text(obj, "name", "")
+    try:
+        box = [float(_text(obj.find("bndbox"), tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(f"object {name!r} has no numeric bndbox xmin, ymin, xmax, ymax") \
+            from None
+    what = f"object {name!r}"
+    return {"name": name, "box": box, "difficult": _number(obj, "difficult", 0, what),
+            "truncated": _number(obj, "truncated", 0, what),
+            "pose": _text(obj, "pose", "Unspecified")}
 
 
 def _split_lists(files):
@@ -75,7 +102,7 @@ def discover(job, found):
     by_name = {}
     for path in images:
         by_name.setdefault(os.path.basename(path), []).append(path)
-    names = sorted({o["name"] for a in annotations for o in a["objects"]})
+    names = sorted({name for a in annotations for name in a["names"]})
     if job.label_map:
         label_map = dict(job.label_map)
         unknown = [n for n in names if n not in label_map]
@@ -100,6 +127,13 @@ def discover(job, found):
             same = by_name.get(os.path.basename(filename)) or [
                 p for p in images if os.path.splitext(os.path.basename(p))[0] == stem]
             image = same[0] if len(same) == 1 else None
+        if annotation["error"]:  # that image's error record (the XML's if no image is found)
+            ref = (formats.Ref(formats.key_of(image, images[image]), image) if image else
+                   formats.Ref(formats.key_of(xml, _base(files, xml)), xml))
+            rejected.append((ref, "ValueError", "bad annotation",
+                             f"{sources.printable(xml)}: {annotation['error']}"))
+            used.add(image)
+            continue
         if image is None:
             rejected.append((formats.Ref(formats.key_of(xml, _base(files, xml)), xml),
                              "ValueError", "image of the annotation not found",
@@ -109,17 +143,30 @@ def discover(job, found):
         used.add(image)
         for obj in annotation["objects"]:
             obj["label"] = label_map[obj["name"]]
-        base = images[image]
-        image_id = os.path.splitext(os.path.basename(image))[0]
-        refs.append(formats.Ref(formats.key_of(image, base), image, annotation=annotation,
-                                split=splits.get(image_id) or formats.split_of(
-                                    formats.relative(image, base))))
-    for image, base in images.items():  # an image without an XML: no objects
-        if image not in used:
-            refs.append(formats.Ref(formats.key_of(image, base), image, annotation={
-                "file": None, "size": (0, 0), "objects": []},
-                split=formats.split_of(formats.relative(image, base))))
+        refs.append(formats.Ref(formats.key_of(image, images[image]), image,
+                                annotation=annotation, split=_split(image, images, splits)))
+    for image, base in images.items():
+        if image in used:
+            continue
+        ref = formats.Ref(formats.key_of(image, base), image, split=_split(image, images, splits),
+                          annotation={"file": None, "size": (0, 0), "objects": []})
+        if os.path.basename(os.path.dirname(image)) != "JPEGImages":  # LabelImg: no objects
+            refs.append(ref)
+            continue
+        # VOCdevkit writes an XML for every image, even one without objects: its absence is
+        # an error, not background.
+        xml = os.path.join(os.path.dirname(os.path.dirname(image)), "Annotations",
+                           os.path.splitext(os.path.basename(image))[0] + ".xml")
+        rejected.append((ref, "FileNotFoundError", "no annotation",
+                         f"{sources.printable(image)} has no annotation: "
+                         f"{sources.printable(xml)} is missing"))
     return formats.Listing(refs, label_map, {targets_mod.BOXES}, rejected)
+
+
+def _split(image, images, splits):
+    """The split ImageSets/Main's lists put the image in, else its split folder's."""
+    image_id = os.path.splitext(os.path.basename(image))[0]
+    return splits.get(image_id) or formats.split_of(formats.relative(image, images[image]))
 
 
 def _base(files, path):
