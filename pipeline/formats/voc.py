@@ -188,7 +188,8 @@ def read(ref, height, width):
                                           f"bndbox {obj['box']} with max < min")
     return targets_mod.Targets(
         boxes=formats.pixel_boxes([(x0 - 1, y0 - 1, x1, y1) for x0, y0, x1, y1
-                                   in (o["box"] for o in objs)], height, width),
+                                   in (o["box"] for o in objs)], height, width, info["file"],
+                                  [f"object {o['name']!r}" for o in objs]),
         objects=formats.objects([o["label"] for o in objs], [o["name"] for o in objs], **{
             "image/object/difficult": ("int64_list", [o["difficult"] for o in objs]),
             "image/object/truncated": ("int64_list", [o["truncated"] for o in objs]),
