@@ -355,7 +355,7 @@ def _error_lines(report):
     if not report.errors:
         return ["errors.jsonl: no input failed"]
     keys = {e.get("key") for e in report.errors}
-    out = [f"errors.jsonl: {len(keys)} inputs failed"]
+    out = [f"errors.jsonl: {len(keys)} input{'' if len(keys) == 1 else 's'} failed"]
     stages = collections.Counter(e.get("stage", "?") for e in report.errors)
     out.append("  by stage: " + ", ".join(f"{s} {n}" for s, n in stages.most_common()))
     reasons = collections.Counter((e.get("reason") or e.get("error_type") or "?")

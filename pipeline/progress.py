@@ -67,8 +67,8 @@ def duration(seconds):
 
 def status_line(done, total, outputs, elapsed):
     """'12/40 inputs (30%), 36 outputs, 2.5 inputs/s, ETA 11s' (the parts that are known)."""
-    parts = [f"{done}/{total} inputs ({100 * done // total}%)" if total else f"{done} inputs",
-             f"{outputs} outputs"]
+    parts = [f"{done}/{plural(total, 'input')} ({100 * done // total}%)" if total
+             else plural(done, "input"), plural(outputs, "output")]
     if done and elapsed > 0:
         rate = done / elapsed
         parts.append(f"{rate:.1f} inputs/s")
@@ -85,7 +85,7 @@ class _Lines:
         self.total, self.stream, self.interval = total, stream, interval
         self.started = time.monotonic()
         self.last = (0, 0)  # (inputs done, outputs): a line only when they move
-        self.write(f"progress: {total} inputs to augment" if total else
+        self.write(f"progress: {plural(total, 'input')} to augment" if total else
                    "progress: reading the input records")
 
     def write(self, text):
@@ -182,10 +182,10 @@ def summary(manifest):
     seconds = manifest.get("timings", {}).get("total_s", 0.0)
     rate = f", {counts_['discovered'] / seconds:.1f} inputs/s" if seconds else ""
     shards = output["num_shards"]
-    lines = [f"done in {duration(seconds)}: {counts_['discovered']} inputs -> "
-             f"{counts_['outputs']} records in {plural(shards, 'shard')}"
+    lines = [f"done in {duration(seconds)}: {plural(counts_['discovered'], 'input')} -> "
+             f"{plural(counts_['outputs'], 'record')} in {plural(shards, 'shard')}"
              f"{rate}",
-             f"  written: {counts_['written']} inputs, errored: {counts_['errored']}"]
+             f"  written: {plural(counts_['written'], 'input')}, errored: {counts_['errored']}"]
     lines += error_lines(manifest)
     lines.append(f"output: {output['directory']}")
     return lines

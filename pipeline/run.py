@@ -814,7 +814,9 @@ class NothingWritten(UserError):
 
     def __init__(self, manifest):
         counts = manifest["counts"]
-        lines = [f"nothing was written: all {counts['discovered']} inputs failed"]
+        failed = counts["discovered"]
+        lines = ["nothing was written: " + (f"all {failed} inputs failed" if failed != 1
+                                            else "the one input failed")]
         lines += progress.error_lines(manifest)
         super().__init__("\n".join(lines), hint=f"see {manifest['output']['directory']}/"
                          "errors.jsonl for each input's error")

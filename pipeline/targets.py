@@ -69,6 +69,7 @@ class Targets:
     mask_pngs: Optional[list] = None  # the input's PNG-encoded instance masks, before decoding
     class_mask: Optional[np.ndarray] = None  # uint8 [H, W] class indices, once decoded
     class_mask_png: Optional[bytes] = None
+    class_mask_file: Optional[str] = None  # the mask's file, for messages (a mask folder's)
     keypoints: Optional[np.ndarray] = None  # float [N, K, 2] normalised (y, x)
     visibility: Optional[np.ndarray] = None  # int [N, K]
     has_boxes: bool = True  # False: a segmentation-only record (no object lists)
@@ -189,7 +190,8 @@ def decode(targets, height, width):
             np.zeros((0, height, width), np.uint8)
     targets.mask_pngs = None
     if targets.class_mask_png is not None:
-        targets.class_mask = _png(targets.class_mask_png, CLASS_MASK_KEY, height, width)
+        targets.class_mask = _png(targets.class_mask_png,
+                                  targets.class_mask_file or CLASS_MASK_KEY, height, width)
         targets.class_mask_png = None
     return targets
 
@@ -202,7 +204,8 @@ def _png(data, name, height, width):
         with Image.open(io.BytesIO(data)) as image:
             if image.mode not in ("P", "L", "1", "I", "I;16"):
                 raise TargetError(f"{name} is a {image.mode} image; masks must hold one channel "
-                                  "of indices (a palette or greyscale PNG)")
+                                  "of class indices (a palette or greyscale PNG; a mask that "
+                                  "paints classes in colours needs them turned into indices)")
             array = np.asarray(image)
     except TargetError:
         raise

@@ -419,7 +419,7 @@ def test_an_empty_tfrecord_is_an_error_and_writing_nothing_fails_the_run(tmp_pat
     (only / "empty.tfrecord").write_bytes(b"")
     result = invoke("-q", "expand", "-i", only, "-o", tmp_path / "out2", "--plain-copies")
     assert result.exit_code == 3, result.output
-    assert "error: nothing was written: all 1 inputs failed" in result.stderr
+    assert "error: nothing was written: the one input failed" in result.stderr
     assert "1 x empty TFRecord file (read)" in result.stderr
     written = json.load(open(tmp_path / "out2" / "manifest.json"))
     assert (written["counts"]["discovered"], written["counts"]["errored"]) == (1, 1)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from cli import main
-from pipeline import targets
+from pipeline import progress, targets
 from pipeline.errors import ConfigError, UserError
 from pipeline.run import NothingWritten
 from tests.conftest import assert_accounted, run_job
@@ -217,3 +217,41 @@ def test_split_names_in_a_manifest_are_read_in_lower_case(tmp_path):
     per_split = manifest["counts"]["per_split"]
     assert set(per_split) == {"train", "val"}, per_split
     assert per_split["train"]["augmented"] and per_split["train"]["outputs"] == 4
+
+
+def test_messages_name_the_mask_file_the_exif_turn_and_the_image_listed_twice(tmp_path):
+    root = tmp_path / "segmentation"
+    os.makedirs(root / "masks")
+    for name, mask in (("a", Image.new("L", (32, 32))), ("b", Image.new("RGB", (WIDTH, HEIGHT)))):
+        put(os.path.join(root, "images", f"{name}.png"), face_png())
+        mask.save(os.path.join(root, "masks", f"{name}.png"))
+    put(os.path.join(root, "images", "c.png"), face_png())
+    Image.new("L", (WIDTH, HEIGHT)).save(os.path.join(root, "masks", "c.png"))
+    out = tmp_path / "out"
+    manifest = run_job(str(root), out, FLIP, copies=1)
+    assert manifest["counts"]["written"] == 1
+    errors = errors_of(out)
+    assert "masks/a.png is 32x32, the image 96x64" in errors["images/a.png"]["message"]
+    assert "masks/b.png is a RGB image" in errors["images/b.png"]["message"]
+    assert "turned into indices" in errors["images/b.png"]["message"]
+    assert progress.summary(manifest)[1] == "  written: 1 input, errored: 2"
+
+    # A phone photo stored on its side, its COCO size that of the stored pixels.
+    coco = tmp_path / "coco"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = io.BytesIO()
+    Image.open(io.BytesIO(face_png())).save(photo, "JPEG", exif=exif)
+    write_coco_face(coco)
+    put(os.path.join(coco, "face.png"), photo.getvalue())  # (a JPEG by its bytes)
+    with pytest.raises(NothingWritten):
+        run_job(str(coco), tmp_path / "turned", copies=1)
+    message = errors_of(tmp_path / "turned")["face.png"]["message"]
+    assert "says the image is 96x64, but" in message and "is 64x96: not rescaled (the " \
+        "photo's EXIF orientation turns it upright" in message
+
+    data = json.loads((coco / "annotations.json").read_text())
+    data["images"].append({**data["images"][0], "id": 2})
+    (coco / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="annotations.json: images 1 and 2 are both 'face.png'"):
+        run_job(str(coco), tmp_path / "twice", copies=1)

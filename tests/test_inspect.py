@@ -47,7 +47,7 @@ def test_our_output_counts_and_verifies(expanded):
     for copy in ("0 (original)", "1", "2"):
         assert f"  {copy:<24}{6:>8}  (33.3%)" in text
     assert "  formats: jpeg 18" in text
-    assert "errors.jsonl: 1 inputs failed" in text
+    assert "errors.jsonl: 1 input failed" in text
     assert "e.g. objects/broken.jpg: " in text
     assert "manifest: 7 inputs = 6 written + 1 errored; 18 records listed, 18 found" in text
     assert "verify: OK, all 18 records parse and their images decode" in text

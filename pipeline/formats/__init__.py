@@ -129,6 +129,17 @@ def objects(labels, texts=None, **lists):
     return out
 
 
+def size_differs(where, size, path, height, width):
+    """The error of an annotation made for an image of another size (h, w) than the image's as
+    decoded (turned upright by its EXIF orientation, as labelling tools show it)."""
+    h, w = size
+    turned = (" (the photo's EXIF orientation turns it upright; annotations drawn on its stored "
+              "pixels need input.exif_orientation: false)" if (h, w) == (width, height) else "")
+    return AnnotationError(f"{where} says the image is {w}x{h}, but {sources.printable(path)} is "
+                           f"{width}x{height}: not rescaled{turned}",
+                           reason="annotation size differs from the image")
+
+
 def pixel_boxes(boxes, height, width, where="", names=None):
     """Pixel boxes [N, 4] (x0, y0, x1, y1) -> normalised [ymin, xmin, ymax, xmax], clipped.
     Exports round boxes past the frame by a little (up to 1% of the side here, as YOLO's

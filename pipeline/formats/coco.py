@@ -127,7 +127,13 @@ def discover(job, found):
             layouts.add((keypoint_count, keypoint_flip(categories.values())))
         folder = _image_folder(job, path, data)
         split = _split(path) or formats.split_of(formats.relative(path, base))
+        ids = {}
         for image in data["images"]:
+            other = ids.setdefault(image["file_name"], image.get("id"))
+            if other != image.get("id"):
+                raise UserError(f"{path}: images {other} and {image.get('id')} are both "
+                                f"{image['file_name']!r}", hint="list each file once in "
+                                "'images' (with all its annotations under its one id)")
             image_path = formats.join(folder, image["file_name"])
             referenced.add(os.path.normpath(image_path))
             if formats.relative(image_path, base) == image_path and sources.is_local(path):
@@ -161,9 +167,7 @@ def read(ref, height, width):
     where = f"{info['file']} (image id {info['id']})"
     h, w = info["size"]
     if (h, w) != (None, None) and (h, w) != (height, width):
-        raise formats.AnnotationError(
-            f"{where} says the image is {w}x{h}, but {sources.printable(ref.path)} is "
-            f"{width}x{height}: not rescaled", reason="annotation size differs from the image")
+        raise formats.size_differs(where, (h, w), ref.path, height, width)
     boxes, masks, points, visibility = [], [], [], []
     k = info["keypoints"]
     for obj in info["objects"]:

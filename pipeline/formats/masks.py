@@ -53,4 +53,5 @@ def read(ref, height, width):
     # The PNG is decoded (as indices) and checked against the image's size at the decode step.
     return targets_mod.Targets(boxes=targets_mod.np.zeros((0, 4)), objects={},
                                class_mask_png=sources.read_bytes(ref.annotation),
+                               class_mask_file=sources.printable(ref.annotation),
                                has_boxes=False)

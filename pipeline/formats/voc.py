@@ -177,9 +177,7 @@ def read(ref, height, width):
     info = ref.annotation
     h, w = info["size"]
     if h and w and (h, w) != (height, width):  # (LabelImg writes 0 when it did not know)
-        raise formats.AnnotationError(
-            f"{info['file']} says the image is {w}x{h}, but {sources.printable(ref.path)} is "
-            f"{width}x{height}: not rescaled", reason="annotation size differs from the image")
+        raise formats.size_differs(info["file"], (h, w), ref.path, height, width)
     objs = info["objects"]
     for obj in objs:
         x0, y0, x1, y1 = obj["box"]
