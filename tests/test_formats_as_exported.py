@@ -255,3 +255,44 @@ def test_messages_name_the_mask_file_the_exif_turn_and_the_image_listed_twice(tm
     (coco / "annotations.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match="annotations.json: images 1 and 2 are both 'face.png'"):
         run_job(str(coco), tmp_path / "twice", copies=1)
+
+
+def test_what_a_dataset_holds_beside_its_images_is_warned_not_dropped_silently(tmp_path, caplog):
+    yolo = tmp_path / "yolo"
+    put(os.path.join(yolo, "data.yaml"), "names: [face]\n")
+    put(os.path.join(yolo, "images", "a.png"), face_png())
+    for name in ("a", "gone"):
+        put(os.path.join(yolo, "labels", f"{name}.txt"), "0 0.5 0.5 0.2 0.2\n")
+    run_job(str(yolo), tmp_path / "out-yolo", copies=0)
+    assert "1 YOLO label file has no image (" in caplog.text and "labels/gone.txt" in caplog.text
+
+    masks = tmp_path / "masks"
+    put(os.path.join(masks, "images", "a.png"), face_png())
+    os.makedirs(masks / "masks")
+    for name in ("a", "gone"):
+        Image.new("L", (WIDTH, HEIGHT)).save(os.path.join(masks, "masks", f"{name}.png"))
+    run_job(str(masks), tmp_path / "out-masks", copies=0)
+    assert "1 mask has no image (" in caplog.text and "masks/gone.png" in caplog.text
+
+    coco = tmp_path / "coco"
+    write_coco_face(coco)
+    data = json.loads((coco / "annotations.json").read_text())
+    data["categories"][0]["id"] = data["annotations"][0]["category_id"] = 0
+    (coco / "annotations.json").write_text(json.dumps(data))
+    run_job(str(coco), tmp_path / "out-coco", copies=0)
+    assert "category id 0 ('face') is written as label 0" in caplog.text
+
+
+def test_a_voc_object_without_a_name_is_its_images_error_record(tmp_path):
+    root = tmp_path / "voc"
+    for name, objects in (("a", "<name>face</name>"), ("b", "")):
+        put(os.path.join(root, "JPEGImages", f"{name}.png"), face_png())
+        put(os.path.join(root, "Annotations", f"{name}.xml"),
+            f"<annotation><filename>{name}.png</filename><size><width>{WIDTH}</width><height>"
+            f"{HEIGHT}</height><depth>3</depth></size><object>{objects}<bndbox><xmin>10</xmin>"
+            "<ymin>10</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    out = tmp_path / "out"
+    manifest = run_job(str(root), out, copies=0)
+    assert manifest["input"]["label_map"] == {"face": 1}
+    error = errors_of(out)["JPEGImages/b.png"]
+    assert error["reason"] == "bad annotation" and "an object has no <name>" in error["message"]

@@ -103,6 +103,9 @@ def discover(job, found):
             continue
         data = _load(path)
         categories = {c["id"]: c for c in data.get("categories", [])}
+        if 0 in categories:
+            log.warning("%s: category id 0 (%r) is written as label 0, which the TF Object "
+                        "Detection API keeps for the background", path, categories[0].get("name"))
         label_map.update({c["name"]: int(c["id"]) for c in categories.values()})
         per_image = {}
         for annotation in data.get("annotations", []):

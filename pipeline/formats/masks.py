@@ -3,6 +3,7 @@ JPEGImages/ beside SegmentationClass/), a mask per image with the same relative 
 .png extension. A mask's pixels are class indices: a palette PNG gives its indices, never its
 colours. Splits: a train/val/test folder in the path (images/train/a.jpg, masks/train/a.png).
 """
+import logging
 import os
 
 from pipeline import formats, sources
@@ -10,6 +11,8 @@ from pipeline import targets as targets_mod
 
 NAME = "masks"
 PAIRS = (("images", "masks"), ("JPEGImages", "SegmentationClass"))
+
+log = logging.getLogger("augbatch")
 
 
 def _mask_of(path):
@@ -46,6 +49,14 @@ def discover(job, found):
             rejected.append((ref, "FileNotFoundError", "no mask for the image",
                              f"{sources.printable(path)} has no mask "
                              f"{sources.printable(mask)}"))
+    inputs = {ref.path for ref in refs} | {ref.path for ref, *_ in rejected}
+    unused = sorted(f for f, base in files if f.lower().endswith(".png") and f not in mask_files
+                    and f not in inputs and any(masks in formats.relative(f, base).split("/")
+                                                for _, masks in PAIRS))
+    if unused:
+        log.warning("%d mask%s no image (%s%s): left out", len(unused),
+                    " has" if len(unused) == 1 else "s have", sources.printable(unused[0]),
+                    " ..." if len(unused) > 1 else "")
     return formats.Listing(refs, {}, {targets_mod.CLASS_MASK}, rejected)
 
 

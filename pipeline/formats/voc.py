@@ -47,7 +47,8 @@ def _parse(path):
         annotation["error"] = f"not valid XML: {e}"
         return annotation
     annotation["filename"] = _text(root, "filename", "")
-    annotation["names"] = [_text(obj, "name", "") for obj in root.findall("object")]
+    annotation["names"] = [name for obj in root.findall("object")
+                           if (name := _text(obj, "name", ""))]
     try:
         annotation["size"] = _size(root.find("size"))
         annotation["objects"] = [_object(obj) for obj in root.findall("object")]
@@ -71,6 +72,8 @@ def _size(size):
 
 def _object(obj):
     name = _text(obj, "name", "")
+    if not name:  # (it would be a class named "" in the label map)
+        raise ValueError("an object has no <name>")
     try:
         box = [float(_text(obj.find("bndbox"), tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
     except (TypeError, ValueError, AttributeError):

@@ -128,6 +128,9 @@ def discover(job, found):
             split=split or formats.split_of(formats.relative(path, base)),
             annotation={"labels": label_path(path), "present": label_path(path) in present,
                         "mode": mode, "kpt_shape": kpt_shape, "names": names}))
+    labels = {label_path(f) for f, _ in images}
+    _warn_unused([f for f, _ in files if f.endswith(".txt") and "/labels/" in f
+                  and f not in labels and posixpath.basename(f) not in NAMES_FILES])
     label_map = {name: i for i, name in names.items()}
     return formats.Listing(refs, label_map, kinds, keypoints=(kpt_shape or [0])[0],
                            keypoint_flip=keypoint_flip)
@@ -194,6 +197,14 @@ def read(ref, height, width):
         found.keypoints = np.array(points, np.float64).reshape(-1, k, 2)
         found.visibility = np.array(visibility, np.int64).reshape(-1, k)
     return found
+
+
+def _warn_unused(label_files):
+    if label_files:
+        log.warning("%d YOLO label file%s no image (%s%s): left out", len(label_files),
+                    " has" if len(label_files) == 1 else "s have",
+                    sources.printable(sorted(label_files)[0]),
+                    " ..." if len(label_files) > 1 else "")
 
 
 def _ranges(ids):
