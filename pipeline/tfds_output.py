@@ -98,8 +98,9 @@ def template(shard_name):
 
 def class_names(labels, names):
     """The ClassLabel's names, label i at line i: `labels` the labels written (ints),
-    `names` label -> class name (a gap or an unnamed label is its number)."""
-    return [names.get(i, str(i)) for i in range(max(labels) + 1)]
+    `names` label -> class name (a gap or an unnamed label is its number). A named class with
+    no record (an empty class folder, one whose inputs all failed) is still a class."""
+    return [names.get(i, str(i)) for i in range(max([*labels, *names]) + 1)]
 
 
 def files(shards, labels, names, channels, kinds, description):
@@ -123,7 +124,8 @@ def files(shards, labels, names, channels, kinds, description):
                                                       {"featureKey": LABEL}]}}
     out = {INFO_FILE: json.dumps(info, indent=2, sort_keys=True),
            FEATURES_FILE: json.dumps(features(
-               channels, max(labels) + 1 if labelled else 0, kinds), indent=2, sort_keys=True)}
+               channels, len(class_names(labels, names)) if labelled else 0, kinds), indent=2,
+               sort_keys=True)}
     if labelled:
         out[LABELS_FILE] = "".join(name + "\n" for name in class_names(labels, names))
     return out

@@ -39,6 +39,18 @@ def test_a_class_folder_run_loads_with_builder_from_directory(small_folder, tmp_
                                         "augmented-00001-of-00002.tfrecord"]
 
 
+def test_an_empty_last_class_folder_is_still_a_class_of_the_tfds_label(small_folder, tmp_path):
+    """An empty class folder is a class (Keras' image_dataset_from_directory counts it too):
+    the ClassLabel declares it even with no record, so a model sized from num_classes fits."""
+    os.makedirs(os.path.join(small_folder, "zucchini"))
+    out = tmp_path / "out"
+    manifest = run_job(small_folder, out, FLIP, copies=0, tfds=True)
+    assert manifest["input"]["label_map"]["zucchini"] == 3
+    label = tfds.builder_from_directory(str(out)).info.features["label"]
+    assert label.num_classes == 4
+    assert label.names == ["objects", "portraits", "textures", "zucchini"]
+
+
 def test_boxes_and_class_masks_load_as_tfds_objects(tmp_path):
     """The OD API sample records: boxes as a BBoxFeature sequence with their classes, the same
     boxes the OD API keys hold (kept beside them); a DeepLab record's class mask as an image."""
