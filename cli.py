@@ -449,13 +449,17 @@ def inspect_(target, verify, sheet, sample, seed, image_key, label_key, record_r
 @click.option("--allow-python-ops", is_flag=True,
               help="Allow the run's `python` ops, which import and run code named in its "
                    "config.")
-def replay(output_dir, record_ref, output, allow_python_ops):
+@click.option("-i", "--input", "input_paths", multiple=True,
+              help="Where the run's inputs are now, if they moved (as the run's --input: "
+                   "the folder, files or glob; repeatable). Keys are paths under it.")
+def replay(output_dir, record_ref, output, allow_python_ops, input_paths):
     """Make one copy again from its record and check it is the stored one, byte for byte.
 
     OUTPUT_DIR is the folder `augbatch expand` wrote; KEY:COPY names a record (copy 0 is the
     original). The run's config comes from its manifest.json; the input is read again from
-    where the run read it. Refused (exit 2) if the record is not there, was written with
-    another config, or its input is gone or changed. Exit 1 if the copy made again differs.
+    where the run read it (or --input). Refused (exit 2) if the record is not there, was
+    written with another config, or its input is gone or changed. Exit 1 if the copy made
+    again differs.
 
     \b
     Examples:
@@ -467,7 +471,7 @@ def replay(output_dir, record_ref, output, allow_python_ops):
         from pipeline import preview as preview_mod
         preview_mod.check_extension(output)
     key, copy = replay_mod.parse_ref(record_ref)
-    replayed = replay_mod.replay(output_dir, key, copy, allow_python_ops)
+    replayed = replay_mod.replay(output_dir, key, copy, allow_python_ops, input_paths)
     for line in replay_mod.lineage_lines(replayed.found):
         click.echo(line)
     if output:

@@ -114,7 +114,8 @@ def describe(entry):
 
 def lineage_lines(found):
     """The record's lineage and its ops, one line each."""
-    image = found.raw("image/encoded")
+    from pipeline import tfds_output
+    image = found.raw("image/encoded") or found.raw(tfds_output.IMAGE)  # (output.tfds's key)
     out = [f"{found.value('augment/key') or found.value('image/source_id')} copy "
            f"{found.value('augment/copy_index')}: {os.path.basename(found.shard)} record "
            f"{found.index}",
@@ -219,6 +220,11 @@ def read_input(job, key):
     """The Input of `key`, read again as expand read it (from the run's input paths)."""
     from pipeline import preview
     from pipeline import transforms as T
+    gone = sources.missing(job.input)
+    if gone:
+        raise UserError(f"the run's input {sources.printable(gone[0])} is not there any more",
+                        hint="if it moved, pass --input with where it is now (keys are paths "
+                             "under it); relative paths start at the folder you run augbatch in")
     discovery = sources.discover(job)
     file_key = key.rpartition(":")[0] if discovery.kind == "tfrecord" else key
     for ref in discovery.refs:
@@ -233,12 +239,15 @@ def read_input(job, key):
                          "(relative paths start at the folder you run augbatch in)")
 
 
-def replay(output_dir, key, copy, allow_python_ops=False):
-    """Make the record of (key, copy) again from the run's config and its input: Replayed.
-    Refuses (UserError) a record of another config, a missing record, a changed input."""
+def replay(output_dir, key, copy, allow_python_ops=False, inputs=()):
+    """Make the record of (key, copy) again from the run's config and its input (read from
+    `inputs` instead of the run's paths if given: they moved): Replayed. Refuses (UserError) a
+    record of another config, a missing record, a changed input."""
     from pipeline import preview
     from pipeline import transforms as T
     job = load_job(output_dir, allow_python_ops)
+    if inputs:
+        job = dataclasses.replace(job, input=tuple(inputs))
     found = find_record(output_dir, key, copy)
     if found.value("augment/config_hash") != job.config_hash:
         raise UserError(f"{key} copy {copy} in {os.path.basename(found.shard)} was written "

@@ -405,3 +405,27 @@ def test_replay_refuses_what_it_cannot_redo(photos, tmp_path):
     manifest["config_hash"] = make_job(str(work), out, CHAIN, copies=1, seed=4).config_hash
     json.dump(manifest, open(manifest_path, "w"))
     refused(out, "portraits/camera_01.jpg:1", says="not this run's record")
+
+
+def test_replay_of_inputs_that_moved_says_so_and_reads_them_from_input(photos, tmp_path):
+    work = tmp_path / "photos"
+    shutil.copytree(photos, work)
+    out = tmp_path / "out"
+    run_job(str(work), out, CHAIN, copies=1, seed=3)
+    moved = tmp_path / "moved"
+    os.rename(work, moved)
+    result = invoke("replay", out, "objects/coffee_01.jpg:1")
+    assert result.exit_code == 2, result.output
+    assert f"the run's input {work} is not there any more" in result.output
+    assert "pass --input with where it is now" in result.output
+    result = invoke("replay", out, "objects/coffee_01.jpg:1", "--input", moved)
+    assert result.exit_code == 0 and "identical" in result.output, result.output
+
+
+def test_inspect_record_counts_the_image_of_the_tfds_layout(photos, tmp_path):
+    out = tmp_path / "out"
+    run_job(photos, out, CHAIN, copies=1, seed=3, tfds=True)
+    result = invoke("inspect", out, "--record", "objects/coffee_01.jpg:1")
+    assert result.exit_code == 0, result.output
+    size = next(line for line in result.output.splitlines() if line.startswith("  image "))
+    assert int(size.split(", ")[-1].split()[0]) > 1000, size
