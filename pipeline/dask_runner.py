@@ -57,6 +57,9 @@ INPUTS_PER_PARTITION = 16
 # stuck); --dask_no_progress_timeout changes it.
 NO_PROGRESS_TIMEOUT_S = 600.0
 POLL_S = 1.0
+# A stopped run waits this long at most for the tasks the workers are still running: Dask
+# cannot interrupt a task, so a cancelled one runs to its end and may commit its buckets.
+SETTLE_TIMEOUT_S = 60.0
 
 
 class WatchOptions(PipelineOptions):
@@ -335,6 +338,11 @@ def check_cluster(client):
                              "and here")
 
 
+def _running(dask_worker):
+    """How many tasks the worker runs, cancelled ones included (they run to their end)."""
+    return len(dask_worker.state.executing) + len(dask_worker.state.long_running)
+
+
 def _step_of(key, steps):
     """What a task of key `key` was doing, in Beam's words: the Beam step (of `steps`, the
     labels of the fused stages' first steps) its name starts with (dask names a stage's task
@@ -364,6 +372,7 @@ class DaskRunnerResult(internals.DaskRunnerResult):
             self._state = PipelineState.FAILED
             if self.client.status == "running":  # stop what has not started
                 self.client.cancel(self.futures, force=True)
+                self._settle()
             raise
         finally:
             if self.client.status == "running":  # the workers tear down this run's DoFns
@@ -401,6 +410,21 @@ class DaskRunnerResult(internals.DaskRunnerResult):
                                 hint="start workers (`dask worker ...`), or raise "
                                      "-- --dask_no_progress_timeout=SECONDS for steps that "
                                      "run longer")
+
+    def _settle(self):
+        """Wait until no worker runs a task (bounded): what the stopped run's tasks committed
+        is then all it keeps, so what the command says it kept is right, and nothing writes
+        into the temporary folder once the command deletes it."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if not any(self.client.run(_running, on_error="ignore").values()):
+                    return
+            except (OSError, TimeoutError):  # the cluster is going: its workers with it
+                return
+            time.sleep(0.2)
+        log.warning("Dask workers still run tasks %g s after the stop: what they write "
+                    "from now on is not counted", SETTLE_TIMEOUT_S)
 
     def _failure(self, future):
         """The exception a failed task ends the run with: a user error for what the cluster

@@ -17,6 +17,7 @@ import mmap
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -171,9 +172,13 @@ def python_noise_off():
 
 def dask_setup(worker):
     """Run by each worker of a local cluster augbatch starts, before anything imports Beam
-    (runners.dask_cluster preloads this module): the workers as quiet as the command line."""
+    (runners.dask_cluster preloads this module): the workers as quiet as the command line, and
+    deaf to the terminal's Ctrl-C, which reaches their process group too (each printed its
+    traceback): the command stops them itself, once their running tasks are done."""
     python_noise_off()
     logging.getLogger("distributed.worker").addFilter(_HeartbeatAtShutdown())
+    with contextlib.suppress(ValueError):  # (not the process's main thread: left as it is)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -391,3 +392,43 @@ def test_workers_without_augbatch_are_named_before_the_run_starts(photos, tmp_pa
     assert "cannot import augbatch's code (No module named 'pipeline')" in output, output
     assert "install augbatch 0.1.0" in output and "Traceback" not in output, output
     assert not temp_files(tmp_path / "out"), output
+
+
+def test_ctrl_c_on_a_local_cluster_keeps_what_it_says_and_resume_ends_the_run(tmp_path):
+    """Ctrl-C reaches the whole process group, the local workers too. Dask cannot interrupt a
+    running task: the command waits for the cancelled tasks to end, so what it says it kept
+    is what the folder holds, nothing writes there after it exits, no worker prints a
+    traceback, and --resume finishes with the bytes of a run never stopped."""
+    photos = tmp_path / "photos"
+    for copy in range(12):  # 432 inputs: partitions of 16 commit one after another
+        for path in pathlib.Path(copy_sample_photos(tmp_path / f"c{copy}")).rglob("*.jpg"):
+            os.makedirs(photos / path.parent.name, exist_ok=True)
+            os.rename(path, photos / path.parent.name / f"{copy}-{path.name}")
+    config = tmp_path / "job.yaml"
+    config.write_text("augment: {copies: 1, seed: 5, "
+                      "chain: [{op: tf.image.random_flip_left_right}]}\n")
+    out, tmp = tmp_path / "out", tmp_path / "out" / sinks.TMP_DIR
+    command = [os.path.join(BIN, "augbatch"), "expand", "-c", str(config), "-i", str(photos),
+               "-o", str(out), "--dask-workers", "2"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=environment(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(tmp.glob("done-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    kept = int(re.search(r"the work of (\d+) inputs is kept", stderr).group(1))
+    listed = sorted(p.name for p in tmp.iterdir())
+    time.sleep(2)
+    assert sorted(p.name for p in tmp.iterdir()) == listed  # nothing writes there any more
+    assert 0 < kept == len(sinks.read_journals(str(tmp))[0]) < 432
+    resumed = subprocess.run(command + ["--resume", "-q"], cwd=tmp_path, env=environment(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    direct = tmp_path / "direct"
+    subprocess.run(command[:-2] + ["-q", "-o", str(direct)], cwd=tmp_path, env=environment(),
+                   check=True, capture_output=True, timeout=300)
+    assert shard_bytes(out) == shard_bytes(direct)
