@@ -324,10 +324,17 @@ def expand(ctx, config_path, inputs, output, input_kind, copies, keep_original, 
             from pipeline import estimate
             estimate.check_limit(found, max_output_bytes)  # the run would be refused: exit 2
         return
-    with runners.started(beam_args, local_workers) as beam_args:
-        manifest = run.run_expand(job, beam_args, overwrite=overwrite, show_progress=not quiet,
-                                  accelerator=accelerator, resume=resume,
-                                  max_output_bytes=max_output_bytes)
+    manifest = None
+    try:
+        with runners.started(beam_args, local_workers) as beam_args:
+            manifest = run.run_expand(job, beam_args, overwrite=overwrite,
+                                      show_progress=not quiet, accelerator=accelerator,
+                                      resume=resume, max_output_bytes=max_output_bytes)
+    except KeyboardInterrupt:
+        if manifest is None:
+            raise
+        log.warning("stopped while the local Dask cluster was closing; the run had finished "
+                    "and its output is complete")
     if not quiet:
         from pipeline import progress
         for line in progress.summary(manifest):

@@ -432,3 +432,24 @@ def test_ctrl_c_on_a_local_cluster_keeps_what_it_says_and_resume_ends_the_run(tm
     subprocess.run(command[:-2] + ["-q", "-o", str(direct)], cwd=tmp_path, env=environment(),
                    check=True, capture_output=True, timeout=300)
     assert shard_bytes(out) == shard_bytes(direct)
+
+
+def test_ctrl_c_once_the_run_has_finished_while_its_local_cluster_closes_is_no_failure(
+        tmp_path):
+    """The local cluster takes seconds to close after the run (its workers are stopped): a
+    Ctrl-C then finds the output complete, and the command says so, exit 0."""
+    photos = copy_sample_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [os.path.join(BIN, "augbatch"), "expand", "-i", photos, "-o", str(out), "--copies", "0",
+         "--dask-workers", "2"], cwd=tmp_path, env=environment(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / "manifest.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # (the run's last steps after the manifest: then the cluster closes)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "the run had finished and its output is complete" in stderr
+    assert stdout.startswith("done in ") and "Traceback" not in stderr, stdout + stderr
