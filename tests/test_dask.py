@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 import cli
 from pipeline import progress, sinks
+from pipeline.run import LOCK_FILE
 from tests.conftest import ROOT, copy_sample_photos, shard_bytes
 from tests.test_runners import reference, same_output  # noqa: F401 - the reference run fixture
 
@@ -445,9 +446,12 @@ def test_ctrl_c_once_the_run_has_finished_while_its_local_cluster_closes_is_no_f
          "--dask-workers", "2"], cwd=tmp_path, env=environment(), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
-    while not (out / "manifest.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # (the run's last steps after the manifest: then the cluster closes)
+    # The run is over once its manifest is there and its lock is gone; the cluster then takes
+    # about a second to close (its workers are stopped).
+    while (not (out / "manifest.json").exists() or (out / LOCK_FILE).exists()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
